@@ -1,0 +1,422 @@
+//! The seed's commands: `process:jobs`, `create:job`, `migrate`, and the operator's tools
+//! (`failed`, `retry`, `prune`, `stats`).
+//!
+//! Job types are compiled into your binary, so the worker command runs from your `main`:
+//!
+//! ```no_run
+//! # use lightjobs::{Job, JobContext, JobError, Registry};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail;
+//! # impl Job for SendMail { const NAME: &'static str = "send_mail";
+//! #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+//! fn main() -> std::process::ExitCode {
+//!     lightjobs::cli::run(Registry::new().register::<SendMail>())
+//! }
+//! ```
+//!
+//! and `my-app process:jobs --queue mail --concurrency 20` prints one line per job:
+//!
+//! ```text
+//! ✔ Job processed successfully: 123
+//! ✖ Error dispatching job: 124 - Recipient email address is missing
+//! ```
+//!
+//! The commands that need no job types also ship as the `lightjobs` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::executor::{JobEvent, JobOutcome};
+use crate::queue::{database_url_from_env, JobQueue};
+use crate::registry::Registry;
+use crate::supervisor::Workers;
+
+/// Command line of the lightjobs tools.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lightjobs",
+    version,
+    about = "Background jobs on MySQL/MariaDB"
+)]
+pub struct Cli {
+    /// Database URL (default: LIGHTJOBS_DATABASE_URL, then DATABASE_URL).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run workers until SIGINT/SIGTERM, printing one line per job.
+    #[command(name = "process:jobs")]
+    ProcessJobs(ProcessArgs),
+    /// Write a job module from a template: `create:job SendMail`.
+    #[command(name = "create:job")]
+    CreateJob {
+        /// The job type's name, in CamelCase.
+        name: String,
+        /// Where to write the file.
+        #[arg(long, default_value = "src/jobs")]
+        dir: PathBuf,
+    },
+    /// Apply the embedded migrations.
+    Migrate,
+    /// List failed jobs with their errors.
+    Failed {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Put failed jobs back to pending: one by id, or all with --all.
+    Retry {
+        /// The job's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every failed job (of --queue, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Delete old finished jobs.
+    Prune {
+        /// Processed jobs finished longer ago than this many hours.
+        #[arg(long, default_value_t = 24)]
+        processed_hours: u64,
+        /// Failed jobs finished longer ago than this many hours (default: keep them).
+        #[arg(long)]
+        failed_hours: Option<u64>,
+    },
+    /// Job counts per queue and status.
+    Stats,
+}
+
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    /// Queues to work, in turn (repeat the flag or separate with commas).
+    #[arg(long = "queue", value_delimiter = ',', default_value = crate::DEFAULT_QUEUE)]
+    queues: Vec<String>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = crate::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Exit once no job is ready and none is running.
+    #[arg(long)]
+    stop_when_empty: bool,
+    /// Exit after this many jobs.
+    #[arg(long)]
+    max_jobs: Option<u64>,
+    /// Seconds running jobs get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = crate::DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
+    shutdown_timeout: u64,
+    /// Apply pending migrations first.
+    #[arg(long)]
+    migrate: bool,
+}
+
+/// Parses `std::env::args` and runs the command on a new actix-rt system.
+pub fn run(registry: Registry) -> ExitCode {
+    run_from(registry, std::env::args_os())
+}
+
+/// Like [`run`] with explicit arguments (the first is the program name).
+pub fn run_from<I, T>(registry: Registry, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match actix_rt::System::new().block_on(execute(cli, registry)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli, registry: Registry) -> crate::Result<()> {
+    if let Command::CreateJob { name, dir } = &cli.command {
+        let path = create_job(name, dir)?;
+        println!("Created {}", path.display());
+        println!(
+            "Add `mod {};` to {}/mod.rs and `.register::<{}>()` to your workers.",
+            file_stem(name),
+            dir.display(),
+            name
+        );
+        return Ok(());
+    }
+    let url = match cli.database_url {
+        Some(url) => url,
+        None => database_url_from_env()?,
+    };
+    let queue = JobQueue::connect(&url)?;
+    match cli.command {
+        Command::ProcessJobs(args) => process_jobs(queue, registry, args).await,
+        Command::Migrate => {
+            let applied = queue.migrate().await?;
+            if applied.is_empty() {
+                println!("Nothing to migrate: the schema is current.");
+            } else {
+                println!("Applied migrations {applied:?}.");
+            }
+            Ok(())
+        }
+        Command::Failed { queue: q, limit } => {
+            let jobs = queue.list("failed", q.as_deref(), limit).await?;
+            if jobs.is_empty() {
+                println!("No failed jobs.");
+            }
+            for j in jobs {
+                println!(
+                    "{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
+                    j.id,
+                    j.queue,
+                    j.name,
+                    j.attempts,
+                    j.max_attempts,
+                    j.finished_at.unwrap_or_default(),
+                    j.last_error.unwrap_or_default().replace('\n', " ")
+                );
+            }
+            Ok(())
+        }
+        Command::Retry { id, all, queue: q } => {
+            if all {
+                let n = queue.retry_all_failed(q.as_deref()).await?;
+                println!("Retrying {n} failed job(s).");
+            } else if let Some(id) = id {
+                if queue.retry_failed(id).await? {
+                    println!("Retrying job {id}.");
+                } else {
+                    return Err(crate::Error::invalid(
+                        "job id",
+                        format!("no failed job with id {id}"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Prune {
+            processed_hours,
+            failed_hours,
+        } => {
+            let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+            let n = queue
+                .prune(hours(processed_hours), failed_hours.map(hours))
+                .await?;
+            println!("Pruned {n} job(s).");
+            Ok(())
+        }
+        Command::Stats => {
+            let counts = queue.stats().await?;
+            println!("{:<24} {:<10} {:>10}", "queue", "status", "jobs");
+            for c in counts {
+                println!("{:<24} {:<10} {:>10}", c.queue, c.status, c.count);
+            }
+            Ok(())
+        }
+        Command::CreateJob { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn process_jobs(queue: JobQueue, registry: Registry, args: ProcessArgs) -> crate::Result<()> {
+    if registry.names().is_empty() {
+        return Err(crate::Error::invalid(
+            "registry",
+            "process:jobs needs your job types: call lightjobs::cli::run(Registry::new()\
+             .register::<YourJob>()) from your own binary",
+        ));
+    }
+    let mut workers = Workers::new(queue)
+        .registry(registry)
+        .queues(args.queues)
+        .concurrency(args.concurrency)
+        .stop_when_empty(args.stop_when_empty)
+        .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
+        .migrate(args.migrate)
+        .on_event(print_event);
+    if let Some(max) = args.max_jobs {
+        workers = workers.max_jobs(max);
+    }
+    let handle = workers.start().await?;
+    println!("Processing jobs. Press Ctrl-C to stop.");
+    let report = handle.run_until_signal().await;
+    println!(
+        "Stopped: {} processed, {} retried, {} failed, {} released.",
+        report.processed, report.retried, report.failed, report.released
+    );
+    Ok(())
+}
+
+/// The seed's output lines.
+pub fn format_event(event: &JobEvent) -> Option<String> {
+    match &event.outcome {
+        JobOutcome::Processed => Some(format!("✔ Job processed successfully: {}", event.id)),
+        JobOutcome::Failed { error } => Some(format!(
+            "✖ Error dispatching job: {} - {}",
+            event.id,
+            one_line(error)
+        )),
+        JobOutcome::Retrying { error, delay } => Some(format!(
+            "✖ Error dispatching job: {} - {} (attempt {}, retrying in {:.1}s)",
+            event.id,
+            one_line(error),
+            event.attempt,
+            delay.as_secs_f64()
+        )),
+        JobOutcome::Released => None,
+    }
+}
+
+fn print_event(event: &JobEvent) {
+    if let Some(line) = format_event(event) {
+        println!("{line}");
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// `SendMail` → `send_mail`.
+fn file_stem(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes `dir/<snake_name>.rs` from the template; refuses to overwrite.
+pub fn create_job(name: &str, dir: &Path) -> crate::Result<PathBuf> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(crate::Error::invalid(
+            "job name",
+            format!("`{name}` should be a CamelCase Rust type name, like SendMail"),
+        ));
+    }
+    let stem = file_stem(name);
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{stem}.rs"));
+    let source = TEMPLATE
+        .replace("__TYPE__", name)
+        .replace("__NAME__", &stem);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::io::Write::write_all(&mut file, source.as_bytes())?;
+    Ok(path)
+}
+
+const TEMPLATE: &str = r#"use lightjobs::{Job, JobContext, JobError};
+use serde::{Deserialize, Serialize};
+
+/// The job's input: serialised to JSON at dispatch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct __TYPE__ {
+    // pub to: String,
+}
+
+impl Job for __TYPE__ {
+    /// Stored in `jobs.name`: keep it when you rename the type.
+    const NAME: &'static str = "__NAME__";
+    // const QUEUE: &'static str = "default";
+    // const MAX_ATTEMPTS: u32 = 3;
+    // const TIMEOUT: Option<std::time::Duration> = Some(std::time::Duration::from_secs(60));
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        // `?` on any error schedules a retry; JobError::fail(..) fails at once.
+        let _ = ctx.attempt();
+        Ok(())
+    }
+}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snake_case_names() {
+        assert_eq!(file_stem("SendMail"), "send_mail");
+        assert_eq!(file_stem("Resize2XImage"), "resize2_x_image");
+    }
+
+    #[test]
+    fn seed_lines() {
+        let mut e = JobEvent {
+            id: 123,
+            name: "send_mail".into(),
+            queue: "default".into(),
+            attempt: 3,
+            duration: Duration::ZERO,
+            outcome: JobOutcome::Processed,
+        };
+        assert_eq!(
+            format_event(&e).unwrap(),
+            "✔ Job processed successfully: 123"
+        );
+        e.outcome = JobOutcome::Failed {
+            error: "Recipient email address is missing".into(),
+        };
+        assert_eq!(
+            format_event(&e).unwrap(),
+            "✖ Error dispatching job: 123 - Recipient email address is missing"
+        );
+    }
+
+    #[test]
+    fn parses_seed_commands() {
+        let cli = Cli::try_parse_from(["x", "process:jobs", "--queue", "a,b", "--stop-when-empty"])
+            .unwrap();
+        match cli.command {
+            Command::ProcessJobs(a) => {
+                assert_eq!(a.queues, vec!["a", "b"]);
+                assert!(a.stop_when_empty);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["x", "retry"]).is_err());
+        assert!(Cli::try_parse_from(["x", "retry", "--all"]).is_ok());
+    }
+
+    #[test]
+    fn create_job_writes_template_once() {
+        let dir = std::env::temp_dir().join(format!("lightjobs-create-{}", std::process::id()));
+        let path = create_job("SendMail", &dir).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("pub struct SendMail"));
+        assert!(text.contains(r#"const NAME: &'static str = "send_mail";"#));
+        assert!(create_job("SendMail", &dir).is_err());
+        assert!(create_job("send mail", &dir).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

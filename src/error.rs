@@ -1,0 +1,110 @@
+//! The crate's error type.
+
+use std::fmt;
+
+/// Errors returned by the queue, the workers and the tools.
+///
+/// Errors from inside a job are not here: a job returns [`JobError`](crate::JobError).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database could not be reached or a statement failed.
+    #[error("database error: {0}")]
+    Database(#[from] mysql_async::Error),
+
+    /// A connection URL could not be parsed.
+    #[error("invalid database URL: {0}")]
+    Url(#[from] mysql_async::UrlError),
+
+    /// No database was configured where one was needed.
+    #[error(
+        "lightjobs has no database configured: set LIGHTJOBS_DATABASE_URL (or DATABASE_URL) \
+         to mysql://user:password@host:3306/database, or install a queue with \
+         JobQueue::install / Workers::start before the HTTP server starts"
+    )]
+    NotConfigured,
+
+    /// The server is too old for `SELECT … FOR UPDATE SKIP LOCKED`.
+    #[error(
+        "unsupported database server {version}: lightjobs needs MySQL 8.0.1+ or MariaDB 10.6+ \
+         (SELECT ... FOR UPDATE SKIP LOCKED)"
+    )]
+    UnsupportedServer {
+        /// What `SELECT VERSION()` returned.
+        version: String,
+    },
+
+    /// The `jobs` table is missing or not fully migrated.
+    #[error("the jobs table is not ready: {0}")]
+    Schema(String),
+
+    /// A job could not be serialised to JSON at dispatch.
+    #[error("job payload could not be serialised: {0}")]
+    Serialize(#[from] serde_json::Error),
+
+    /// A dispatch or a setting was rejected before it reached the database.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// Which input was rejected.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+
+    /// A migration failed.
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
+
+    /// An I/O error from a tool (`create:job`) or the HTTP server.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid(what: &'static str, reason: impl fmt::Display) -> Self {
+        Error::Invalid {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// True when the error means the database is unreachable or went away, so trying
+    /// again later may succeed (as opposed to a bad statement or bad input).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Database(e) => is_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// Connection-level failures: the server is down, restarting, or the link broke.
+pub(crate) fn is_unavailable(e: &mysql_async::Error) -> bool {
+    use mysql_async::Error as E;
+    match e {
+        E::Io(_) => true,
+        E::Driver(d) => matches!(
+            d,
+            mysql_async::DriverError::ConnectionClosed
+                | mysql_async::DriverError::PoolDisconnected
+                | mysql_async::DriverError::PacketOutOfOrder
+        ),
+        // 1040 too many connections, 1053 server shutdown, 2006/2013 gone away / lost,
+        // 1927 connection killed (MariaDB), 4031 disconnected for inactivity (MySQL 8).
+        E::Server(s) => matches!(s.code, 1040 | 1053 | 2006 | 2013 | 1927 | 4031),
+        _ => false,
+    }
+}
+
+/// Errors after which the same statement should simply be tried again:
+/// deadlock (1213), lock wait timeout (1205), Galera certification conflict (1180 with
+/// "Deadlock found" is reported as 1213 too), MySQL Group Replication rollback (3101).
+pub(crate) fn is_transient(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Server(s) => matches!(s.code, 1213 | 1205 | 3101),
+        _ => is_unavailable(e),
+    }
+}

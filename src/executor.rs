@@ -1,0 +1,217 @@
+//! Runs one claimed job and classifies the result: processed, retry, failed or released.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::job::{DataMap, JobContext, JobError};
+use crate::registry::{unknown_job, Registry};
+use crate::store::ClaimedJob;
+use std::sync::Arc;
+
+/// How one run of a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// It succeeded; the job is `processed`.
+    Processed,
+    /// It failed with attempts left; it runs again after `delay`.
+    Retrying {
+        /// The error, also stored in `last_error`.
+        error: String,
+        /// The backoff before the next attempt.
+        delay: Duration,
+    },
+    /// It failed for good; the job is `failed`.
+    Failed {
+        /// The error, also stored in `last_error`.
+        error: String,
+    },
+    /// Shutdown cut it short; the job is `pending` again with its attempt given back.
+    Released,
+}
+
+/// What the workers report after each run, once the result is written to the table.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    /// `jobs.id`.
+    pub id: u64,
+    /// The job's name.
+    pub name: String,
+    /// Its queue.
+    pub queue: String,
+    /// The attempt that ran (1-based).
+    pub attempt: u32,
+    /// How long the run took.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: JobOutcome,
+}
+
+/// Runs jobs with the registry's handlers under the workers' limits.
+#[derive(Clone)]
+pub(crate) struct Executor {
+    pub registry: Registry,
+    pub default_timeout: Duration,
+    /// Cancelled when shutdown starts: jobs may look at it through their context.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: running jobs are dropped and released.
+    pub abort: CancellationToken,
+    pub data: Arc<DataMap>,
+}
+
+impl Executor {
+    pub(crate) async fn run(&self, job: &ClaimedJob) -> JobEvent {
+        let span = tracing::info_span!(
+            "job",
+            id = job.id,
+            name = %job.name,
+            queue = %job.queue,
+            attempt = job.attempt,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let outcome = self.run_inner(job).instrument(span.clone()).await;
+        let duration = started.elapsed();
+        let _enter = span.enter();
+        match &outcome {
+            JobOutcome::Processed => {
+                span.record("outcome", "processed");
+                tracing::info!(target: "lightjobs::executor", ?duration, "job processed");
+            }
+            JobOutcome::Retrying { error, delay } => {
+                span.record("outcome", "retrying");
+                tracing::warn!(target: "lightjobs::executor", ?duration, %error, ?delay, "job failed, will retry");
+            }
+            JobOutcome::Failed { error } => {
+                span.record("outcome", "failed");
+                tracing::error!(target: "lightjobs::executor", ?duration, %error, "job failed");
+            }
+            JobOutcome::Released => {
+                span.record("outcome", "released");
+                tracing::warn!(target: "lightjobs::executor", ?duration, "job cut short by shutdown, released");
+            }
+        }
+        JobEvent {
+            id: job.id,
+            name: job.name.clone(),
+            queue: job.queue.clone(),
+            attempt: job.attempt,
+            duration,
+            outcome,
+        }
+    }
+
+    async fn run_inner(&self, job: &ClaimedJob) -> JobOutcome {
+        let Some(entry) = self.registry.entry(&job.name) else {
+            return classify(job, unknown_job(&job.name, &self.registry), |_| {
+                Duration::ZERO
+            });
+        };
+        let ctx = JobContext {
+            id: job.id,
+            name: job.name.clone(),
+            queue: job.queue.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            shutdown: self.shutdown.clone(),
+            data: self.data.clone(),
+        };
+        let timeout = entry.timeout.unwrap_or(self.default_timeout);
+        // Decoding runs user code (serde impls) too, so it is inside the panic guard.
+        let run = async {
+            let fut = entry.start(&job.payload, ctx)?;
+            fut.await
+        };
+        let guarded = tokio::time::timeout(timeout, AssertUnwindSafe(run).catch_unwind());
+        let result = tokio::select! {
+            biased;
+            r = guarded => r,
+            () = self.abort.cancelled() => return JobOutcome::Released,
+        };
+        let error = match result {
+            Ok(Ok(Ok(()))) => return JobOutcome::Processed,
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(panic)) => JobError::retry(format!("job panicked: {}", panic_message(&*panic))),
+            Err(_) => JobError::retry(format!("job timed out after {timeout:?}")),
+        };
+        classify(job, error, entry.backoff)
+    }
+}
+
+fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> JobOutcome {
+    if error.is_retryable() && job.attempt < job.max_attempts {
+        JobOutcome::Retrying {
+            delay: backoff(job.attempt),
+            error: error.message().to_owned(),
+        }
+    } else {
+        JobOutcome::Failed {
+            error: error.message().to_owned(),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(attempt: u32, max_attempts: u32) -> ClaimedJob {
+        ClaimedJob {
+            id: 1,
+            name: "x".into(),
+            payload: "{}".into(),
+            queue: "default".into(),
+            attempt,
+            max_attempts,
+        }
+    }
+
+    #[test]
+    fn retries_until_attempts_run_out() {
+        let backoff = |a: u32| Duration::from_secs(u64::from(a));
+        let retry = classify(&job(1, 3), JobError::retry("boom"), backoff);
+        assert_eq!(
+            retry,
+            JobOutcome::Retrying {
+                error: "boom".into(),
+                delay: Duration::from_secs(1)
+            }
+        );
+        let last = classify(&job(3, 3), JobError::retry("boom"), backoff);
+        assert_eq!(
+            last,
+            JobOutcome::Failed {
+                error: "boom".into()
+            }
+        );
+        let permanent = classify(&job(1, 3), JobError::fail("bad"), backoff);
+        assert_eq!(
+            permanent,
+            JobOutcome::Failed {
+                error: "bad".into()
+            }
+        );
+    }
+
+    #[test]
+    fn panic_messages() {
+        let p: Box<dyn std::any::Any + Send> = Box::new("static");
+        assert_eq!(panic_message(&*p), "static");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(&*p), "owned");
+        let p: Box<dyn std::any::Any + Send> = Box::new(42);
+        assert_eq!(panic_message(&*p), "(non-string panic payload)");
+    }
+}

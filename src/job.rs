@@ -1,0 +1,239 @@
+//! What a user implements: the [`Job`] trait, the [`JobContext`] a job runs with, and the
+//! [`JobError`] it returns.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+
+/// A unit of background work: a serde type with a stable name and an async `execute`.
+///
+/// The value is serialised to JSON at dispatch and deserialised by the worker that runs it,
+/// so it carries the job's input, not live resources (open connections, handles): those
+/// the job fetches itself, for example from a `once_cell` or from the [`JobContext`].
+///
+/// ```
+/// use lightjobs::{Job, JobContext, JobError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct SendMail { to: String, subject: String }
+///
+/// impl Job for SendMail {
+///     const NAME: &'static str = "send_mail";
+///     const MAX_ATTEMPTS: u32 = 5;
+///
+///     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+///         if self.to.is_empty() {
+///             // Retrying cannot fix this one: fail at once.
+///             return Err(JobError::fail("Recipient email address is missing"));
+///         }
+///         println!("attempt {} mailing {}", ctx.attempt(), self.to);
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// Delivery is at least once: a process that dies after a job ran and before the result
+/// was written runs it again elsewhere. Make `execute` idempotent (check before you act,
+/// use [`JobContext::id`] as an idempotency key with the services you call).
+// The futures are deliberately not `Send`: workers run jobs on actix-rt's single-threaded
+// runtime, so a job may hold `Rc`s and other actix state across awaits.
+#[allow(async_fn_in_trait)]
+pub trait Job: Serialize + DeserializeOwned + 'static {
+    /// The name stored in `jobs.name`. Keep it stable when you rename the type: rows
+    /// already in the table find their handler by this string.
+    const NAME: &'static str;
+
+    /// The queue the job goes to unless the dispatch names another.
+    const QUEUE: &'static str = crate::DEFAULT_QUEUE;
+
+    /// How many times the job may run before it is marked `failed` (at least 1).
+    const MAX_ATTEMPTS: u32 = crate::DEFAULT_MAX_ATTEMPTS;
+
+    /// How long one run may take before it is cancelled and counted as an error.
+    /// `None` uses the workers' default ([`Workers::job_timeout`](crate::Workers::job_timeout)).
+    const TIMEOUT: Option<Duration> = None;
+
+    /// The delay before the next attempt after attempt number `attempt` (1-based) failed.
+    /// The default is [`Backoff::default`]: exponential from 1 s, capped at 1 h, with jitter.
+    fn backoff(attempt: u32) -> Duration {
+        Backoff::default().delay(attempt, fastrand::f64())
+    }
+
+    /// Runs the job. `Err` with attempts left schedules a retry; see [`JobError`].
+    fn execute(self, ctx: &JobContext) -> impl Future<Output = Result<(), JobError>>;
+}
+
+/// What a running job knows about itself.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) attempt: u32,
+    pub(crate) max_attempts: u32,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) data: Arc<DataMap>,
+}
+
+/// Shared values handed to every job, by type (see [`Workers::data`](crate::Workers::data)).
+#[derive(Default, Clone)]
+pub(crate) struct DataMap(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl fmt::Debug for DataMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataMap({} values)", self.0.len())
+    }
+}
+
+impl DataMap {
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    fn get<T: 'static>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
+impl JobContext {
+    /// A value registered with [`Workers::data`](crate::Workers::data): a database pool,
+    /// an HTTP client, a mailer. Jobs carry only their input; resources come from here.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Audit { msg: String }
+    /// impl Job for Audit {
+    ///     const NAME: &'static str = "audit";
+    ///     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+    ///         let pool = ctx
+    ///             .data::<mysql_async::Pool>()
+    ///             .ok_or_else(|| JobError::fail("no Pool registered with Workers::data"))?;
+    ///         let _conn = pool.get_conn().await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn data<T: 'static>(&self) -> Option<&T> {
+        self.data.get::<T>()
+    }
+
+    /// The job's id (`jobs.id`); stable across retries, a good idempotency key.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue the job was claimed from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Which attempt this is, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// How many attempts the job has in all.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// True on the last attempt: an error now marks the job `failed`.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// True once the workers are shutting down. A long job may check it and return early
+    /// with an error, which schedules a retry; otherwise it gets the grace period.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Completes when the workers start shutting down.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+}
+
+/// How a job failed. Any error converts into it with `?`, which means "retry".
+///
+/// ```
+/// use lightjobs::JobError;
+///
+/// fn parse(s: &str) -> Result<u32, JobError> {
+///     let n: u32 = s.parse()?; // a ParseIntError becomes JobError::Retry
+///     if n == 0 {
+///         return Err(JobError::fail("zero is not a valid count")); // no more attempts
+///     }
+///     Ok(n)
+/// }
+/// assert!(parse("x").unwrap_err().is_retryable());
+/// assert!(!parse("0").unwrap_err().is_retryable());
+/// ```
+// Deliberately not `std::error::Error`: that would conflict with the blanket `From` that
+// makes `?` work on any error, the same trade-off anyhow makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobError {
+    /// Try again after the backoff, if attempts are left.
+    Retry(String),
+    /// Do not try again: the job goes to `failed` at once.
+    Fail(String),
+}
+
+impl JobError {
+    /// An error that schedules a retry.
+    pub fn retry(message: impl fmt::Display) -> Self {
+        JobError::Retry(message.to_string())
+    }
+
+    /// An error that marks the job `failed` without further attempts.
+    pub fn fail(message: impl fmt::Display) -> Self {
+        JobError::Fail(message.to_string())
+    }
+
+    /// The message stored in `jobs.last_error`.
+    pub fn message(&self) -> &str {
+        match self {
+            JobError::Retry(m) | JobError::Fail(m) => m,
+        }
+    }
+
+    /// Whether another attempt may fix it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JobError::Retry(_))
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl<E: std::error::Error> From<E> for JobError {
+    fn from(e: E) -> Self {
+        // Keep the whole chain: "connecting to smtp: connection refused" beats the top line.
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        JobError::Retry(message)
+    }
+}

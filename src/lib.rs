@@ -1,0 +1,99 @@
+//! Background jobs for actix-web applications, backed by MySQL/MariaDB.
+//!
+//! A request should never wait for slow work. A handler *dispatches* a job, a row in the
+//! `jobs` table; a *worker*, in the same process or another one, claims it with
+//! `SELECT … FOR UPDATE SKIP LOCKED` and runs it.
+//!
+//! ```no_run
+//! use actix_web::{post, web, App, HttpResponse, HttpServer};
+//! use lightjobs::{Job, JobContext, JobError, JobQueue, Workers};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SendMail { to: String }
+//!
+//! impl Job for SendMail {
+//!     const NAME: &'static str = "send_mail";
+//!     async fn execute(self, _ctx: &JobContext) -> Result<(), JobError> {
+//!         println!("mailing {}", self.to);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[post("/signup")]
+//! async fn signup(queue: web::Data<JobQueue>) -> actix_web::Result<HttpResponse> {
+//!     let id = queue.dispatch(SendMail { to: "new@example.com".into() }).await?;
+//!     Ok(HttpResponse::Accepted().json(id))
+//! }
+//!
+//! #[actix_web::main]
+//! async fn main() -> std::io::Result<()> {
+//!     // Reads LIGHTJOBS_DATABASE_URL (or DATABASE_URL), migrates, starts the workers.
+//!     let workers = Workers::from_env()?.register::<SendMail>().migrate(true).start().await?;
+//!     let server = HttpServer::new(|| App::new().configure(lightjobs::init).service(signup))
+//!         .bind(("127.0.0.1", 8080))?
+//!         .run();
+//!     // Serves until SIGINT/SIGTERM, then drains the workers: nothing is left running.
+//!     workers.serve(server).await
+//! }
+//! ```
+//!
+//! # Defaults, and why
+//!
+//! - **Concurrency 10** ([`DEFAULT_CONCURRENCY`]): one fetch loop per process claims as many
+//!   jobs as it has free slots in one transaction; more claimers would only contend for
+//!   the same index range.
+//! - **Poll 50 ms … 1 s** ([`DEFAULT_POLL_MIN`], [`DEFAULT_POLL_MAX`]): an idle queue costs
+//!   about one query a second; a dispatch in the same process wakes the workers at once.
+//! - **3 attempts** ([`DEFAULT_MAX_ATTEMPTS`]), exponential [`Backoff`] from 1 s with ±25%
+//!   jitter. The retry time is stored in the row, never slept in memory.
+//! - **Job timeout 15 min** ([`DEFAULT_JOB_TIMEOUT`]) so a hung job cannot hold a slot forever.
+//! - **Shutdown grace 25 s** ([`DEFAULT_SHUTDOWN_TIMEOUT`]): below the 30 s most process
+//!   managers wait before SIGKILL. Jobs still running then go back to `pending` without
+//!   spending an attempt.
+//!
+//! # Delivery
+//!
+//! At least once. A job runs exactly once unless a process dies (or loses the database)
+//! after the job finished and before its result was written; then it runs again. Write
+//! jobs to be idempotent: [`JobContext::id`] is stable across attempts.
+//!
+//! Needs MySQL 8.0.1+ or MariaDB 10.6+ (for `SKIP LOCKED`).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod backoff;
+pub mod cli;
+mod completer;
+mod error;
+mod executor;
+mod job;
+pub mod migrate;
+mod queue;
+mod registry;
+mod store;
+mod supervisor;
+mod web;
+mod worker;
+
+pub use backoff::Backoff;
+pub use completer::Report;
+pub use error::{Error, Result};
+pub use executor::{JobEvent, JobOutcome};
+pub use job::{Job, JobContext, JobError};
+pub use queue::{
+    Dispatch, JobQueue, JobQueueBuilder, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_POOL_SIZE, MAX_DELAY,
+    MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS,
+};
+pub use registry::Registry;
+pub use store::{JobRecord, QueueCount};
+pub use supervisor::{
+    WorkerHandle, Workers, DEFAULT_CONCURRENCY, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_MAX,
+    DEFAULT_POLL_MIN, DEFAULT_SHUTDOWN_TIMEOUT,
+};
+pub use web::init;
+
+/// The queue a job goes to unless it names another.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Attempts a job gets unless it sets [`Job::MAX_ATTEMPTS`].
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;

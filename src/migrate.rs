@@ -1,0 +1,299 @@
+//! Embedded SQL migrations from `migrations/`, applied in order under a lock and recorded
+//! in `lightjobs_migrations`.
+//!
+//! MySQL DDL is not transactional, so each migration is recorded as started (`success = 0`)
+//! before it runs and as done after: a migration that failed halfway leaves a "dirty" row and
+//! later runs refuse to guess, naming the migration to repair.
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Pool};
+
+/// Errors of the migration runner.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// A statement failed.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Failed {
+        /// The migration's number.
+        version: u32,
+        /// Its file name.
+        name: &'static str,
+        /// The server's error.
+        source: mysql_async::Error,
+    },
+    /// An earlier run failed halfway through this migration.
+    #[error(
+        "migration {version} ({name}) is dirty: an earlier run failed halfway. Finish or undo \
+         it by hand, then DELETE FROM lightjobs_migrations WHERE version = {version} and run \
+         `lightjobs migrate` again"
+    )]
+    Dirty {
+        /// The migration's number.
+        version: u32,
+        /// Its file name.
+        name: &'static str,
+    },
+    /// The applied migration differs from the one embedded in this build.
+    #[error(
+        "migration {version} ({name}) was applied with different contents (checksum mismatch)"
+    )]
+    Changed {
+        /// The migration's number.
+        version: u32,
+        /// Its file name.
+        name: &'static str,
+    },
+    /// A `jobs` table exists that is not the seed's or ours.
+    #[error("a table `jobs` exists but is not a jobs table lightjobs can upgrade: {0}")]
+    ForeignTable(String),
+    /// Another process held the migration lock for too long.
+    #[error("timed out waiting for the migration lock held by another process")]
+    LockTimeout,
+    /// The database failed outside a migration (connecting, locking, bookkeeping).
+    #[error("database error while migrating: {0}")]
+    Database(#[from] mysql_async::Error),
+}
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Its number, from the file name.
+    pub version: u32,
+    /// The file name.
+    pub name: &'static str,
+    /// The SQL, statements separated by `;` at the end of a line.
+    pub sql: &'static str,
+}
+
+macro_rules! migration {
+    ($version:expr, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $file,
+            sql: include_str!(concat!("../migrations/", $file)),
+        }
+    };
+}
+
+/// Every migration this build knows, in order.
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_create_jobs.sql"),
+    migration!(2, "0002_utf8mb4.sql"),
+    migration!(3, "0003_queue_columns.sql"),
+];
+
+/// The newest migration the running code needs.
+pub(crate) fn latest() -> &'static Migration {
+    &MIGRATIONS[MIGRATIONS.len() - 1]
+}
+
+/// Applies every migration not yet applied; safe to call from many processes at once.
+/// Returns the versions it applied (empty when the schema was already current).
+pub async fn run(pool: &Pool) -> Result<Vec<u32>, MigrateError> {
+    let mut conn = pool.get_conn().await?;
+    let lock: Option<Option<i64>> = conn
+        .query_first("SELECT GET_LOCK(CONCAT('lightjobs.migrate.', DATABASE()), 60)")
+        .await?;
+    if lock.flatten() != Some(1) {
+        return Err(MigrateError::LockTimeout);
+    }
+    let result = apply_pending(&mut conn).await;
+    // Released even when a migration failed; the connection closing would release it too.
+    let _ = conn
+        .query_drop("DO RELEASE_LOCK(CONCAT('lightjobs.migrate.', DATABASE()))")
+        .await;
+    result
+}
+
+async fn apply_pending(conn: &mut Conn) -> Result<Vec<u32>, MigrateError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS lightjobs_migrations (
+            version INT UNSIGNED NOT NULL PRIMARY KEY,
+            name VARCHAR(255) NOT NULL,
+            checksum BIGINT UNSIGNED NOT NULL,
+            success TINYINT(1) NOT NULL,
+            applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+        ) ENGINE=InnoDB",
+    )
+    .await?;
+    let applied: Vec<(u32, u64, bool)> = conn
+        .query("SELECT version, checksum, success FROM lightjobs_migrations ORDER BY version")
+        .await?;
+    let mut done = Vec::new();
+    for m in MIGRATIONS {
+        if let Some(&(_, checksum, success)) = applied.iter().find(|a| a.0 == m.version) {
+            if !success {
+                return Err(MigrateError::Dirty {
+                    version: m.version,
+                    name: m.name,
+                });
+            }
+            if checksum != checksum_of(m.sql) {
+                return Err(MigrateError::Changed {
+                    version: m.version,
+                    name: m.name,
+                });
+            }
+            continue;
+        }
+        if m.version == 1 && adopt_seed_table(conn).await? {
+            // The seed's own table is there (created by hand or by Lightpack): it *is*
+            // migration 1, so record it and upgrade it in place with its rows.
+            record(conn, m, true).await?;
+            tracing::info!(target: "lightjobs::migrate", "adopted existing seed `jobs` table");
+            continue;
+        }
+        record(conn, m, false).await?;
+        for statement in statements(m.sql) {
+            conn.query_drop(statement)
+                .await
+                .map_err(|source| MigrateError::Failed {
+                    version: m.version,
+                    name: m.name,
+                    source,
+                })?;
+        }
+        conn.exec_drop(
+            "UPDATE lightjobs_migrations SET success = 1 WHERE version = ?",
+            (m.version,),
+        )
+        .await?;
+        tracing::info!(target: "lightjobs::migrate", version = m.version, name = m.name, "applied");
+        done.push(m.version);
+    }
+    Ok(done)
+}
+
+/// True when a `jobs` table already exists with the seed's columns.
+async fn adopt_seed_table(conn: &mut Conn) -> Result<bool, MigrateError> {
+    let columns: Vec<String> = conn
+        .query(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'jobs'",
+        )
+        .await?;
+    if columns.is_empty() {
+        return Ok(false);
+    }
+    let needed = [
+        "id",
+        "name",
+        "payload",
+        "status",
+        "scheduled_at",
+        "created_at",
+    ];
+    let missing: Vec<_> = needed
+        .iter()
+        .filter(|c| !columns.iter().any(|have| have.eq_ignore_ascii_case(c)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(MigrateError::ForeignTable(format!(
+            "it lacks the column(s) {missing:?}"
+        )));
+    }
+    Ok(true)
+}
+
+async fn record(conn: &mut Conn, m: &Migration, success: bool) -> Result<(), MigrateError> {
+    conn.exec_drop(
+        "INSERT INTO lightjobs_migrations (version, name, checksum, success) VALUES (?, ?, ?, ?)",
+        (m.version, m.name, checksum_of(m.sql), success),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Statements end with `;` at the end of a line; `--` comment lines are dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            let stmt = current.trim().trim_end_matches(';').trim().to_owned();
+            out.push(stmt);
+            current.clear();
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_owned());
+    }
+    out
+}
+
+/// FNV-1a: a stable checksum without another dependency; it guards against edits, not
+/// against an adversary.
+fn checksum_of(sql: &str) -> u64 {
+    sql.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Refuses servers without `SKIP LOCKED`: MySQL before 8.0.1, MariaDB before 10.6.
+pub(crate) fn check_server_version(version: &str) -> crate::Result<()> {
+    let unsupported = || crate::Error::UnsupportedServer {
+        version: version.to_owned(),
+    };
+    let numbers: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let (major, minor, patch) = match numbers.as_slice() {
+        [a, b, c] => (*a, *b, *c),
+        _ => return Err(unsupported()),
+    };
+    let ok = if version.to_ascii_lowercase().contains("mariadb") {
+        (major, minor) >= (10, 6)
+    } else {
+        (major, minor, patch) >= (8, 0, 1)
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(unsupported())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(check_server_version("10.11.19-MariaDB-0+deb12u1").is_ok());
+        assert!(check_server_version("11.4.2-MariaDB").is_ok());
+        assert!(check_server_version("8.0.36").is_ok());
+        assert!(check_server_version("8.4.0-commercial").is_ok());
+        assert!(check_server_version("10.5.23-MariaDB").is_err());
+        assert!(check_server_version("5.7.44-log").is_err());
+        assert!(check_server_version("8.0.0").is_err());
+        let e = check_server_version("10.3.39-MariaDB")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MariaDB 10.6+"), "{e}");
+    }
+
+    #[test]
+    fn splits_statements_and_skips_comments() {
+        let s = statements("-- a comment\nALTER TABLE t\n  ADD x INT;\n\nUPDATE t SET x = 1\n");
+        assert_eq!(s, vec!["ALTER TABLE t\n  ADD x INT", "UPDATE t SET x = 1"]);
+        assert_eq!(statements(MIGRATIONS[0].sql).len(), 1);
+        assert_eq!(statements(MIGRATIONS[2].sql).len(), 2);
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+            assert!(m.name.starts_with(&format!("{:04}_", m.version)));
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! [`JobQueue`]: the handle handlers dispatch through.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use once_cell::sync::OnceCell;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
+
+/// Largest payload accepted by default (1 MiB): big inputs belong in a table or a bucket,
+/// with the job carrying their key.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Connections in the queue's pool by default.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Longest delay a dispatch may ask for (ten years): anything longer is a unit mistake.
+pub const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest queue name (the `jobs.queue` column).
+pub const MAX_QUEUE_NAME_CHARS: usize = 64;
+/// Longest job name (the `jobs.name` column).
+pub const MAX_JOB_NAME_CHARS: usize = 128;
+
+static GLOBAL: OnceCell<JobQueue> = OnceCell::new();
+
+/// A cheap, cloneable handle to the `jobs` table: dispatches jobs and inspects them.
+///
+/// Dispatching wakes the workers of the same process at once, so a job dispatched from a
+/// handler starts within a millisecond or two when a worker has a free slot.
+#[derive(Clone, Debug)]
+pub struct JobQueue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    wake: watch::Sender<u64>,
+    max_payload: usize,
+    server: tokio::sync::OnceCell<ServerInfo>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ServerInfo {
+    mariadb: bool,
+}
+
+/// Builds a [`JobQueue`].
+///
+/// ```no_run
+/// # fn main() -> lightjobs::Result<()> {
+/// let queue = lightjobs::JobQueue::builder("mysql://app:secret@127.0.0.1:3306/app")
+///     .pool_size(32)
+///     .max_payload_bytes(64 * 1024)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct JobQueueBuilder {
+    url: String,
+    pool_size: usize,
+    max_payload: usize,
+}
+
+impl JobQueueBuilder {
+    /// Connections in the pool ([`DEFAULT_POOL_SIZE`]). Workers use two or three; the rest
+    /// serve dispatches from handlers.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Largest JSON payload a dispatch accepts ([`DEFAULT_MAX_PAYLOAD_BYTES`]).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Validates the settings and creates the pool. Connects lazily: nothing touches the
+    /// network until the first dispatch or the workers start.
+    pub fn build(self) -> Result<JobQueue> {
+        let opts = Opts::from_url(&self.url)?;
+        let constraints = PoolConstraints::new(0, self.pool_size)
+            .ok_or_else(|| Error::invalid("pool_size", "must be at least 1"))?;
+        if self.max_payload == 0 || self.max_payload > 16 * 1024 * 1024 - 1 {
+            return Err(Error::invalid(
+                "max_payload_bytes",
+                "must be between 1 and 16 MiB - 1 (the MEDIUMTEXT column)",
+            ));
+        }
+        let opts = OptsBuilder::from_opts(opts)
+            // Returning a connection to the pool would otherwise reset the session, drop its
+            // prepared statements and rerun the setup: three round trips per checkout.
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_reset_connection(false),
+            )
+            // READ COMMITTED: the claim's locking read takes no gap locks, so claims and
+            // concurrent INSERTs do not deadlock (measured in DESIGN.md).
+            .setup(vec![
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            ]);
+        Ok(JobQueue::with_pool(Pool::new(opts), self.max_payload))
+    }
+}
+
+impl JobQueue {
+    /// A builder for a queue on the database at `url` (`mysql://user:pass@host:port/db`).
+    pub fn builder(url: impl Into<String>) -> JobQueueBuilder {
+        JobQueueBuilder {
+            url: url.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// A queue with default settings on `url`.
+    pub fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).build()
+    }
+
+    /// A queue on `LIGHTJOBS_DATABASE_URL`, or `DATABASE_URL` when that is unset.
+    pub fn from_env() -> Result<Self> {
+        Self::connect(&database_url_from_env()?)
+    }
+
+    /// A queue on a pool you already have. Its connections keep your session settings.
+    pub fn from_pool(pool: Pool) -> Self {
+        Self::with_pool(pool, DEFAULT_MAX_PAYLOAD_BYTES)
+    }
+
+    fn with_pool(pool: Pool, max_payload: usize) -> Self {
+        JobQueue {
+            inner: Arc::new(Inner {
+                store: Store::new(pool),
+                wake: watch::Sender::new(0),
+                max_payload,
+                server: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Makes this queue the process-wide one that [`init`](crate::init) hands to actix.
+    /// Returns the queue already installed, if another was first.
+    pub fn install(&self) -> std::result::Result<(), JobQueue> {
+        GLOBAL.set(self.clone()).map_err(|_| self.clone())?;
+        Ok(())
+    }
+
+    /// The process-wide queue: the installed one, or one built from the environment on
+    /// first use.
+    pub fn global() -> Result<JobQueue> {
+        GLOBAL.get_or_try_init(JobQueue::from_env).cloned()
+    }
+
+    /// The underlying pool, for your own statements (for example to open the transaction
+    /// you pass to [`Dispatch::within`]).
+    pub fn pool(&self) -> &Pool {
+        self.inner.store.pool()
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+
+    /// Wakes this process's workers, e.g. after committing a transaction that dispatched
+    /// jobs with [`Dispatch::within`].
+    pub fn notify_workers(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
+    pub async fn migrate(&self) -> Result<Vec<u32>> {
+        self.check_server().await?;
+        Ok(crate::migrate::run(self.pool()).await?)
+    }
+
+    /// Checks the server version and that the schema is migrated, once per queue.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.inner
+            .server
+            .get_or_try_init(|| async {
+                let (version, applied) = self.store().read_server_state().await?;
+                crate::migrate::check_server_version(&version)?;
+                let latest = crate::migrate::latest();
+                if applied.unwrap_or(0) < latest.version {
+                    return Err(Error::Schema(format!(
+                        "migration {} ({}) has not been applied (newest applied: {}); run \
+                         `lightjobs migrate` or call JobQueue::migrate / Workers::migrate(true)",
+                        latest.version,
+                        latest.name,
+                        applied.map_or("none".to_owned(), |v| v.to_string()),
+                    )));
+                }
+                Ok(ServerInfo {
+                    mariadb: version.to_ascii_lowercase().contains("mariadb"),
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn check_server(&self) -> Result<bool> {
+        let (version, _) = self.store().read_server_state().await?;
+        crate::migrate::check_server_version(&version)?;
+        Ok(version.to_ascii_lowercase().contains("mariadb"))
+    }
+
+    /// Starts a dispatch of `job`; set options on the returned [`Dispatch`], then `.await` it
+    /// for the new job's id.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail { to: String }
+    /// # impl Job for SendMail { const NAME: &'static str = "send_mail";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn handler(queue: JobQueue) -> lightjobs::Result<()> {
+    /// let id = queue.dispatch(SendMail { to: "a@example.com".into() }).await?;
+    /// let later = queue
+    ///     .dispatch(SendMail { to: "b@example.com".into() })
+    ///     .delay(Duration::from_secs(60))
+    ///     .priority(-1)
+    ///     .on_queue("mail")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn dispatch<J: Job>(&self, job: J) -> Dispatch<'_> {
+        Dispatch {
+            queue: self,
+            job: self.new_job(&job),
+        }
+    }
+
+    /// Inserts many jobs of one type in one statement; returns their ids in order.
+    pub async fn dispatch_many<J: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = J>,
+    ) -> Result<Vec<u64>> {
+        let rows = jobs
+            .into_iter()
+            .map(|job| self.new_job(&job).and_then(|j| self.validate(j)))
+            .collect::<Result<Vec<_>>>()?;
+        self.check_ready().await?;
+        let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
+        let ids = self.store().insert_jobs(&rows, mariadb).await?;
+        self.notify_workers();
+        Ok(ids)
+    }
+
+    fn new_job<J: Job>(&self, job: &J) -> Result<NewJob> {
+        Ok(NewJob {
+            name: J::NAME,
+            payload: serde_json::to_string(job)?,
+            queue: J::QUEUE.to_owned(),
+            priority: 0,
+            max_attempts: J::MAX_ATTEMPTS,
+            when: When::After(Duration::ZERO),
+        })
+    }
+
+    fn validate(&self, job: NewJob) -> Result<NewJob> {
+        validate_queue_name(&job.queue)?;
+        if job.name.is_empty() || job.name.chars().count() > MAX_JOB_NAME_CHARS {
+            return Err(Error::invalid(
+                "job name",
+                format!(
+                    "`{}` must be 1 to {MAX_JOB_NAME_CHARS} characters",
+                    job.name
+                ),
+            ));
+        }
+        if job.payload.len() > self.inner.max_payload {
+            return Err(Error::invalid(
+                "payload",
+                format!(
+                    "job `{}` serialises to {} bytes, over the limit of {} bytes",
+                    job.name,
+                    job.payload.len(),
+                    self.inner.max_payload
+                ),
+            ));
+        }
+        if job.max_attempts == 0 {
+            return Err(Error::invalid("max_attempts", "must be at least 1"));
+        }
+        if let When::After(d) = job.when {
+            if d > MAX_DELAY {
+                return Err(Error::invalid(
+                    "delay",
+                    format!("{d:?} is longer than the maximum of ten years"),
+                ));
+            }
+        }
+        Ok(job)
+    }
+
+    /// One job by id.
+    pub async fn find(&self, id: u64) -> Result<Option<JobRecord>> {
+        self.store().find_job(id).await
+    }
+
+    /// Jobs with `status` (`pending`, `running`, `processed`, `failed`), newest first.
+    pub async fn list(
+        &self,
+        status: &str,
+        queue: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<JobRecord>> {
+        self.store().list_jobs(status, queue, limit).await
+    }
+
+    /// Puts one `failed` job back to `pending` with a fresh set of attempts.
+    /// Returns false when no failed job has this id.
+    pub async fn retry_failed(&self, id: u64) -> Result<bool> {
+        Ok(self.store().retry_failed(Some(id), None).await? == 1)
+    }
+
+    /// Puts every `failed` job (of `queue`, or of all queues) back to `pending`.
+    pub async fn retry_all_failed(&self, queue: Option<&str>) -> Result<u64> {
+        let n = self.store().retry_failed(None, queue).await?;
+        self.notify_workers();
+        Ok(n)
+    }
+
+    /// Deletes `processed` jobs finished longer than `processed` ago and, when given,
+    /// `failed` jobs finished longer than `failed` ago, 1,000 rows per statement.
+    pub async fn prune(&self, processed: Duration, failed: Option<Duration>) -> Result<u64> {
+        self.store().prune_finished(processed, failed, 1000).await
+    }
+
+    /// Job counts per queue and status.
+    pub async fn stats(&self) -> Result<Vec<QueueCount>> {
+        self.store().count_jobs().await
+    }
+}
+
+/// A dispatch being prepared; `.await` it to insert the job.
+#[must_use = "a dispatch does nothing until it is awaited"]
+pub struct Dispatch<'q> {
+    queue: &'q JobQueue,
+    job: Result<NewJob>,
+}
+
+impl<'q> Dispatch<'q> {
+    fn set(mut self, f: impl FnOnce(&mut NewJob)) -> Self {
+        if let Ok(job) = self.job.as_mut() {
+            f(job);
+        }
+        self
+    }
+
+    /// Runs the job no sooner than `delay` from now (the database's clock).
+    pub fn delay(self, delay: Duration) -> Self {
+        self.set(|j| j.when = When::After(delay))
+    }
+
+    /// Runs the job no sooner than `at`. A time in the past means at once.
+    pub fn run_at(self, at: SystemTime) -> Self {
+        self.set(|j| j.when = When::At(at))
+    }
+
+    /// Lower runs first among ready jobs of a queue (like Unix `nice`); default 0.
+    pub fn priority(self, priority: i16) -> Self {
+        self.set(|j| j.priority = priority)
+    }
+
+    /// Sends the job to `queue` instead of [`Job::QUEUE`].
+    pub fn on_queue(self, queue: &str) -> Self {
+        self.set(|j| j.queue = queue.to_owned())
+    }
+
+    /// Overrides [`Job::MAX_ATTEMPTS`].
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        self.set(|j| j.max_attempts = attempts)
+    }
+
+    /// Inserts the job through `conn`: your own `mysql_async` transaction (it commits or
+    /// rolls back with your rows) or connection. Call [`JobQueue::notify_workers`] after
+    /// your commit for an immediate start; otherwise the next poll picks it up.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # use mysql_async::{prelude::*, TxOpts};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail { to: String }
+    /// # impl Job for SendMail { const NAME: &'static str = "send_mail";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn signup(queue: JobQueue) -> lightjobs::Result<()> {
+    /// let mut conn = queue.pool().get_conn().await?;
+    /// let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    /// tx.exec_drop("INSERT INTO users (email) VALUES (?)", ("a@example.com",)).await?;
+    /// queue.dispatch(SendMail { to: "a@example.com".into() }).within(&mut tx).await?;
+    /// tx.commit().await?;
+    /// queue.notify_workers();
+    /// # Ok(()) }
+    /// ```
+    pub async fn within<Q: Queryable>(self, conn: &mut Q) -> Result<u64> {
+        let job = self.job.and_then(|j| self.queue.validate(j))?;
+        self.queue.check_ready().await?;
+        Store::insert_job(conn, &job).await
+    }
+}
+
+impl<'q> IntoFuture for Dispatch<'q> {
+    type Output = Result<u64>;
+    type IntoFuture = BoxFuture<'q, Result<u64>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let queue = self.queue;
+        let job = self.job.and_then(|j| queue.validate(j));
+        Box::pin(async move {
+            let job = job?;
+            queue.check_ready().await?;
+            let mut conn = queue.pool().get_conn().await?;
+            let id = Store::insert_job(&mut conn, &job).await?;
+            queue.notify_workers();
+            tracing::debug!(target: "lightjobs::queue", id, name = job.name, queue = %job.queue, "dispatched");
+            Ok(id)
+        })
+    }
+}
+
+/// Queue names are stored and compared as given, and always passed as parameters, so any
+/// printable text is safe; empty, padded, control characters and overlong are refused.
+pub(crate) fn validate_queue_name(queue: &str) -> Result<()> {
+    let chars = queue.chars().count();
+    if chars == 0 || chars > MAX_QUEUE_NAME_CHARS {
+        return Err(Error::invalid(
+            "queue name",
+            format!("must be 1 to {MAX_QUEUE_NAME_CHARS} characters, got {chars}"),
+        ));
+    }
+    if queue.trim() != queue || queue.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "queue name",
+            format!("{queue:?} has surrounding spaces or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// `LIGHTJOBS_DATABASE_URL`, else `DATABASE_URL`.
+pub(crate) fn database_url_from_env() -> Result<String> {
+    ["LIGHTJOBS_DATABASE_URL", "DATABASE_URL"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+        .ok_or(Error::NotConfigured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        assert!(validate_queue_name("default").is_ok());
+        assert!(validate_queue_name("it's; DROP TABLE jobs; --").is_ok());
+        assert!(validate_queue_name("courriel-é-📬").is_ok());
+        assert!(validate_queue_name(&"q".repeat(64)).is_ok());
+        assert!(validate_queue_name(&"q".repeat(65)).is_err());
+        assert!(validate_queue_name("").is_err());
+        assert!(validate_queue_name(" mail").is_err());
+        assert!(validate_queue_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn bad_pool_settings_are_errors() {
+        let e = JobQueue::builder("mysql://root@127.0.0.1/test")
+            .pool_size(0)
+            .build();
+        assert!(e.unwrap_err().to_string().contains("pool_size"));
+        let e = JobQueue::builder("postgres://x").build();
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,579 @@
+//! Every SQL statement lightjobs runs, one method per statement.
+//!
+//! Times are always the database's (`UTC_TIMESTAMP(6)`), never the application's clock and
+//! never the session time zone, so several hosts and a caller's own connection agree.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mysql_async::prelude::*;
+use mysql_async::{Pool, TxOpts, Value};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Statuses stored in `jobs.status`.
+pub(crate) mod status {
+    pub const PROCESSED: &str = "processed";
+    pub const FAILED: &str = "failed";
+}
+
+/// Columns a claim reads, in this order.
+const CLAIM_SQL: &str = "SELECT id, name, payload, attempts, max_attempts FROM jobs \
+     FORCE INDEX (jobs_claim) \
+     WHERE queue = ? AND status = 'pending' AND scheduled_at <= UTC_TIMESTAMP(6) \
+     ORDER BY priority, scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED";
+
+/// A row about to be inserted.
+#[derive(Debug, Clone)]
+pub(crate) struct NewJob {
+    pub name: &'static str,
+    pub payload: String,
+    pub queue: String,
+    pub priority: i16,
+    pub max_attempts: u32,
+    pub when: When,
+}
+
+/// When a new job becomes ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// After this delay from the database's now (zero: at once).
+    After(Duration),
+    /// At this instant (UTC).
+    At(SystemTime),
+}
+
+/// A job this worker now holds.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimedJob {
+    pub id: u64,
+    pub name: String,
+    pub payload: String,
+    pub queue: String,
+    /// The attempt now running, 1-based (already counted in the row).
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// A job as stored, for inspection tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// `jobs.id`.
+    pub id: u64,
+    /// The job's name.
+    pub name: String,
+    /// The queue.
+    pub queue: String,
+    /// `pending`, `running`, `processed` or `failed`.
+    pub status: String,
+    /// Attempts spent so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+    /// The JSON payload.
+    pub payload: String,
+    /// When it was created (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`).
+    pub created_at: String,
+    /// When it is (or was) due (UTC).
+    pub scheduled_at: String,
+    /// When it reached `processed` or `failed` (UTC).
+    pub finished_at: Option<String>,
+}
+
+/// Counts for one queue and status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueCount {
+    /// The queue.
+    pub queue: String,
+    /// The status.
+    pub status: String,
+    /// How many jobs.
+    pub count: u64,
+}
+
+/// Access to the `jobs` table through one pool.
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    pool: Pool,
+}
+
+/// A guarded write: only the worker that holds the claim may change the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guarded {
+    /// The row was ours and is changed.
+    Applied,
+    /// The row was no longer ours (rescued, released, edited by hand): nothing written.
+    Lost,
+}
+
+impl Store {
+    pub(crate) fn new(pool: Pool) -> Self {
+        Store { pool }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `SELECT VERSION()` and the newest applied migration (None when the table is missing).
+    pub(crate) async fn read_server_state(&self) -> Result<(String, Option<u32>)> {
+        let mut conn = self.pool.get_conn().await?;
+        let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+        let applied: Result<Option<Option<u32>>, _> = conn
+            .query_first("SELECT MAX(version) FROM lightjobs_migrations WHERE success = 1")
+            .await;
+        let applied = match applied {
+            Ok(v) => v.flatten(),
+            // 1146: table does not exist.
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((version.unwrap_or_default(), applied))
+    }
+
+    /// Inserts one job through `conn` (a pooled connection or the caller's transaction).
+    pub(crate) async fn insert_job<Q: Queryable>(conn: &mut Q, job: &NewJob) -> Result<u64> {
+        let (delay, at) = job.when.params()?;
+        let result = conn
+            .exec_iter(
+                "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+                 scheduled_at, created_at) VALUES (?, ?, 'pending', ?, ?, ?, \
+                 COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))",
+                (
+                    job.name,
+                    job.payload.as_str(),
+                    job.queue.as_str(),
+                    job.priority,
+                    job.max_attempts,
+                    at,
+                    delay,
+                ),
+            )
+            .await?;
+        let id = result.last_insert_id();
+        result.drop_result().await?;
+        id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+    }
+
+    /// Inserts many jobs in one statement and returns their ids in order.
+    pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], mariadb: bool) -> Result<Vec<u64>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+             scheduled_at, created_at) VALUES ",
+        );
+        let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * 7);
+        for (i, job) in jobs.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(
+                "(?, ?, 'pending', ?, ?, ?, \
+                 COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))",
+            );
+            let (delay, at) = job.when.params()?;
+            params.extend([
+                job.name.into(),
+                job.payload.as_str().into(),
+                job.queue.as_str().into(),
+                job.priority.into(),
+                job.max_attempts.into(),
+                at,
+                delay.into(),
+            ]);
+        }
+        let mut conn = self.pool.get_conn().await?;
+        if mariadb {
+            // RETURNING gives the real ids whatever the auto-increment lock mode.
+            sql.push_str(" RETURNING id");
+            return Ok(conn.exec(sql, params).await?);
+        }
+        // MySQL has no RETURNING; a multi-row insert gets consecutive ids (step
+        // auto_increment_increment) under innodb_autoinc_lock_mode 0/1 and, in practice, 2.
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        tx.exec_drop(sql, params).await?;
+        let first = tx.last_insert_id().unwrap_or_default();
+        let step: Option<u64> = tx.query_first("SELECT @@auto_increment_increment").await?;
+        tx.commit().await?;
+        let step = step.unwrap_or(1);
+        Ok((0..jobs.len() as u64).map(|i| first + i * step).collect())
+    }
+
+    /// Claims up to `limit` ready jobs of `queue` for `worker` in one short transaction.
+    pub(crate) async fn claim_available(
+        &self,
+        queue: &str,
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<ClaimedJob>> {
+        let mut conn = self.pool.get_conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let rows: Vec<(u64, String, String, u32, u32)> =
+            tx.exec(CLAIM_SQL, (queue, limit as u64)).await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        tx.exec_drop(
+            format!(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
+                 reserved_by = ?, reserved_at = UTC_TIMESTAMP(6) WHERE id IN ({})",
+                id_list(rows.iter().map(|r| r.0))
+            ),
+            (worker,),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, payload, attempts, max_attempts)| ClaimedJob {
+                id,
+                name,
+                payload,
+                queue: queue.to_owned(),
+                attempt: attempts + 1,
+                max_attempts,
+            })
+            .collect())
+    }
+
+    /// Marks jobs `processed`; returns how many were still ours.
+    pub(crate) async fn mark_completed(&self, ids: &[u64], worker: &str) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            format!(
+                "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) \
+                 WHERE id IN ({}) AND reserved_by = ? AND status = 'running'",
+                id_list(ids.iter().copied())
+            ),
+            (worker,),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
+    /// Back to `pending` after `delay`, keeping the error.
+    pub(crate) async fn mark_retry(
+        &self,
+        id: u64,
+        worker: &str,
+        error: &str,
+        delay: Duration,
+    ) -> Result<Guarded> {
+        self.guarded(
+            "UPDATE jobs SET status = 'pending', last_error = ?, reserved_by = NULL, \
+             reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+             WHERE id = ? AND reserved_by = ? AND status = 'running'",
+            vec![
+                truncate_error(error).into(),
+                micros(delay).into(),
+                id.into(),
+                worker.into(),
+            ],
+        )
+        .await
+    }
+
+    /// `failed`, with the error.
+    pub(crate) async fn mark_failed(&self, id: u64, worker: &str, error: &str) -> Result<Guarded> {
+        self.guarded(
+            "UPDATE jobs SET status = 'failed', last_error = ?, finished_at = UTC_TIMESTAMP(6) \
+             WHERE id = ? AND reserved_by = ? AND status = 'running'",
+            vec![truncate_error(error).into(), id.into(), worker.into()],
+        )
+        .await
+    }
+
+    /// Back to `pending` at once without spending the attempt (shutdown).
+    pub(crate) async fn release_jobs(&self, ids: &[u64], worker: &str) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            format!(
+                "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts, 1) - 1, \
+                 reserved_by = NULL, reserved_at = NULL \
+                 WHERE id IN ({}) AND reserved_by = ? AND status = 'running'",
+                id_list(ids.iter().copied())
+            ),
+            (worker,),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
+    async fn guarded(&self, sql: &str, params: Vec<Value>) -> Result<Guarded> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(sql, params).await?;
+        Ok(if conn.affected_rows() == 1 {
+            Guarded::Applied
+        } else {
+            Guarded::Lost
+        })
+    }
+
+    /// One job by id.
+    pub(crate) async fn find_job(&self, id: u64) -> Result<Option<JobRecord>> {
+        let mut conn = self.pool.get_conn().await?;
+        let rows = conn
+            .exec_map(
+                format!("{RECORD_SELECT} WHERE id = ?"),
+                (id,),
+                JobRecord::from_row,
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Jobs with `status`, newest first.
+    pub(crate) async fn list_jobs(
+        &self,
+        status: &str,
+        queue: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<JobRecord>> {
+        let mut conn = self.pool.get_conn().await?;
+        Ok(conn
+            .exec_map(
+                format!(
+                    "{RECORD_SELECT} WHERE status = ? AND (? IS NULL OR queue = ?) \
+                     ORDER BY id DESC LIMIT ?"
+                ),
+                (status, queue, queue, limit),
+                JobRecord::from_row,
+            )
+            .await?)
+    }
+
+    /// `failed` → `pending` with a fresh set of attempts; `id` None retries all (of `queue`).
+    pub(crate) async fn retry_failed(&self, id: Option<u64>, queue: Option<&str>) -> Result<u64> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
+             reserved_by = NULL, reserved_at = NULL, finished_at = NULL \
+             WHERE status = 'failed' AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)",
+            (id, id, queue, queue),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
+    /// Deletes finished jobs older than the given ages, in batches of `batch` rows so no
+    /// statement holds locks for long. Returns how many rows went.
+    pub(crate) async fn prune_finished(
+        &self,
+        processed_age: Duration,
+        failed_age: Option<Duration>,
+        batch: u64,
+    ) -> Result<u64> {
+        let mut total = 0;
+        let mut conn = self.pool.get_conn().await?;
+        let targets = [
+            (status::PROCESSED, Some(processed_age)),
+            (status::FAILED, failed_age),
+        ];
+        for (status, age) in targets {
+            let Some(age) = age else { continue };
+            loop {
+                conn.exec_drop(
+                    "DELETE FROM jobs WHERE status = ? \
+                     AND finished_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+                     ORDER BY id LIMIT ?",
+                    (status, micros(age), batch),
+                )
+                .await?;
+                let n = conn.affected_rows();
+                total += n;
+                if n < batch {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Counts per queue and status.
+    pub(crate) async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
+        let mut conn = self.pool.get_conn().await?;
+        Ok(conn
+            .query_map(
+                "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status \
+                 ORDER BY queue, status",
+                |(queue, status, count)| QueueCount {
+                    queue,
+                    status,
+                    count,
+                },
+            )
+            .await?)
+    }
+}
+
+const RECORD_SELECT: &str = "SELECT id, name, queue, status, attempts, max_attempts, last_error, \
+     payload, DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), \
+     DATE_FORMAT(scheduled_at, '%Y-%m-%d %H:%i:%s.%f'), \
+     DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f') FROM jobs";
+
+impl JobRecord {
+    fn from_row(row: mysql_async::Row) -> JobRecord {
+        type Cols = (
+            u64,
+            String,
+            String,
+            String,
+            u32,
+            u32,
+            Option<String>,
+            String,
+            String,
+            String,
+            Option<String>,
+        );
+        let (
+            id,
+            name,
+            queue,
+            status,
+            attempts,
+            max_attempts,
+            last_error,
+            payload,
+            created_at,
+            scheduled_at,
+            finished_at,
+        ): Cols = mysql_async::from_row(row);
+        JobRecord {
+            id,
+            name,
+            queue,
+            status,
+            attempts,
+            max_attempts,
+            last_error,
+            payload,
+            created_at,
+            scheduled_at,
+            finished_at,
+        }
+    }
+}
+
+impl When {
+    /// (delay in µs, absolute DATETIME or NULL) for the INSERT's COALESCE.
+    fn params(&self) -> Result<(i64, Value)> {
+        match *self {
+            When::After(d) => Ok((micros(d), Value::NULL)),
+            When::At(t) => Ok((0, datetime_value(t)?)),
+        }
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Ids are integers we read from the table, so inlining them is safe, and it keeps the
+/// statement text free of a variable number of placeholders.
+fn id_list(ids: impl Iterator<Item = u64>) -> String {
+    let mut s = String::new();
+    for (i, id) in ids.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{id}");
+    }
+    s
+}
+
+/// `last_error` is TEXT (64 KiB); a longer message is cut on a char boundary.
+fn truncate_error(error: &str) -> &str {
+    const MAX: usize = 60_000;
+    if error.len() <= MAX {
+        return error;
+    }
+    let mut end = MAX;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    &error[..end]
+}
+
+/// A UTC calendar DATETIME for `t`; times before 1970 or after 9999 are refused.
+pub(crate) fn datetime_value(t: SystemTime) -> Result<Value> {
+    let since = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Error::invalid("run_at", "times before 1970 are not supported"))?;
+    let secs = since.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    if y > 9999 {
+        return Err(Error::invalid(
+            "run_at",
+            "times after year 9999 are not supported",
+        ));
+    }
+    Ok(Value::Date(
+        y as u16,
+        m as u8,
+        d as u8,
+        (rem / 3600) as u8,
+        (rem % 3600 / 60) as u8,
+        (rem % 60) as u8,
+        since.subsec_micros(),
+    ))
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+    }
+
+    #[test]
+    fn datetime_of_instant() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_867_509_123_456);
+        assert_eq!(
+            datetime_value(t).unwrap(),
+            Value::Date(2026, 11, 28, 12, 5, 9, 123_456)
+        );
+        assert!(datetime_value(UNIX_EPOCH - Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn id_lists_and_truncation() {
+        assert_eq!(id_list([1u64, 22, 333].into_iter()), "1,22,333");
+        let long = "é".repeat(40_000);
+        let cut = truncate_error(&long);
+        assert!(cut.len() <= 60_000 && cut.chars().all(|c| c == 'é'));
+    }
+}

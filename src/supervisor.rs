@@ -1,0 +1,403 @@
+//! [`Workers`]: starts the fetch loop and the completer on actix-rt, and drives the
+//! two-stage shutdown (stop claiming, then let running jobs finish within a grace period).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::completer::{Completer, EventHook, Report};
+use crate::error::{Error, Result};
+use crate::executor::{Executor, JobEvent};
+use crate::job::{DataMap, Job};
+use crate::queue::{validate_queue_name, JobQueue};
+use crate::registry::Registry;
+use crate::worker::{PollInterval, Worker};
+
+/// Jobs run at once by default.
+pub const DEFAULT_CONCURRENCY: usize = 10;
+/// First idle poll interval; also the wait after a claim that found fewer jobs than slots.
+pub const DEFAULT_POLL_MIN: Duration = Duration::from_millis(50);
+/// Longest idle poll interval. Dispatches from the same process wake workers at once, so
+/// this bounds only how late a job dispatched by another process is noticed on an idle queue.
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(1);
+/// How long one run may take unless the job sets [`Job::TIMEOUT`].
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long running jobs get to finish at shutdown before they are released.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Configures and starts the workers of one process.
+///
+/// ```no_run
+/// # use lightjobs::{Job, JobContext, JobError, Workers};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail;
+/// # impl Job for SendMail { const NAME: &'static str = "send_mail";
+/// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+/// # async fn run() -> lightjobs::Result<()> {
+/// let workers = Workers::from_env()?
+///     .register::<SendMail>()
+///     .queues(["default", "mail"])
+///     .concurrency(20)
+///     .start()
+///     .await?;
+/// // … later, e.g. after the HTTP server returned:
+/// let report = workers.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct Workers {
+    queue: JobQueue,
+    registry: Registry,
+    queues: Vec<String>,
+    concurrency: usize,
+    poll_min: Duration,
+    poll_max: Duration,
+    job_timeout: Duration,
+    shutdown_timeout: Duration,
+    migrate: bool,
+    stop_when_empty: bool,
+    max_jobs: Option<u64>,
+    hook: Option<EventHook>,
+    data: DataMap,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("registry", &self.registry)
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    /// Workers on `queue` with the defaults: queue `default`, [`DEFAULT_CONCURRENCY`] slots.
+    pub fn new(queue: JobQueue) -> Self {
+        Workers {
+            queue,
+            registry: Registry::new(),
+            queues: vec![crate::DEFAULT_QUEUE.to_owned()],
+            concurrency: DEFAULT_CONCURRENCY,
+            poll_min: DEFAULT_POLL_MIN,
+            poll_max: DEFAULT_POLL_MAX,
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            migrate: false,
+            stop_when_empty: false,
+            max_jobs: None,
+            hook: None,
+            data: DataMap::default(),
+        }
+    }
+
+    /// Workers on the process-wide queue ([`JobQueue::global`]: the installed one, or
+    /// `LIGHTJOBS_DATABASE_URL` / `DATABASE_URL`).
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::new(JobQueue::global()?))
+    }
+
+    /// Adds a job type this process can run.
+    pub fn register<J: Job>(mut self) -> Self {
+        self.registry = self.registry.register::<J>();
+        self
+    }
+
+    /// Shares `value` with every job, which reads it with
+    /// [`JobContext::data::<T>()`](crate::JobContext::data). One value per type; wrap
+    /// values in newtypes to have several of one type.
+    pub fn data<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.data.insert(value);
+        self
+    }
+
+    /// Replaces the registry.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The queues to work, claimed from in turn (default: `["default"]`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Jobs run at once ([`DEFAULT_CONCURRENCY`]).
+    pub fn concurrency(mut self, slots: usize) -> Self {
+        self.concurrency = slots;
+        self
+    }
+
+    /// Idle poll interval bounds ([`DEFAULT_POLL_MIN`], [`DEFAULT_POLL_MAX`]).
+    pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
+        self.poll_min = min;
+        self.poll_max = max;
+        self
+    }
+
+    /// Timeout for jobs that do not set [`Job::TIMEOUT`] ([`DEFAULT_JOB_TIMEOUT`]).
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// Grace period for running jobs at shutdown ([`DEFAULT_SHUTDOWN_TIMEOUT`]). Keep it
+    /// below your process manager's kill timeout (systemd: 90 s, Kubernetes: 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Apply pending migrations in [`start`](Self::start) (default: no, only check).
+    pub fn migrate(mut self, yes: bool) -> Self {
+        self.migrate = yes;
+        self
+    }
+
+    /// Stop once no job is ready and none is running (for batch runs and tests).
+    pub fn stop_when_empty(mut self, yes: bool) -> Self {
+        self.stop_when_empty = yes;
+        self
+    }
+
+    /// Stop after claiming this many jobs (and finishing them).
+    pub fn max_jobs(mut self, max: u64) -> Self {
+        self.max_jobs = Some(max);
+        self
+    }
+
+    /// Called after each result is written to the table (from the worker's task: keep it
+    /// short). `process:jobs` prints its ✔/✖ lines from here.
+    pub fn on_event(mut self, hook: impl Fn(&JobEvent) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::invalid("concurrency", "must be at least 1"));
+        }
+        if self.queues.is_empty() {
+            return Err(Error::invalid("queues", "name at least one queue"));
+        }
+        for q in &self.queues {
+            validate_queue_name(q)?;
+        }
+        if self.poll_min.is_zero() || self.poll_min > self.poll_max {
+            return Err(Error::invalid(
+                "poll_interval",
+                format!(
+                    "min ({:?}) must be non-zero and at most max ({:?})",
+                    self.poll_min, self.poll_max
+                ),
+            ));
+        }
+        if self.job_timeout.is_zero() {
+            return Err(Error::invalid("job_timeout", "must be non-zero"));
+        }
+        if self.registry.names().is_empty() {
+            return Err(Error::invalid(
+                "registry",
+                "no job types registered: call .register::<YourJob>()",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and the database (server version, migrations), installs the
+    /// queue as the process-wide one if none is, and starts the workers on the current
+    /// actix-rt (or tokio `LocalSet`) thread.
+    pub async fn start(self) -> Result<WorkerHandle> {
+        self.validate()?;
+        if self.migrate {
+            self.queue.migrate().await?;
+        }
+        self.queue.check_ready().await?;
+        let _ = self.queue.install();
+
+        let worker_id = worker_id();
+        let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let (results, rx) = mpsc::unbounded_channel();
+        let completer = Completer {
+            store: self.queue.store().clone(),
+            worker_id: worker_id.clone(),
+            hook: self.hook.clone(),
+            give_up: abort.clone(),
+        };
+        let tracker = TaskTracker::new();
+        let worker = Worker {
+            store: self.queue.store().clone(),
+            queues: self.queues.clone(),
+            worker_id: worker_id.clone(),
+            concurrency: self.concurrency,
+            poll: PollInterval::new(self.poll_min, self.poll_max),
+            stop_when_empty: self.stop_when_empty,
+            max_jobs: self.max_jobs,
+            executor: Executor {
+                registry: self.registry.clone(),
+                default_timeout: self.job_timeout,
+                shutdown: shutdown.clone(),
+                abort: abort.clone(),
+                data: Arc::new(self.data),
+            },
+            results,
+            wake: self.queue.subscribe(),
+            tracker: tracker.clone(),
+            claimed: Arc::new(AtomicU64::new(0)),
+        };
+        tracing::info!(
+            target: "lightjobs::supervisor",
+            worker = %worker_id,
+            queues = ?self.queues,
+            concurrency = self.concurrency,
+            jobs = ?self.registry.names(),
+            "workers started"
+        );
+        let grace = self.shutdown_timeout;
+        let stop = shutdown.clone();
+        let task = actix_rt::spawn(async move {
+            let completer = actix_rt::spawn(completer.run(rx));
+            let exit = worker.run().await;
+            tracker.close();
+            tokio::select! {
+                () = tracker.wait() => {}
+                () = stop.cancelled() => {
+                    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                        tracing::warn!(target: "lightjobs::supervisor", "grace period over; releasing jobs still running");
+                        abort.cancel();
+                        tracker.wait().await;
+                    }
+                }
+            }
+            // Every executor has sent its result; the completer drains and ends. Past this
+            // point a write that keeps failing is abandoned after a few tries.
+            abort.cancel();
+            let report = completer.await.unwrap_or_default();
+            tracing::info!(target: "lightjobs::supervisor", ?exit, ?report, "workers stopped");
+            report
+        });
+        Ok(WorkerHandle {
+            queue: self.queue,
+            shutdown,
+            task,
+        })
+    }
+}
+
+/// The running workers. Dropping it leaves them running; call [`shutdown`](Self::shutdown).
+#[must_use = "dropping the handle does not stop the workers; call shutdown()"]
+pub struct WorkerHandle {
+    queue: JobQueue,
+    shutdown: CancellationToken,
+    task: actix_rt::task::JoinHandle<Report>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("stopping", &self.shutdown.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerHandle {
+    /// The queue the workers claim from.
+    pub fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+
+    /// Stops claiming, gives running jobs the grace period, releases those still running,
+    /// writes every result, and returns what was done.
+    pub async fn shutdown(self) -> Report {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the workers stop by themselves (`stop_when_empty`, `max_jobs`) or
+    /// another clone of the stop signal fires.
+    pub async fn wait(self) -> Report {
+        self.task.await.unwrap_or_default()
+    }
+
+    /// A token that starts the shutdown when cancelled (for wiring to your own signals).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs the HTTP server until it stops (SIGINT/SIGTERM, or its handle), then shuts the
+    /// workers down: the one call that ties both lifetimes together.
+    ///
+    /// ```no_run
+    /// # use actix_web::{App, HttpServer};
+    /// # async fn run(workers: lightjobs::WorkerHandle) -> std::io::Result<()> {
+    /// let server = HttpServer::new(|| App::new().configure(lightjobs::init))
+    ///     .bind(("127.0.0.1", 8080))?
+    ///     .run();
+    /// workers.serve(server).await
+    /// # }
+    /// ```
+    pub async fn serve(self, server: actix_web::dev::Server) -> std::io::Result<()> {
+        let result = server.await;
+        let report = self.shutdown().await;
+        tracing::info!(target: "lightjobs::supervisor", ?report, "HTTP server and workers stopped");
+        result
+    }
+
+    /// Runs until SIGINT or SIGTERM (or until the workers stop by themselves), then shuts
+    /// down gracefully. For worker-only processes.
+    pub async fn run_until_signal(self) -> Report {
+        let stop = self.shutdown.clone();
+        actix_rt::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!(target: "lightjobs::supervisor", "signal received, shutting down");
+            stop.cancel();
+        });
+        self.wait().await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `host:pid:random`, limited to characters safe in logs and the 128-char column.
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(80)
+        .collect();
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}

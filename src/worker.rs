@@ -1,0 +1,233 @@
+//! The fetch loop: claims as many jobs as there are free slots, hands each to an executor
+//! task, and polls with a growing interval when the queues are idle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::executor::{Executor, JobEvent};
+use crate::store::{ClaimedJob, Store};
+
+/// Why the fetch loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Shutdown was requested.
+    Stopped,
+    /// `stop_when_empty`: nothing ready and nothing running.
+    Empty,
+    /// `max_jobs` were claimed.
+    MaxJobs,
+}
+
+pub(crate) struct Worker {
+    pub store: Store,
+    pub queues: Vec<String>,
+    pub worker_id: String,
+    pub concurrency: usize,
+    pub poll: PollInterval,
+    pub stop_when_empty: bool,
+    pub max_jobs: Option<u64>,
+    pub executor: Executor,
+    pub results: mpsc::UnboundedSender<JobEvent>,
+    pub wake: watch::Receiver<u64>,
+    pub tracker: TaskTracker,
+    pub claimed: Arc<AtomicU64>,
+}
+
+impl Worker {
+    pub(crate) async fn run(mut self) -> Exit {
+        let stop = self.executor.shutdown.clone();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut idle = self.poll;
+        let mut outage: Option<Instant> = None;
+        let mut next_queue = 0usize;
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Exit::Stopped,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return Exit::Stopped,
+                },
+            };
+            let mut permits = vec![first];
+            let cap = match self.max_jobs {
+                Some(max) => {
+                    let left = max.saturating_sub(self.claimed.load(Ordering::Relaxed));
+                    if left == 0 {
+                        return Exit::MaxJobs;
+                    }
+                    usize::try_from(left).unwrap_or(usize::MAX)
+                }
+                None => usize::MAX,
+            };
+            while permits.len() < cap {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            // Anything dispatched from now on must wake the next wait.
+            self.wake.borrow_and_update();
+            let asked = permits.len();
+            let result = self.claim(&mut permits, &mut next_queue).await;
+            let got = match result {
+                Ok(n) => {
+                    if let Some(since) = outage.take() {
+                        tracing::info!(target: "lightjobs::worker", down_for = ?since.elapsed(), "database reachable again");
+                    }
+                    n
+                }
+                Err(error) => {
+                    drop(permits);
+                    if outage.is_none() {
+                        outage = Some(Instant::now());
+                        tracing::error!(target: "lightjobs::worker", %error, "claiming jobs failed; backing off until the database answers");
+                    } else {
+                        tracing::debug!(target: "lightjobs::worker", %error, "claim still failing");
+                    }
+                    idle.grow();
+                    if self.sleep(idle.jittered(), &stop, false).await {
+                        return Exit::Stopped;
+                    }
+                    continue;
+                }
+            };
+            drop(permits);
+            if got == asked {
+                idle.reset();
+                continue;
+            }
+            if got == 0 && self.stop_when_empty && slots.available_permits() == self.concurrency {
+                return Exit::Empty;
+            }
+            if got > 0 {
+                idle.reset();
+            } else {
+                idle.grow();
+            }
+            let wait = if got > 0 {
+                self.poll.min
+            } else {
+                idle.jittered()
+            };
+            if self.sleep(wait, &stop, true).await {
+                return Exit::Stopped;
+            }
+        }
+    }
+
+    /// Claims from the queues in turn until the permits are used up or every queue came back
+    /// short; spawns an executor per job. Returns how many jobs were claimed.
+    async fn claim(
+        &mut self,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+        next_queue: &mut usize,
+    ) -> crate::Result<usize> {
+        let mut got = 0;
+        for _ in 0..self.queues.len() {
+            if permits.is_empty() {
+                break;
+            }
+            let queue = &self.queues[*next_queue % self.queues.len()];
+            *next_queue = next_queue.wrapping_add(1);
+            let jobs = self
+                .store
+                .claim_available(queue, permits.len(), &self.worker_id)
+                .await?;
+            self.claimed.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            got += jobs.len();
+            for job in jobs {
+                let Some(permit) = permits.pop() else { break };
+                self.spawn(job, permit);
+            }
+        }
+        Ok(got)
+    }
+
+    fn spawn(&self, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+        let executor = self.executor.clone();
+        let results = self.results.clone();
+        self.tracker.spawn_local(async move {
+            let event = executor.run(&job).await;
+            // The completer outlives every executor, so this only fails if it panicked;
+            // the row then stays `running` for the rescuer.
+            let _ = results.send(event);
+            drop(permit);
+        });
+    }
+
+    /// Waits `wait`, or less if woken (when `wakeable`) or stopped. True when stopped.
+    async fn sleep(&mut self, wait: Duration, stop: &CancellationToken, wakeable: bool) -> bool {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => true,
+            _ = self.wake.changed(), if wakeable => false,
+            () = tokio::time::sleep(wait) => false,
+        }
+    }
+}
+
+/// The idle poll interval: starts at `min`, doubles while nothing is found, capped at
+/// `max`, and spread ±20% so that many processes do not poll in step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollInterval {
+    pub min: Duration,
+    pub max: Duration,
+    current: Duration,
+}
+
+impl PollInterval {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        PollInterval {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    fn grow(&mut self) {
+        self.current = (self.current * 2).min(self.max);
+    }
+
+    fn jittered(&self) -> Duration {
+        jitter(self.current, fastrand::f64())
+    }
+}
+
+fn jitter(d: Duration, random: f64) -> Duration {
+    d.mul_f64(0.8 + 0.4 * random.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_interval_grows_caps_and_resets() {
+        let mut p = PollInterval::new(Duration::from_millis(50), Duration::from_millis(300));
+        let mut seen = vec![];
+        for _ in 0..5 {
+            p.grow();
+            seen.push(p.current.as_millis());
+        }
+        assert_eq!(seen, vec![100, 200, 300, 300, 300]);
+        p.reset();
+        assert_eq!(p.current, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        let d = Duration::from_millis(100);
+        assert_eq!(jitter(d, 0.0), Duration::from_millis(80));
+        assert_eq!(jitter(d, 1.0), Duration::from_millis(120));
+    }
+}

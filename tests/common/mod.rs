@@ -1,0 +1,250 @@
+//! Shared test helpers: a private database per test on the real server, and test jobs.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use lightjobs::{Job, JobContext, JobError, JobQueue};
+use mysql_async::prelude::*;
+use mysql_async::Pool;
+use serde::{Deserialize, Serialize};
+
+/// The server tests run against: LIGHTJOBS_TEST_DATABASE_URL, else the local default.
+pub fn base_url() -> String {
+    std::env::var("LIGHTJOBS_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// `base` with its database path replaced by `db`.
+pub fn url_with_db(base: &str, db: &str) -> String {
+    let (main, query) = match base.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    let host_part = match main[scheme_end..].find('/') {
+        Some(i) => &main[..scheme_end + i],
+        None => main,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+/// A database of its own for one test, dropped and recreated at the start.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: Pool,
+}
+
+impl TestDb {
+    pub async fn new(test: &str) -> TestDb {
+        let base = base_url();
+        let name = format!("ljt_{test}");
+        let admin = Pool::new(base.as_str());
+        let mut conn = admin
+            .get_conn()
+            .await
+            .expect("test database server reachable");
+        conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+            .await
+            .unwrap();
+        conn.query_drop(format!(
+            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        ))
+        .await
+        .unwrap();
+        drop(conn);
+        admin.disconnect().await.unwrap();
+        let url = url_with_db(&base, &name);
+        let pool = Pool::new(url.as_str());
+        TestDb { name, url, pool }
+    }
+
+    /// A queue on this database, not migrated.
+    pub fn queue(&self) -> JobQueue {
+        JobQueue::connect(&self.url).unwrap()
+    }
+
+    /// A queue on this database with the schema migrated and a `runs` table for test jobs.
+    pub async fn migrated(&self) -> JobQueue {
+        let queue = self.queue();
+        queue.migrate().await.unwrap();
+        self.exec(
+            "CREATE TABLE IF NOT EXISTS runs (
+                 seq BIGINT AUTO_INCREMENT PRIMARY KEY,
+                 job_id BIGINT UNSIGNED NOT NULL,
+                 attempt INT NOT NULL,
+                 tag VARCHAR(100) NOT NULL
+             )",
+        )
+        .await;
+        queue
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.query_drop(sql).await.unwrap();
+    }
+
+    pub async fn scalar<T: FromValue + Send + 'static>(&self, sql: &str) -> T {
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.query_first(sql).await.unwrap().expect("one row")
+    }
+
+    /// (status, attempts, last_error) of a job.
+    pub async fn job(&self, id: u64) -> (String, u32, Option<String>) {
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.exec_first(
+            "SELECT status, attempts, last_error FROM jobs WHERE id = ?",
+            (id,),
+        )
+        .await
+        .unwrap()
+        .expect("job exists")
+    }
+
+    pub async fn count(&self, status: &str) -> u64 {
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.exec_first("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,))
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Polls until `status` count reaches `n`, or panics after `timeout`.
+    pub async fn wait_for(&self, status: &str, n: u64, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let got = self.count(status).await;
+            if got >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {n} `{status}` jobs (have {got})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn drop_db(self) {
+        let mut conn = self.pool.get_conn().await.unwrap();
+        conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name))
+            .await
+            .unwrap();
+        drop(conn);
+        let _ = self.pool.disconnect().await;
+    }
+}
+
+/// Records each run in the `runs` table (pool given with `Workers::data`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub tag: String,
+}
+
+impl Job for Record {
+    const NAME: &'static str = "record";
+    const MAX_ATTEMPTS: u32 = 3;
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        let pool = ctx
+            .data::<Pool>()
+            .ok_or_else(|| JobError::fail("no pool"))?;
+        let mut conn = pool.get_conn().await?;
+        conn.exec_drop(
+            "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, ?)",
+            (ctx.id(), ctx.attempt(), &self.tag),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Fails with `message` on every attempt before `succeed_on`, retryable or not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flaky {
+    pub message: String,
+    pub succeed_on: u32,
+    pub permanent: bool,
+}
+
+impl Job for Flaky {
+    const NAME: &'static str = "flaky";
+    const MAX_ATTEMPTS: u32 = 3;
+
+    fn backoff(_attempt: u32) -> Duration {
+        Duration::from_millis(10)
+    }
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        if ctx.attempt() >= self.succeed_on {
+            return Ok(());
+        }
+        if self.permanent {
+            Err(JobError::fail(self.message))
+        } else {
+            Err(JobError::retry(self.message))
+        }
+    }
+}
+
+/// Panics with the given message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Panics {
+    pub message: String,
+}
+
+impl Job for Panics {
+    const NAME: &'static str = "panics";
+    const MAX_ATTEMPTS: u32 = 1;
+
+    async fn execute(self, _ctx: &JobContext) -> Result<(), JobError> {
+        panic!("{}", self.message)
+    }
+}
+
+/// Sleeps `millis`, then records its run if a pool is available.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sleep {
+    pub millis: u64,
+}
+
+impl Job for Sleep {
+    const NAME: &'static str = "sleep";
+    const MAX_ATTEMPTS: u32 = 2;
+    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(1500));
+
+    fn backoff(_attempt: u32) -> Duration {
+        Duration::from_millis(10)
+    }
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        if let Some(pool) = ctx.data::<Pool>() {
+            let mut conn = pool.get_conn().await?;
+            conn.exec_drop(
+                "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, 'sleep')",
+                (ctx.id(), ctx.attempt()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn url_rewriting() {
+    assert_eq!(
+        url_with_db("mysql://root@127.0.0.1:3306/test", "x"),
+        "mysql://root@127.0.0.1:3306/x"
+    );
+    assert_eq!(
+        url_with_db("mysql://u:p@h:1/db?pool_max=5", "x"),
+        "mysql://u:p@h:1/x?pool_max=5"
+    );
+    assert_eq!(url_with_db("mysql://h", "x"), "mysql://h/x");
+}
