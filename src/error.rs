@@ -108,3 +108,13 @@ pub(crate) fn is_transient(e: &mysql_async::Error) -> bool {
         _ => is_unavailable(e),
     }
 }
+
+/// Lets `?` work on lightjobs calls inside actix's `fn main() -> std::io::Result<()>`.
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io(io) => io,
+            other => std::io::Error::other(other),
+        }
+    }
+}
