@@ -93,6 +93,14 @@ pub use supervisor::{
 };
 pub use web::init;
 
+/// Internals exposed for the crate's own integration tests and benchmarks. Not part of the
+/// API: may change in any release.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod __private {
+    pub use crate::store::{ClaimedJob, Guarded, Store, CLAIM_SQL};
+}
+
 /// The queue a job goes to unless it names another.
 pub const DEFAULT_QUEUE: &str = "default";
 /// Attempts a job gets unless it sets [`Job::MAX_ATTEMPTS`].

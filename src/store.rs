@@ -19,7 +19,8 @@ pub(crate) mod status {
 }
 
 /// Columns a claim reads, in this order.
-const CLAIM_SQL: &str = "SELECT id, name, payload, attempts, max_attempts FROM jobs \
+/// The claim's locking read; the EXPLAIN test reads its plan.
+pub const CLAIM_SQL: &str = "SELECT id, name, payload, attempts, max_attempts FROM jobs \
      FORCE INDEX (jobs_claim) \
      WHERE queue = ? AND status = 'pending' AND scheduled_at <= UTC_TIMESTAMP(6) \
      ORDER BY priority, scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED";
@@ -46,13 +47,18 @@ pub(crate) enum When {
 
 /// A job this worker now holds.
 #[derive(Debug, Clone)]
-pub(crate) struct ClaimedJob {
+pub struct ClaimedJob {
+    /// `jobs.id`.
     pub id: u64,
+    /// `jobs.name`.
     pub name: String,
+    /// The JSON payload.
     pub payload: String,
+    /// The queue it was claimed from.
     pub queue: String,
     /// The attempt now running, 1-based (already counted in the row).
     pub attempt: u32,
+    /// Attempts allowed.
     pub max_attempts: u32,
 }
 
@@ -96,13 +102,13 @@ pub struct QueueCount {
 
 /// Access to the `jobs` table through one pool.
 #[derive(Debug, Clone)]
-pub(crate) struct Store {
+pub struct Store {
     pool: Pool,
 }
 
 /// A guarded write: only the worker that holds the claim may change the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Guarded {
+pub enum Guarded {
     /// The row was ours and is changed.
     Applied,
     /// The row was no longer ours (rescued, released, edited by hand): nothing written.
@@ -110,7 +116,8 @@ pub(crate) enum Guarded {
 }
 
 impl Store {
-    pub(crate) fn new(pool: Pool) -> Self {
+    /// A store on `pool`.
+    pub fn new(pool: Pool) -> Self {
         Store { pool }
     }
 
@@ -205,7 +212,7 @@ impl Store {
     }
 
     /// Claims up to `limit` ready jobs of `queue` for `worker` in one short transaction.
-    pub(crate) async fn claim_available(
+    pub async fn claim_available(
         &self,
         queue: &str,
         limit: usize,
@@ -243,7 +250,7 @@ impl Store {
     }
 
     /// Marks jobs `processed`; returns how many were still ours.
-    pub(crate) async fn mark_completed(&self, ids: &[u64], worker: &str) -> Result<u64> {
+    pub async fn mark_completed(&self, ids: &[u64], worker: &str) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }

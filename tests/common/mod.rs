@@ -216,7 +216,7 @@ pub struct Sleep {
 impl Job for Sleep {
     const NAME: &'static str = "sleep";
     const MAX_ATTEMPTS: u32 = 2;
-    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(1500));
+    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(300));
 
     fn backoff(_attempt: u32) -> Duration {
         Duration::from_millis(10)
@@ -247,4 +247,60 @@ fn url_rewriting() {
         "mysql://u:p@h:1/x?pool_max=5"
     );
     assert_eq!(url_with_db("mysql://h", "x"), "mysql://h/x");
+}
+
+/// Sleeps `millis` with no timeout of its own, then records its run; or returns early with
+/// a retryable error when `cooperative` and shutdown starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Block {
+    pub millis: u64,
+    pub cooperative: bool,
+}
+
+impl Job for Block {
+    const NAME: &'static str = "block";
+    const MAX_ATTEMPTS: u32 = 3;
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        let sleep = tokio::time::sleep(Duration::from_millis(self.millis));
+        if self.cooperative {
+            tokio::select! {
+                () = sleep => {}
+                () = ctx.shutting_down() => return Err(JobError::retry("interrupted by shutdown")),
+            }
+        } else {
+            sleep.await;
+        }
+        if let Some(pool) = ctx.data::<Pool>() {
+            let mut conn = pool.get_conn().await?;
+            conn.exec_drop(
+                "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, 'block')",
+                (ctx.id(), ctx.attempt()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands its own row to another worker while running (what a rescue followed by another
+/// claim looks like), then succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stolen;
+
+impl Job for Stolen {
+    const NAME: &'static str = "stolen";
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        let pool = ctx
+            .data::<Pool>()
+            .ok_or_else(|| JobError::fail("no pool"))?;
+        let mut conn = pool.get_conn().await?;
+        conn.exec_drop(
+            "UPDATE jobs SET reserved_by = 'another-worker' WHERE id = ?",
+            (ctx.id(),),
+        )
+        .await?;
+        Ok(())
+    }
 }
