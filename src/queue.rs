@@ -39,6 +39,8 @@ pub struct JobQueue {
 
 #[derive(Debug)]
 struct Inner {
+    /// Kept so the workers can open a pool of their own (see `Workers::start`).
+    opts: Opts,
     store: Store,
     wake: watch::Sender<u64>,
     max_payload: usize,
@@ -107,7 +109,15 @@ impl JobQueueBuilder {
             .setup(vec![
                 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             ]);
-        Ok(JobQueue::with_pool(Pool::new(opts), self.max_payload))
+        Ok(JobQueue {
+            inner: Arc::new(Inner {
+                store: Store::new(Pool::new(opts.clone())),
+                opts: opts.into(),
+                wake: watch::Sender::new(0),
+                max_payload: self.max_payload,
+                server: tokio::sync::OnceCell::new(),
+            }),
+        })
     }
 }
 
@@ -131,22 +141,6 @@ impl JobQueue {
         Self::connect(&database_url_from_env()?)
     }
 
-    /// A queue on a pool you already have. Its connections keep your session settings.
-    pub fn from_pool(pool: Pool) -> Self {
-        Self::with_pool(pool, DEFAULT_MAX_PAYLOAD_BYTES)
-    }
-
-    fn with_pool(pool: Pool, max_payload: usize) -> Self {
-        JobQueue {
-            inner: Arc::new(Inner {
-                store: Store::new(pool),
-                wake: watch::Sender::new(0),
-                max_payload,
-                server: tokio::sync::OnceCell::new(),
-            }),
-        }
-    }
-
     /// Makes this queue the process-wide one that [`init`](crate::init) hands to actix.
     /// Returns the queue already installed, if another was first.
     pub fn install(&self) -> std::result::Result<(), JobQueue> {
@@ -164,6 +158,21 @@ impl JobQueue {
     /// you pass to [`Dispatch::within`]).
     pub fn pool(&self) -> &Pool {
         self.inner.store.pool()
+    }
+
+    /// A new pool on the same database with the same session setup, of at most `size`
+    /// connections.
+    pub(crate) fn new_pool(&self, size: usize) -> Pool {
+        let constraints = PoolConstraints::new(0, size.max(1)).unwrap_or_default();
+        Pool::new(
+            OptsBuilder::from_opts(self.inner.opts.clone()).pool_opts(
+                self.inner
+                    .opts
+                    .pool_opts()
+                    .clone()
+                    .with_constraints(constraints),
+            ),
+        )
     }
 
     pub(crate) fn store(&self) -> &Store {

@@ -15,7 +15,11 @@ use crate::executor::{Executor, JobEvent};
 use crate::job::{DataMap, Job};
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
+use crate::store::Store;
 use crate::worker::{PollInterval, Worker};
+
+/// The fetcher, the completer and the maintenance tasks each hold at most one connection.
+const WORKER_POOL_SIZE: usize = 4;
 
 /// Jobs run at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -223,19 +227,22 @@ impl Workers {
         self.queue.check_ready().await?;
         let _ = self.queue.install();
 
+        // A pool of the workers' own: connections live on this runtime, so they stay usable
+        // after the HTTP workers' runtimes (which share the dispatch pool) have shut down.
+        let store = Store::new(self.queue.new_pool(WORKER_POOL_SIZE));
         let worker_id = worker_id();
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
         let (results, rx) = mpsc::unbounded_channel();
         let completer = Completer {
-            store: self.queue.store().clone(),
+            store: store.clone(),
             worker_id: worker_id.clone(),
             hook: self.hook.clone(),
             give_up: abort.clone(),
         };
         let tracker = TaskTracker::new();
         let worker = Worker {
-            store: self.queue.store().clone(),
+            store: store.clone(),
             queues: self.queues.clone(),
             worker_id: worker_id.clone(),
             concurrency: self.concurrency,
@@ -282,6 +289,7 @@ impl Workers {
             // point a write that keeps failing is abandoned after a few tries.
             abort.cancel();
             let report = completer.await.unwrap_or_default();
+            let _ = store.pool().clone().disconnect().await;
             tracing::info!(target: "lightjobs::supervisor", ?exit, ?report, "workers stopped");
             report
         });
