@@ -67,10 +67,12 @@ pub mod cli;
 mod completer;
 mod error;
 mod executor;
+mod heartbeat;
 mod job;
 pub mod migrate;
 mod queue;
 mod registry;
+mod rescuer;
 mod store;
 mod supervisor;
 mod web;
@@ -88,8 +90,8 @@ pub use queue::{
 pub use registry::Registry;
 pub use store::{JobRecord, QueueCount};
 pub use supervisor::{
-    WorkerHandle, Workers, DEFAULT_CONCURRENCY, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_MAX,
-    DEFAULT_POLL_MIN, DEFAULT_SHUTDOWN_TIMEOUT,
+    WorkerHandle, Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOB_TIMEOUT,
+    DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_AFTER,
 };
 pub use web::init;
 

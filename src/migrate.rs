@@ -81,6 +81,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_create_jobs.sql"),
     migration!(2, "0002_utf8mb4.sql"),
     migration!(3, "0003_queue_columns.sql"),
+    migration!(4, "0004_workers.sql"),
 ];
 
 /// The newest migration the running code needs.

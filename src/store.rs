@@ -89,6 +89,16 @@ pub struct JobRecord {
     pub finished_at: Option<String>,
 }
 
+/// What a worker process registers about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// The queues, as a JSON array.
+    pub queues: String,
+}
+
 /// Counts for one queue and status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueCount {
@@ -326,6 +336,98 @@ impl Store {
         } else {
             Guarded::Lost
         })
+    }
+
+    /// Registers or refreshes this process's row in `lightjobs_workers`.
+    pub(crate) async fn beat_worker(&self, worker: &WorkerInfo) -> Result<()> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "INSERT INTO lightjobs_workers (id, host, pid, queues, started_at, heartbeat_at) \
+             VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
+            (&worker.id, &worker.host, worker.pid, &worker.queues),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes this process's row (clean shutdown) and rows dead for longer than `forget`.
+    pub(crate) async fn delete_worker(&self, id: &str, forget: Duration) -> Result<()> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "DELETE FROM lightjobs_workers WHERE id = ? \
+             OR heartbeat_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+            (id, micros(forget)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Returns jobs held by processes whose heartbeat is older than `stale` to `pending`
+    /// (or `failed` when that was their last attempt). Returns (to pending, to failed).
+    pub(crate) async fn rescue_stuck(&self, stale: Duration, limit: u64) -> Result<(u64, u64)> {
+        // A holder is alive while its heartbeat is fresh; a job claimed moments ago by a
+        // process that has not beaten yet is left alone by the reserved_at condition.
+        const DEAD_HOLDER: &str = "status = 'running' \
+             AND reserved_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+             AND NOT EXISTS (SELECT 1 FROM lightjobs_workers w WHERE w.id = jobs.reserved_by \
+                 AND w.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)";
+        let us = micros(stale);
+        let mut conn = self.pool.get_conn().await?;
+        let ids: Vec<u64> = conn
+            .exec(
+                format!("SELECT id FROM jobs WHERE {DEAD_HOLDER} ORDER BY id LIMIT ?"),
+                (us, us, limit),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let ids = id_list(ids.into_iter());
+        let secs = stale.as_secs_f64();
+        conn.exec_drop(
+            format!(
+                "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+                 last_error = CONCAT('worker ', COALESCE(reserved_by, '?'), \
+                 ' died (no heartbeat for ', ?, ' s) while running this job, its last attempt') \
+                 WHERE id IN ({ids}) AND attempts >= max_attempts AND {DEAD_HOLDER}"
+            ),
+            (secs, us, us),
+        )
+        .await?;
+        let failed = conn.affected_rows();
+        conn.exec_drop(
+            format!(
+                "UPDATE jobs SET status = 'pending', \
+                 last_error = CONCAT('worker ', COALESCE(reserved_by, '?'), \
+                 ' died (no heartbeat for ', ?, ' s) while running this job'), \
+                 reserved_by = NULL, reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) \
+                 WHERE id IN ({ids}) AND {DEAD_HOLDER}"
+            ),
+            (secs, us, us),
+        )
+        .await?;
+        Ok((conn.affected_rows(), failed))
+    }
+
+    /// Runs `f` only if this connection gets the named lock at once; `None` when another
+    /// process holds it.
+    pub(crate) async fn with_lock<T, F, Fut>(&self, name: &str, f: F) -> Result<Option<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut conn = self.pool.get_conn().await?;
+        let got: Option<Option<i64>> = conn
+            .exec_first("SELECT GET_LOCK(CONCAT(?, DATABASE()), 0)", (name,))
+            .await?;
+        if got.flatten() != Some(1) {
+            return Ok(None);
+        }
+        let result = f().await;
+        conn.exec_drop("DO RELEASE_LOCK(CONCAT(?, DATABASE()))", (name,))
+            .await?;
+        result.map(Some)
     }
 
     /// One job by id.

@@ -5,21 +5,30 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::completer::{Completer, EventHook, Report};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, JobEvent};
+use crate::heartbeat::Heartbeat;
 use crate::job::{DataMap, Job};
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::rescuer::Rescuer;
+use crate::store::{Store, WorkerInfo};
 use crate::worker::{PollInterval, Worker};
 
 /// The fetcher, the completer and the maintenance tasks each hold at most one connection.
 const WORKER_POOL_SIZE: usize = 4;
+
+/// How often a worker process refreshes its heartbeat row.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A process whose heartbeat is older than this is dead: its jobs are rescued. Five missed
+/// beats, so a slow database or a busy host does not look like a death, while a crashed
+/// process's jobs run again within seconds.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// Jobs run at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -66,6 +75,8 @@ pub struct Workers {
     max_jobs: Option<u64>,
     hook: Option<EventHook>,
     data: DataMap,
+    heartbeat_interval: Duration,
+    stale_after: Duration,
 }
 
 impl std::fmt::Debug for Workers {
@@ -95,6 +106,8 @@ impl Workers {
             max_jobs: None,
             hook: None,
             data: DataMap::default(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            stale_after: DEFAULT_STALE_AFTER,
         }
     }
 
@@ -160,6 +173,15 @@ impl Workers {
         self
     }
 
+    /// Heartbeat interval, and the silence after which a process counts as dead and its
+    /// jobs are rescued ([`DEFAULT_HEARTBEAT_INTERVAL`], [`DEFAULT_STALE_AFTER`]). The
+    /// staleness must be at least twice the interval.
+    pub fn heartbeat(mut self, interval: Duration, stale_after: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.stale_after = stale_after;
+        self
+    }
+
     /// Apply pending migrations in [`start`](Self::start) (default: no, only check).
     pub fn migrate(mut self, yes: bool) -> Self {
         self.migrate = yes;
@@ -204,6 +226,15 @@ impl Workers {
                 ),
             ));
         }
+        if self.heartbeat_interval.is_zero() || self.stale_after < self.heartbeat_interval * 2 {
+            return Err(Error::invalid(
+                "heartbeat",
+                format!(
+                    "stale_after ({:?}) must be at least twice the interval ({:?})",
+                    self.stale_after, self.heartbeat_interval
+                ),
+            ));
+        }
         if self.job_timeout.is_zero() {
             return Err(Error::invalid("job_timeout", "must be non-zero"));
         }
@@ -231,6 +262,26 @@ impl Workers {
         // after the HTTP workers' runtimes (which share the dispatch pool) have shut down.
         let store = Store::new(self.queue.new_pool(WORKER_POOL_SIZE));
         let worker_id = worker_id();
+        let info = WorkerInfo {
+            id: worker_id.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            queues: serde_json::to_string(&self.queues)?,
+        };
+        // Registered before the first claim, so no rescuer can take our jobs for a dead
+        // process's.
+        store.beat_worker(&info).await?;
+        let maintenance_stop = CancellationToken::new();
+        let maintenance = start_maintenance(
+            &self.queue,
+            Heartbeat {
+                store: store.clone(),
+                info,
+                interval: self.heartbeat_interval,
+            },
+            self.stale_after,
+            maintenance_stop.clone(),
+        )?;
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
         let (results, rx) = mpsc::unbounded_channel();
@@ -289,6 +340,8 @@ impl Workers {
             // point a write that keeps failing is abandoned after a few tries.
             abort.cancel();
             let report = completer.await.unwrap_or_default();
+            maintenance_stop.cancel();
+            let _ = maintenance.await;
             let _ = store.pool().clone().disconnect().await;
             tracing::info!(target: "lightjobs::supervisor", ?exit, ?report, "workers stopped");
             report
@@ -395,14 +448,62 @@ async fn wait_for_signal() {
     }
 }
 
-/// `host:pid:random`, limited to characters safe in logs and the 128-char column.
-fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// Runs the heartbeat and the rescuer on a thread and runtime of their own, with their own
+/// connections: a job that blocks the workers' thread cannot silence the heartbeat and get
+/// itself rescued (and run twice) while it is still running.
+fn start_maintenance(
+    queue: &JobQueue,
+    heartbeat: Heartbeat,
+    stale_after: Duration,
+    stop: CancellationToken,
+) -> Result<oneshot::Receiver<()>> {
+    let queue = queue.clone();
+    let (done, finished) = oneshot::channel();
+    let interval = heartbeat.interval;
+    std::thread::Builder::new()
+        .name("lightjobs-maintenance".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(target: "lightjobs::supervisor", %error, "no runtime for heartbeat and rescuer");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let store = Store::new(queue.new_pool(3));
+                let heartbeat = Heartbeat {
+                    store: store.clone(),
+                    ..heartbeat
+                };
+                let rescuer = Rescuer {
+                    store: store.clone(),
+                    stale_after,
+                    interval,
+                };
+                tokio::join!(heartbeat.run(stop.clone()), rescuer.run(stop));
+                let _ = store.pool().clone().disconnect().await;
+            });
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned());
-    let host: String = host
-        .trim()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `host:pid:random`, limited to characters safe in logs and the 128-char column.
+fn worker_id() -> String {
+    let host: String = host_name()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         .take(80)

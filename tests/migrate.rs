@@ -8,6 +8,17 @@ use lightjobs::{JobQueue, Workers};
 use mysql_async::prelude::*;
 use std::time::Duration;
 
+fn all_versions() -> Vec<u32> {
+    lightjobs::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect()
+}
+
+fn latest() -> &'static lightjobs::migrate::Migration {
+    lightjobs::migrate::MIGRATIONS.last().unwrap()
+}
+
 const SEED_SQL: &str = "CREATE TABLE jobs (
     id int NOT NULL AUTO_INCREMENT,
     name varchar(55) COLLATE utf8_unicode_ci NOT NULL,
@@ -23,12 +34,12 @@ const SEED_SQL: &str = "CREATE TABLE jobs (
 async fn fresh_database_migrates_once_and_is_idempotent() {
     let db = TestDb::new("migrate_fresh").await;
     let queue = db.queue();
-    assert_eq!(queue.migrate().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(queue.migrate().await.unwrap(), all_versions());
     assert_eq!(queue.migrate().await.unwrap(), Vec::<u32>::new());
     let recorded: u64 = db
         .scalar("SELECT COUNT(*) FROM lightjobs_migrations WHERE success = 1")
         .await;
-    assert_eq!(recorded, 3);
+    assert_eq!(recorded, all_versions().len() as u64);
     let claim_index: u64 = db
         .scalar(
             "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
@@ -52,7 +63,8 @@ async fn concurrent_migrations_apply_each_step_once() {
     let applied: Vec<Vec<u32>> = futures::future::join_all(runs).await;
     let total: usize = applied.iter().map(Vec::len).sum();
     assert_eq!(
-        total, 3,
+        total,
+        all_versions().len(),
         "each migration applied by exactly one process: {applied:?}"
     );
     db.drop_db().await;
@@ -72,9 +84,12 @@ async fn seed_table_with_rows_is_upgraded_in_place_and_its_jobs_run() {
     let queue = db.queue();
     // Before the upgrade the queue refuses to work and says what to do.
     let err = queue.check_ready().await.unwrap_err().to_string();
-    assert!(err.contains("migration 3"), "{err}");
+    assert!(
+        err.contains(&format!("migration {}", latest().version)),
+        "{err}"
+    );
 
-    assert_eq!(queue.migrate().await.unwrap(), vec![2, 3]);
+    assert_eq!(queue.migrate().await.unwrap(), all_versions()[1..].to_vec());
     let adopted: u64 = db
         .scalar("SELECT COUNT(*) FROM lightjobs_migrations WHERE version = 1")
         .await;
@@ -148,7 +163,11 @@ async fn unmigrated_database_gives_a_clear_error_at_dispatch() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("migration 3 (0003_queue_columns.sql) has not been applied"),
+        err.contains(&format!(
+            "migration {} ({}) has not been applied",
+            latest().version,
+            latest().name
+        )),
         "{err}"
     );
     db.drop_db().await;
