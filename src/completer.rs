@@ -1,9 +1,11 @@
 //! Writes job results back to the table in batches, and keeps them until they are written.
 
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{JobEvent, JobOutcome};
@@ -40,18 +42,23 @@ pub(crate) struct Completer {
     pub hook: Option<EventHook>,
     /// Once cancelled, failed writes are no longer retried forever.
     pub give_up: CancellationToken,
+    /// Kept outside `run` so that a restarted completer goes on counting.
+    pub report: Cell<Report>,
 }
 
 impl Completer {
     /// Runs until every sender is gone and everything received is written (or given up).
-    pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<JobEvent>) -> Report {
-        let mut report = Report::default();
+    /// The receiver lives outside, so a supervisor can restart a completer that panicked
+    /// without losing the results still queued.
+    pub(crate) async fn run(&self, rx: &Mutex<mpsc::UnboundedReceiver<JobEvent>>) {
+        let mut rx = rx.lock().await;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let mut report = self.report.get();
             self.write(&mut batch, &mut report).await;
+            self.report.set(report);
             batch.clear();
         }
-        report
     }
 
     async fn write(&self, batch: &mut [JobEvent], report: &mut Report) {
@@ -133,7 +140,10 @@ impl Completer {
     fn emit<'a>(&self, events: impl Iterator<Item = &'a JobEvent>) {
         if let Some(hook) = &self.hook {
             for e in events {
-                hook(e);
+                // The hook is user code; its panic must not stop results being written.
+                if std::panic::catch_unwind(AssertUnwindSafe(|| hook(e))).is_err() {
+                    tracing::error!(target: "lightjobs::completer", id = e.id, "the on_event hook panicked");
+                }
             }
         }
     }

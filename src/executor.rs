@@ -155,7 +155,7 @@ fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> 
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -5,20 +5,25 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicBool;
+
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::completer::{Completer, EventHook, Report};
 use crate::error::{Error, Result};
-use crate::executor::{Executor, JobEvent};
+use crate::executor::{panic_message, Executor, JobEvent};
 use crate::heartbeat::Heartbeat;
 use crate::job::{DataMap, Job};
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
 use crate::store::{Store, WorkerInfo};
-use crate::worker::{PollInterval, Worker};
+use crate::worker::{Exit, PollInterval, Worker};
 
 /// The fetcher, the completer and the maintenance tasks each hold at most one connection.
 const WORKER_POOL_SIZE: usize = 4;
@@ -77,6 +82,7 @@ pub struct Workers {
     data: DataMap,
     heartbeat_interval: Duration,
     stale_after: Duration,
+    panic_after: Option<u64>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -108,6 +114,7 @@ impl Workers {
             data: DataMap::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stale_after: DEFAULT_STALE_AFTER,
+            panic_after: None,
         }
     }
 
@@ -179,6 +186,14 @@ impl Workers {
     pub fn heartbeat(mut self, interval: Duration, stale_after: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.stale_after = stale_after;
+        self
+    }
+
+    /// Fault injection for the supervision tests: the fetch loop panics once after this
+    /// many claimed jobs. Not part of the API.
+    #[doc(hidden)]
+    pub fn __panic_after_claims(mut self, claims: u64) -> Self {
+        self.panic_after = Some(claims);
         self
     }
 
@@ -290,6 +305,7 @@ impl Workers {
             worker_id: worker_id.clone(),
             hook: self.hook.clone(),
             give_up: abort.clone(),
+            report: Cell::new(Report::default()),
         };
         let tracker = TaskTracker::new();
         let worker = Worker {
@@ -311,6 +327,9 @@ impl Workers {
             wake: self.queue.subscribe(),
             tracker: tracker.clone(),
             claimed: Arc::new(AtomicU64::new(0)),
+            slots: Arc::new(Semaphore::new(self.concurrency)),
+            panic_after: self.panic_after,
+            panicked: AtomicBool::new(false),
         };
         tracing::info!(
             target: "lightjobs::supervisor",
@@ -323,8 +342,15 @@ impl Workers {
         let grace = self.shutdown_timeout;
         let stop = shutdown.clone();
         let task = actix_rt::spawn(async move {
-            let completer = actix_rt::spawn(completer.run(rx));
-            let exit = worker.run().await;
+            let completer = actix_rt::spawn(async move {
+                let rx = Mutex::new(rx);
+                supervise("completer", None, || completer.run(&rx)).await;
+                completer.report.get()
+            });
+            let exit = supervise("worker", Some(&stop), || worker.run())
+                .await
+                .unwrap_or(Exit::Stopped);
+            drop(worker);
             tracker.close();
             tokio::select! {
                 () = tracker.wait() => {}
@@ -445,6 +471,39 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs `task` again after it panics, with a growing pause (100 ms doubling to 10 s), until
+/// it returns or `stop` fires (`None`). State that must survive a restart lives outside
+/// the task: the free slots, the result channel, the counts.
+async fn supervise<F, Fut, T>(
+    name: &str,
+    stop: Option<&CancellationToken>,
+    mut task: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match AssertUnwindSafe(task()).catch_unwind().await {
+            Ok(value) => return Some(value),
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(target: "lightjobs::supervisor", task = name, panic = message, ?delay, "task panicked; restarting it");
+            }
+        }
+        let pause = tokio::time::sleep(delay);
+        match stop {
+            Some(stop) => tokio::select! {
+                () = pause => {}
+                () = stop.cancelled() => return None,
+            },
+            None => pause.await,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -1,7 +1,7 @@
 //! The fetch loop: claims as many jobs as there are free slots, hands each to an executor
 //! task, and polls with a growing interval when the queues are idle.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,16 +36,29 @@ pub(crate) struct Worker {
     pub wake: watch::Receiver<u64>,
     pub tracker: TaskTracker,
     pub claimed: Arc<AtomicU64>,
+    /// Free slots; outside `run` so a restarted loop still counts the jobs in flight.
+    pub slots: Arc<Semaphore>,
+    /// Fault injection for the supervision test: panic once after this many claims.
+    pub panic_after: Option<u64>,
+    pub panicked: AtomicBool,
 }
 
 impl Worker {
-    pub(crate) async fn run(mut self) -> Exit {
+    pub(crate) async fn run(&self) -> Exit {
         let stop = self.executor.shutdown.clone();
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = &self.slots;
+        let mut wake = self.wake.clone();
         let mut idle = self.poll;
         let mut outage: Option<Instant> = None;
         let mut next_queue = 0usize;
         loop {
+            if let Some(n) = self.panic_after {
+                if self.claimed.load(Ordering::Relaxed) >= n
+                    && !self.panicked.swap(true, Ordering::Relaxed)
+                {
+                    panic!("injected fault: the fetch loop dies after {n} claimed jobs");
+                }
+            }
             let first = tokio::select! {
                 biased;
                 () = stop.cancelled() => return Exit::Stopped,
@@ -72,7 +85,7 @@ impl Worker {
                 }
             }
             // Anything dispatched from now on must wake the next wait.
-            self.wake.borrow_and_update();
+            wake.borrow_and_update();
             let asked = permits.len();
             let result = self.claim(&mut permits, &mut next_queue).await;
             let got = match result {
@@ -91,7 +104,7 @@ impl Worker {
                         tracing::debug!(target: "lightjobs::worker", %error, "claim still failing");
                     }
                     idle.grow();
-                    if self.sleep(idle.jittered(), &stop, false).await {
+                    if sleep(&mut wake, idle.jittered(), &stop, false).await {
                         return Exit::Stopped;
                     }
                     continue;
@@ -115,7 +128,7 @@ impl Worker {
             } else {
                 idle.jittered()
             };
-            if self.sleep(wait, &stop, true).await {
+            if sleep(&mut wake, wait, &stop, true).await {
                 return Exit::Stopped;
             }
         }
@@ -124,7 +137,7 @@ impl Worker {
     /// Claims from the queues in turn until the permits are used up or every queue came back
     /// short; spawns an executor per job. Returns how many jobs were claimed.
     async fn claim(
-        &mut self,
+        &self,
         permits: &mut Vec<OwnedSemaphorePermit>,
         next_queue: &mut usize,
     ) -> crate::Result<usize> {
@@ -160,15 +173,20 @@ impl Worker {
             drop(permit);
         });
     }
+}
 
-    /// Waits `wait`, or less if woken (when `wakeable`) or stopped. True when stopped.
-    async fn sleep(&mut self, wait: Duration, stop: &CancellationToken, wakeable: bool) -> bool {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => true,
-            _ = self.wake.changed(), if wakeable => false,
-            () = tokio::time::sleep(wait) => false,
-        }
+/// Waits `wait`, or less if woken (when `wakeable`) or stopped. True when stopped.
+async fn sleep(
+    wake: &mut watch::Receiver<u64>,
+    wait: Duration,
+    stop: &CancellationToken,
+    wakeable: bool,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => true,
+        _ = wake.changed(), if wakeable => false,
+        () = tokio::time::sleep(wait) => false,
     }
 }
 

@@ -234,3 +234,53 @@ async fn start_stop_stress_loses_nothing() {
 fn fastrand_ms(round: u64) -> u64 {
     [0, 1, 3, 7, 15, 30, 60][(round % 7) as usize]
 }
+
+#[actix_rt::test]
+async fn a_fetch_loop_that_dies_is_restarted_and_nothing_is_lost() {
+    let db = TestDb::new("sup_restart").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many((0..30).map(|i| Record {
+            tag: format!("{i}"),
+        }))
+        .await
+        .unwrap();
+    let report = workers(&db, &queue)
+        .concurrency(2)
+        .__panic_after_claims(3)
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(report.processed, 30);
+    assert_eq!(db.count("processed").await, 30);
+    let runs: u64 = db.scalar("SELECT COUNT(DISTINCT job_id) FROM runs").await;
+    assert_eq!(runs, 30);
+    assert_eq!(running(&db).await, 0);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_panicking_event_hook_does_not_stop_results_being_written() {
+    let db = TestDb::new("sup_hook_panic").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many((0..10).map(|i| Record {
+            tag: format!("{i}"),
+        }))
+        .await
+        .unwrap();
+    let report = workers(&db, &queue)
+        .on_event(|e| panic!("hook bug on job {}", e.id))
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(report.processed, 10);
+    assert_eq!(db.count("processed").await, 10);
+    db.drop_db().await;
+}
