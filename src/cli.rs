@@ -118,15 +118,45 @@ struct ProcessArgs {
     /// Apply pending migrations first.
     #[arg(long)]
     migrate: bool,
+    /// Seconds between heartbeats of this process.
+    #[arg(long, default_value_t = crate::DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64())]
+    heartbeat: f64,
+    /// Seconds of silence after which a worker process counts as dead and its jobs are
+    /// rescued (at least twice --heartbeat).
+    #[arg(long, default_value_t = crate::DEFAULT_STALE_AFTER.as_secs_f64())]
+    stale_after: f64,
 }
 
 /// Parses `std::env::args` and runs the command on a new actix-rt system.
 pub fn run(registry: Registry) -> ExitCode {
-    run_from(registry, std::env::args_os())
+    run_with(registry, |workers| workers)
 }
 
-/// Like [`run`] with explicit arguments (the first is the program name).
-pub fn run_from<I, T>(registry: Registry, args: I) -> ExitCode
+/// Like [`run`], with a hook that finishes the [`Workers`] of `process:jobs` after the
+/// flags are applied: shared data for the jobs, an event hook, other settings.
+///
+/// ```no_run
+/// # use lightjobs::{Job, JobContext, JobError, Registry};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail;
+/// # impl Job for SendMail { const NAME: &'static str = "send_mail";
+/// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+/// fn main() -> std::process::ExitCode {
+///     let pool = mysql_async::Pool::new("mysql://app@127.0.0.1/app");
+///     lightjobs::cli::run_with(Registry::new().register::<SendMail>(), move |workers| {
+///         workers.data(pool)
+///     })
+/// }
+/// ```
+pub fn run_with(registry: Registry, configure: impl FnOnce(Workers) -> Workers) -> ExitCode {
+    run_from(registry, configure, std::env::args_os())
+}
+
+/// Like [`run_with`] with explicit arguments (the first is the program name).
+pub fn run_from<I, T>(
+    registry: Registry,
+    configure: impl FnOnce(Workers) -> Workers,
+    args: I,
+) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -142,7 +172,7 @@ where
             };
         }
     };
-    match actix_rt::System::new().block_on(execute(cli, registry)) {
+    match actix_rt::System::new().block_on(execute(cli, registry, configure)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -151,7 +181,11 @@ where
     }
 }
 
-async fn execute(cli: Cli, registry: Registry) -> crate::Result<()> {
+async fn execute(
+    cli: Cli,
+    registry: Registry,
+    configure: impl FnOnce(Workers) -> Workers,
+) -> crate::Result<()> {
     if let Command::CreateJob { name, dir } = &cli.command {
         let path = create_job(name, dir)?;
         println!("Created {}", path.display());
@@ -169,7 +203,7 @@ async fn execute(cli: Cli, registry: Registry) -> crate::Result<()> {
     };
     let queue = JobQueue::connect(&url)?;
     match cli.command {
-        Command::ProcessJobs(args) => process_jobs(queue, registry, args).await,
+        Command::ProcessJobs(args) => process_jobs(queue, registry, args, configure).await,
         Command::Migrate => {
             let applied = queue.migrate().await?;
             if applied.is_empty() {
@@ -237,7 +271,12 @@ async fn execute(cli: Cli, registry: Registry) -> crate::Result<()> {
     }
 }
 
-async fn process_jobs(queue: JobQueue, registry: Registry, args: ProcessArgs) -> crate::Result<()> {
+async fn process_jobs(
+    queue: JobQueue,
+    registry: Registry,
+    args: ProcessArgs,
+    configure: impl FnOnce(Workers) -> Workers,
+) -> crate::Result<()> {
     if registry.names().is_empty() {
         return Err(crate::Error::invalid(
             "registry",
@@ -256,7 +295,14 @@ async fn process_jobs(queue: JobQueue, registry: Registry, args: ProcessArgs) ->
     if let Some(max) = args.max_jobs {
         workers = workers.max_jobs(max);
     }
-    let handle = workers.start().await?;
+    let seconds = |what: &'static str, s: f64| {
+        Duration::try_from_secs_f64(s).map_err(|e| crate::Error::invalid(what, e))
+    };
+    workers = workers.heartbeat(
+        seconds("heartbeat", args.heartbeat)?,
+        seconds("stale_after", args.stale_after)?,
+    );
+    let handle = configure(workers).start().await?;
     println!("Processing jobs. Press Ctrl-C to stop.");
     let report = handle.run_until_signal().await;
     println!(

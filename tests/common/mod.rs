@@ -1,6 +1,8 @@
 //! Shared test helpers: a private database per test on the real server, and test jobs.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::time::Duration;
 
 use lightjobs::{Job, JobContext, JobError, JobQueue};

@@ -1,0 +1,322 @@
+//! Fault tests: real worker processes (the `fault_worker` example) under concurrency,
+//! kill -9, SIGTERM, and a database restart. Each prints the figures it measured.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::PrivateServer;
+use common::TestDb;
+use lightjobs::JobQueue;
+use serde::Serialize;
+
+/// The same shape as the fault worker's job, for dispatching from here.
+#[derive(Serialize, serde::Deserialize)]
+struct Work {
+    millis: u64,
+}
+
+impl lightjobs::Job for Work {
+    const NAME: &'static str = "work";
+    const MAX_ATTEMPTS: u32 = 5;
+    async fn execute(self, _: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
+        unreachable!("runs in the fault_worker process")
+    }
+}
+
+/// One fault test at a time: they start processes and measure recovery times, which
+/// other tests' load on two cores would blur.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn worker_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "fault_worker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the fault_worker example failed");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lightjobs"));
+    bin.parent().unwrap().join("examples").join("fault_worker")
+}
+
+fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Child {
+    Command::new(bin)
+        .arg("process:jobs")
+        .args(args)
+        .env("LIGHTJOBS_DATABASE_URL", url)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fault_worker starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker process did not exit within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn duplicates(db: &TestDb) -> u64 {
+    db.scalar(
+        "SELECT COUNT(*) FROM (SELECT job_id FROM runs GROUP BY job_id HAVING COUNT(*) > 1) t",
+    )
+    .await
+}
+
+async fn backlog(queue: &JobQueue, n: usize, millis: u64) {
+    let ids: Vec<usize> = (0..n).collect();
+    for chunk in ids.chunks(1000) {
+        queue
+            .dispatch_many(chunk.iter().map(|_| Work { millis }))
+            .await
+            .unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn four_processes_by_eight_slots_run_every_job_exactly_once() {
+    const JOBS: usize = 20_000;
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let db = TestDb::new("fault_concurrency").await;
+    let queue = db.migrated().await;
+    backlog(&queue, JOBS, 0).await;
+    let started = Instant::now();
+    let mut workers: Vec<Child> = (0..4)
+        .map(|_| start_worker(&bin, &db.url, &["--concurrency", "8", "--stop-when-empty"]))
+        .collect();
+    for w in &mut workers {
+        let status = wait_exit(w, Duration::from_secs(600)).await;
+        assert!(status.success(), "worker exited with {status}");
+    }
+    let elapsed = started.elapsed();
+    let runs: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
+    let distinct: u64 = db.scalar("SELECT COUNT(DISTINCT job_id) FROM runs").await;
+    let per_process: Vec<(String, u64)> = {
+        use mysql_async::prelude::*;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT tag, COUNT(*) FROM runs GROUP BY tag ORDER BY tag")
+            .await
+            .unwrap()
+    };
+    eprintln!(
+        "4 processes x 8 slots: {runs} runs of {JOBS} jobs in {:.2}s ({:.0} jobs/s), \
+         {} ran twice, {} left running, per process {:?}",
+        elapsed.as_secs_f64(),
+        JOBS as f64 / elapsed.as_secs_f64(),
+        duplicates(&db).await,
+        db.count("running").await,
+        per_process.iter().map(|p| p.1).collect::<Vec<_>>()
+    );
+    assert_eq!(distinct, JOBS as u64, "every job ran");
+    assert_eq!(runs, JOBS as u64, "no job ran twice");
+    assert_eq!(db.count("processed").await, JOBS as u64);
+    assert_eq!(db.count("running").await, 0);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn jobs_of_a_killed_process_are_rescued_and_finish_elsewhere() {
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let db = TestDb::new("fault_kill9").await;
+    let queue = db.migrated().await;
+    backlog(&queue, 8, 3_000).await;
+    let fast = ["--heartbeat", "0.2", "--stale-after", "1"];
+    let mut victim = start_worker(
+        &bin,
+        &db.url,
+        &[&["--concurrency", "8"][..], &fast].concat(),
+    );
+    db.wait_for("running", 8, Duration::from_secs(20)).await;
+    signal(&victim, "-KILL");
+    let killed = Instant::now();
+    let _ = victim.wait();
+    assert_eq!(
+        db.count("running").await,
+        8,
+        "a killed process leaves its jobs running"
+    );
+
+    // Not --stop-when-empty: with every job held by the dead process there is nothing to
+    // claim until the rescue.
+    let mut rescuer = start_worker(
+        &bin,
+        &db.url,
+        &[&["--concurrency", "8"][..], &fast].concat(),
+    );
+    db.wait_for("processed", 8, Duration::from_secs(30)).await;
+    let recovered = killed.elapsed();
+    signal(&rescuer, "-TERM");
+    let status = wait_exit(&mut rescuer, Duration::from_secs(30)).await;
+    assert!(status.success());
+    eprintln!(
+        "kill -9 with 8 jobs in flight: all 8 done elsewhere {:.2}s after the kill \
+         (staleness 1 s, jobs take 3 s)",
+        recovered.as_secs_f64()
+    );
+    let attempts: Vec<u32> = {
+        use mysql_async::prelude::*;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT attempt FROM runs ORDER BY job_id")
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        attempts,
+        vec![2; 8],
+        "each ran once more, as its second attempt"
+    );
+    assert_eq!(duplicates(&db).await, 0);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn sigterm_under_load_exits_zero_within_the_grace_period() {
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let db = TestDb::new("fault_sigterm").await;
+    let queue = db.migrated().await;
+    backlog(&queue, 100, 400).await;
+    backlog(&queue, 8, 20_000).await;
+    let mut worker = start_worker(
+        &bin,
+        &db.url,
+        &["--concurrency", "8", "--shutdown-timeout", "2"],
+    );
+    db.wait_for("processed", 20, Duration::from_secs(30)).await;
+    signal(&worker, "-TERM");
+    let sent = Instant::now();
+    let status = wait_exit(&mut worker, Duration::from_secs(30)).await;
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} with a 2 s grace"
+    );
+    assert_eq!(db.count("running").await, 0, "nothing left running");
+    let done = db.count("processed").await;
+    eprintln!(
+        "SIGTERM under load: exited 0 after {:.2}s (grace 2 s), {done} processed, {} released",
+        took.as_secs_f64(),
+        db.count("pending").await
+    );
+    // The released and never-claimed jobs run in another process; none ran twice.
+    db.exec("UPDATE jobs SET payload = '{\"millis\":0}'").await;
+    let mut next = start_worker(&bin, &db.url, &["--concurrency", "8", "--stop-when-empty"]);
+    assert!(wait_exit(&mut next, Duration::from_secs(60))
+        .await
+        .success());
+    assert_eq!(db.count("processed").await, 108);
+    assert_eq!(duplicates(&db).await, 0);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_database_restart_mid_run_loses_nothing() {
+    const JOBS: usize = 3_000;
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let mut server = PrivateServer::start("restart");
+    let admin = mysql_async::Pool::new(server.url("mysql").as_str());
+    {
+        use mysql_async::prelude::*;
+        let mut conn = admin.get_conn().await.unwrap();
+        conn.query_drop("CREATE DATABASE app").await.unwrap();
+        conn.query_drop(
+            "CREATE TABLE app.runs (seq BIGINT AUTO_INCREMENT PRIMARY KEY, \
+             job_id BIGINT UNSIGNED NOT NULL, attempt INT NOT NULL, tag VARCHAR(100) NOT NULL, \
+             at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+        )
+        .await
+        .unwrap();
+    }
+    admin.disconnect().await.unwrap();
+    let url = server.url("app");
+    let queue = JobQueue::connect(&url).unwrap();
+    queue.migrate().await.unwrap();
+    backlog(&queue, JOBS, 2).await;
+    let mut worker = start_worker(&bin, &url, &["--concurrency", "8"]);
+
+    let count = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            use mysql_async::prelude::*;
+            let pool = mysql_async::Pool::new(url.as_str());
+            let n: Option<u64> = match pool.get_conn().await {
+                Ok(mut c) => c.query_first(sql).await.ok().flatten(),
+                Err(_) => None,
+            };
+            let _ = pool.disconnect().await;
+            n
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("SELECT COUNT(*) FROM runs").await.unwrap_or(0) < 500 {
+        assert!(Instant::now() < deadline, "no progress before the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let down = Instant::now();
+    server.restart();
+    let restarted_after = down.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if count("SELECT COUNT(*) FROM jobs WHERE status = 'processed'").await == Some(JOBS as u64)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processing did not finish after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&worker, "-TERM");
+    assert!(wait_exit(&mut worker, Duration::from_secs(30))
+        .await
+        .success());
+    let failed = count("SELECT COUNT(*) FROM jobs WHERE status <> 'processed'").await;
+    let distinct = count("SELECT COUNT(DISTINCT job_id) FROM runs").await;
+    let runs = count("SELECT COUNT(*) FROM runs").await;
+    // The gap: the longest pause between two consecutive recorded runs.
+    let gap_us = count(
+        "SELECT MAX(TIMESTAMPDIFF(MICROSECOND, prev, at)) FROM \
+         (SELECT at, LAG(at) OVER (ORDER BY seq) AS prev FROM runs) t",
+    )
+    .await;
+    eprintln!(
+        "database restart (down and up in {:.2}s): longest gap between runs {:.2}s, \
+         {JOBS} jobs processed, {} not processed, {} runs of {} distinct jobs",
+        restarted_after.as_secs_f64(),
+        gap_us.unwrap_or(0) as f64 / 1e6,
+        failed.unwrap_or(u64::MAX),
+        runs.unwrap_or(0),
+        distinct.unwrap_or(0)
+    );
+    assert_eq!(
+        failed,
+        Some(0),
+        "nothing failed or left behind because of the outage"
+    );
+    assert_eq!(distinct, Some(JOBS as u64), "every job ran");
+    drop(server);
+}
