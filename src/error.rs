@@ -81,6 +81,14 @@ impl Error {
     }
 }
 
+impl Error {
+    /// True for a deadlock (1213), a lock wait timeout (1205) or a cluster certification
+    /// conflict (3101): the statement lost a race and can simply be run again.
+    pub fn is_lock_conflict(&self) -> bool {
+        matches!(self, Error::Database(mysql_async::Error::Server(s)) if matches!(s.code, 1213 | 1205 | 3101))
+    }
+}
+
 /// Connection-level failures: the server is down, restarting, or the link broke.
 pub(crate) fn is_unavailable(e: &mysql_async::Error) -> bool {
     use mysql_async::Error as E;

@@ -95,6 +95,23 @@ impl Worker {
                     }
                     n
                 }
+                Err(error) if error.is_lock_conflict() => {
+                    // Deadlock or lock wait timeout: another claimer won a race. Not an
+                    // outage; try again after a short pause.
+                    drop(permits);
+                    tracing::debug!(target: "lightjobs::worker", %error, "claim lost a lock race; retrying");
+                    if sleep(
+                        &mut wake,
+                        jitter(self.poll.min, fastrand::f64()),
+                        &stop,
+                        false,
+                    )
+                    .await
+                    {
+                        return Exit::Stopped;
+                    }
+                    continue;
+                }
                 Err(error) => {
                     drop(permits);
                     if outage.is_none() {
