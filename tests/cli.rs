@@ -1,0 +1,548 @@
+//! The commands as an operator runs them: real processes of the `lightjobs` binary and of
+//! the `worker` example (`lightjobs::cli::run` with the examples' jobs registered).
+
+mod common;
+#[path = "../examples/shared/jobs.rs"]
+mod jobs;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::TestDb;
+use jobs::{GenerateReport, SendMail};
+use lightjobs::{JobQueue, Workers};
+
+const SEED_FAILURE: &str = "Recipient email address is missing";
+
+fn lightjobs_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lightjobs"))
+}
+
+/// The `worker` example, built next to the `lightjobs` binary.
+///
+/// `cargo test --test cli` does not build examples, and a binary left by an earlier build
+/// would test old code, so cargo is asked once per run (a no-op when it is fresh).
+fn worker_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile_dir = lightjobs_bin().parent().expect("binary has a directory");
+        let target_dir = profile_dir.parent().expect("profile has a target dir");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--example", "worker", "--target-dir"])
+            .arg(target_dir);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                cargo.arg("--release");
+            }
+            Some(profile) => {
+                cargo.args(["--profile", profile]);
+            }
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "cargo build --example worker: {status}");
+        let bin = profile_dir
+            .join("examples")
+            .join(format!("worker{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// `program args… --database-url url`, with nothing inherited that could name another
+/// database.
+fn command(program: &Path, url: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("LIGHTJOBS_DATABASE_URL")
+        .stdin(Stdio::null());
+    if let Some(url) = url {
+        cmd.args(["--database-url", url]);
+    }
+    cmd
+}
+
+struct Ran {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn assert_failure(&self) -> &Self {
+        assert!(
+            !self.status.success(),
+            "expected a failure\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The seed's ✔/✖ lines, sorted: jobs run concurrently, so their order varies.
+    fn job_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with('✔') || l.starts_with('✖'))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+}
+
+fn run(mut cmd: Command) -> Ran {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("command starts");
+    Ran {
+        status,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn lightjobs(db: &TestDb, args: &[&str]) -> Ran {
+    run(command(lightjobs_bin(), Some(&db.url), args))
+}
+
+fn worker(db: &TestDb, args: &[&str]) -> Ran {
+    run(command(worker_bin(), Some(&db.url), args))
+}
+
+fn mail(to: &str) -> SendMail {
+    SendMail {
+        to: to.to_owned(),
+        subject: "Welcome".to_owned(),
+    }
+}
+
+/// Runs every ready job in this process until the queue is empty.
+async fn process_all(queue: &JobQueue) {
+    let workers = Workers::new(queue.clone())
+        .register::<SendMail>()
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), workers.wait())
+        .await
+        .expect("workers stop once the queue is empty");
+}
+
+/// Waits for `child` to exit; kills it and fails the test after `timeout`.
+async fn wait_for_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {}: {status}", child.id());
+}
+
+/// The exited child's stdout, then stderr (its log), as one text for assertion messages.
+fn read_output(child: &mut Child) -> (String, String) {
+    let mut stdout = String::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_string(&mut stdout).unwrap();
+    }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    (stdout, stderr)
+}
+
+#[actix_rt::test]
+async fn migrate_applies_then_reports_nothing_to_do() {
+    let db = TestDb::new("cli_migrate").await;
+    // Through the environment this time, as a deploy script would.
+    let mut cmd = command(lightjobs_bin(), None, &["migrate"]);
+    cmd.env("LIGHTJOBS_DATABASE_URL", &db.url);
+    let first = run(cmd);
+    first.assert_success();
+    let all: Vec<u32> = lightjobs::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert!(
+        first
+            .stdout
+            .contains(&format!("Applied migrations {all:?}.")),
+        "{}",
+        first.stdout
+    );
+    let applied: usize = db
+        .scalar("SELECT COUNT(*) FROM lightjobs_migrations WHERE success = 1")
+        .await;
+    assert_eq!(applied, all.len());
+
+    let again = lightjobs(&db, &["migrate"]);
+    again.assert_success();
+    assert!(
+        again.stdout.contains("Nothing to migrate"),
+        "{}",
+        again.stdout
+    );
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn stats_prints_counts_per_queue_and_status() {
+    let db = TestDb::new("cli_stats").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many((0..3).map(|i| mail(&format!("user{i}@example.com"))))
+        .await
+        .unwrap();
+    queue
+        .dispatch(mail("ops@example.com"))
+        .on_queue("mail")
+        .await
+        .unwrap();
+
+    let ran = lightjobs(&db, &["stats"]);
+    ran.assert_success();
+    let rows: Vec<Vec<&str>> = ran
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["queue", "status", "jobs"], "{}", ran.stdout);
+    assert_eq!(
+        rows[1..],
+        [["default", "pending", "3"], ["mail", "pending", "1"]],
+        "{}",
+        ran.stdout
+    );
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn failed_lists_failed_jobs_with_their_error() {
+    let db = TestDb::new("cli_failed").await;
+    let queue = db.migrated().await;
+    let none = lightjobs(&db, &["failed"]);
+    none.assert_success();
+    assert!(none.stdout.contains("No failed jobs."), "{}", none.stdout);
+
+    let bad = queue.dispatch(mail("")).await.unwrap();
+    let good = queue.dispatch(mail("ada@example.com")).await.unwrap();
+    process_all(&queue).await;
+
+    let ran = lightjobs(&db, &["failed"]);
+    ran.assert_success();
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "only the failed job: {}", ran.stdout);
+    let fields: Vec<&str> = lines[0].split('\t').collect();
+    assert_eq!(
+        fields[..4],
+        [&*bad.to_string(), "default", "send_mail", "1/3 attempts"]
+    );
+    assert_eq!(fields.last(), Some(&SEED_FAILURE));
+    assert_eq!(db.job(good).await.0, "processed");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn retry_puts_failed_jobs_back_to_pending() {
+    let db = TestDb::new("cli_retry").await;
+    let queue = db.migrated().await;
+    let ids = queue.dispatch_many((0..3).map(|_| mail(""))).await.unwrap();
+    process_all(&queue).await;
+    assert_eq!(db.count("failed").await, 3);
+
+    let one = lightjobs(&db, &["retry", &ids[0].to_string()]);
+    one.assert_success();
+    assert!(
+        one.stdout.contains(&format!("Retrying job {}.", ids[0])),
+        "{}",
+        one.stdout
+    );
+    let (status, attempts, _) = db.job(ids[0]).await;
+    assert_eq!((status.as_str(), attempts), ("pending", 0));
+    assert_eq!(db.job(ids[1]).await.0, "failed");
+
+    let all = lightjobs(&db, &["retry", "--all"]);
+    all.assert_success();
+    assert!(
+        all.stdout.contains("Retrying 2 failed job(s)."),
+        "{}",
+        all.stdout
+    );
+    assert_eq!(db.count("failed").await, 0);
+    assert_eq!(db.count("pending").await, 3);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn retry_of_a_job_that_is_not_failed_exits_non_zero() {
+    let db = TestDb::new("cli_retry_missing").await;
+    let queue = db.migrated().await;
+    let unknown = lightjobs(&db, &["retry", "999999"]);
+    unknown.assert_failure();
+    assert!(
+        unknown.stderr.contains("no failed job with id 999999"),
+        "{}",
+        unknown.stderr
+    );
+
+    // A job that exists but is not failed is refused the same way, and left alone.
+    let pending = queue.dispatch(mail("ada@example.com")).await.unwrap();
+    let ran = lightjobs(&db, &["retry", &pending.to_string()]);
+    ran.assert_failure();
+    assert!(
+        ran.stderr
+            .contains(&format!("no failed job with id {pending}")),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(db.job(pending).await.0, "pending");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn prune_deletes_processed_jobs_older_than_asked() {
+    let db = TestDb::new("cli_prune").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many([mail("a@example.com"), mail("b@example.com"), mail("")])
+        .await
+        .unwrap();
+    process_all(&queue).await;
+    assert_eq!(db.count("processed").await, 2);
+
+    // The default keeps a day of history: nothing is that old yet.
+    let kept = lightjobs(&db, &["prune"]);
+    kept.assert_success();
+    assert!(kept.stdout.contains("Pruned 0 job(s)."), "{}", kept.stdout);
+    assert_eq!(db.count("processed").await, 2);
+
+    let ran = lightjobs(&db, &["prune", "--processed-hours", "0"]);
+    ran.assert_success();
+    assert!(ran.stdout.contains("Pruned 2 job(s)."), "{}", ran.stdout);
+    assert_eq!(db.count("processed").await, 0);
+    assert_eq!(
+        db.count("failed").await,
+        1,
+        "failed jobs are kept by default"
+    );
+    db.drop_db().await;
+}
+
+#[test]
+fn create_job_writes_a_module_once() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_create_job");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_arg = dir.to_str().expect("UTF-8 temp dir");
+    // No database is configured: creating a file must not need one.
+    let ran = run(command(
+        lightjobs_bin(),
+        None,
+        &["create:job", "SendMail", "--dir", dir_arg],
+    ));
+    ran.assert_success();
+    let path = dir.join("send_mail.rs");
+    assert!(
+        ran.stdout.contains(&format!("Created {}", path.display())),
+        "{}",
+        ran.stdout
+    );
+    let source = std::fs::read_to_string(&path).unwrap();
+    assert!(source.contains("pub struct SendMail"), "{source}");
+    assert!(
+        source.contains(r#"const NAME: &'static str = "send_mail";"#),
+        "{source}"
+    );
+
+    std::fs::write(&path, "// edited by hand\n").unwrap();
+    let again = run(command(
+        lightjobs_bin(),
+        None,
+        &["create:job", "SendMail", "--dir", dir_arg],
+    ));
+    again.assert_failure();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "// edited by hand\n",
+        "an existing module is never overwritten"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[actix_rt::test]
+async fn process_jobs_prints_the_seed_lines() {
+    let db = TestDb::new("cli_process").await;
+    let queue = db.migrated().await;
+    let ids = queue
+        .dispatch_many([mail("ada@example.com"), mail(""), mail("grace@example.com")])
+        .await
+        .unwrap();
+
+    let ran = worker(&db, &["process:jobs", "--stop-when-empty"]);
+    ran.assert_success();
+    let mut expected = vec![
+        format!("✔ Job processed successfully: {}", ids[0]),
+        format!("✖ Error dispatching job: {} - {SEED_FAILURE}", ids[1]),
+        format!("✔ Job processed successfully: {}", ids[2]),
+    ];
+    expected.sort();
+    assert_eq!(ran.job_lines(), expected, "{}", ran.stdout);
+    assert_eq!(db.job(ids[0]).await.0, "processed");
+    assert_eq!(
+        db.job(ids[1]).await,
+        ("failed".to_owned(), 1, Some(SEED_FAILURE.to_owned()))
+    );
+    assert_eq!(db.job(ids[2]).await.0, "processed");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn process_jobs_stops_after_max_jobs() {
+    let db = TestDb::new("cli_max_jobs").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many((0..5).map(|i| mail(&format!("user{i}@example.com"))))
+        .await
+        .unwrap();
+
+    let ran = worker(&db, &["process:jobs", "--max-jobs", "2"]);
+    ran.assert_success();
+    assert_eq!(ran.job_lines().len(), 2, "{}", ran.stdout);
+    assert_eq!(db.count("processed").await, 2);
+    assert_eq!(db.count("pending").await, 3);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn process_jobs_on_an_unmigrated_database_names_the_migration() {
+    let db = TestDb::new("cli_unmigrated").await;
+    let ran = worker(&db, &["process:jobs", "--stop-when-empty"]);
+    ran.assert_failure();
+    assert!(
+        ran.stderr.contains("has not been applied") && ran.stderr.contains("lightjobs migrate"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.job_lines().is_empty());
+    db.drop_db().await;
+}
+
+#[test]
+fn the_lightjobs_binary_cannot_process_jobs() {
+    // An unreachable database: the refusal must come before any connection attempt.
+    let ran = run(command(
+        lightjobs_bin(),
+        Some("mysql://root@127.0.0.1:1/unused"),
+        &["process:jobs"],
+    ));
+    ran.assert_failure();
+    assert!(
+        ran.stderr.contains("from your own binary"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("database error"), "{}", ran.stderr);
+}
+
+#[actix_rt::test]
+async fn sigterm_lets_running_jobs_finish() {
+    let db = TestDb::new("cli_sigterm").await;
+    let queue = db.migrated().await;
+    let ids = queue
+        .dispatch_many((0..3).map(|i| GenerateReport {
+            title: format!("report {i}"),
+            millis: 1500,
+        }))
+        .await
+        .unwrap();
+
+    let mut child = command(worker_bin(), Some(&db.url), &["process:jobs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    db.wait_for("running", 3, Duration::from_secs(20)).await;
+    sigterm(&child);
+    let status = wait_for_exit(&mut child, Duration::from_secs(30)).await;
+    let (stdout, stderr) = read_output(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");
+    assert_eq!(db.count("running").await, 0);
+    for id in ids {
+        assert_eq!(db.job(id).await.0, "processed", "{stdout}");
+    }
+    assert!(
+        stdout.contains("Stopped: 3 processed, 0 retried, 0 failed, 0 released."),
+        "{stdout}"
+    );
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn sigterm_past_the_grace_period_releases_jobs_without_spending_attempts() {
+    let db = TestDb::new("cli_sigterm_release").await;
+    let queue = db.migrated().await;
+    let ids = queue
+        .dispatch_many((0..2).map(|i| GenerateReport {
+            title: format!("huge report {i}"),
+            millis: 60_000,
+        }))
+        .await
+        .unwrap();
+
+    let mut child = command(
+        worker_bin(),
+        Some(&db.url),
+        &["process:jobs", "--shutdown-timeout", "1"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    db.wait_for("running", 2, Duration::from_secs(20)).await;
+    sigterm(&child);
+    let status = wait_for_exit(&mut child, Duration::from_secs(20)).await;
+    let (stdout, stderr) = read_output(&mut child);
+    assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");
+    assert_eq!(db.count("running").await, 0);
+    for id in ids {
+        let (status, attempts, _) = db.job(id).await;
+        assert_eq!((status.as_str(), attempts), ("pending", 0), "{stdout}");
+    }
+    assert!(stdout.contains("2 released."), "{stdout}");
+    db.drop_db().await;
+}
