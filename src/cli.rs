@@ -303,8 +303,9 @@ async fn process_jobs(
         seconds("stale_after", args.stale_after)?,
     );
     let handle = configure(workers).start().await?;
+    let stopped = handle.run_until_signal();
     println!("Processing jobs. Press Ctrl-C to stop.");
-    let report = handle.run_until_signal().await;
+    let report = stopped.await;
     println!(
         "Stopped: {} processed, {} retried, {} failed, {} released.",
         report.processed, report.retried, report.failed, report.released

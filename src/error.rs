@@ -5,7 +5,7 @@ use std::fmt;
 /// Errors returned by the queue, the workers and the tools.
 ///
 /// Errors from inside a job are not here: a job returns [`JobError`](crate::JobError).
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The database could not be reached or a statement failed.
@@ -55,9 +55,21 @@ pub enum Error {
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),
 
+    /// The queue's connection thread is gone (its runtime could not run the statement).
+    #[error("the job queue's connection thread has stopped")]
+    QueueClosed,
+
     /// An I/O error from a tool (`create:job`) or the HTTP server.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The message, not the structure: `fn main() -> std::io::Result<()>` prints an error's
+/// `Debug`, and a user should read what to do, not nested enum variants.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// `Result` with [`Error`] as the default error type.
@@ -76,6 +88,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Database(e) => is_unavailable(e),
+            Error::QueueClosed => true,
             _ => false,
         }
     }

@@ -68,6 +68,7 @@ mod completer;
 mod error;
 mod executor;
 mod heartbeat;
+mod io_thread;
 mod job;
 pub mod migrate;
 mod queue;

@@ -11,6 +11,7 @@ use once_cell::sync::OnceCell;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::io_thread::IoThread;
 use crate::job::Job;
 use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
 
@@ -41,7 +42,7 @@ pub struct JobQueue {
 struct Inner {
     /// Kept so the workers can open a pool of their own (see `Workers::start`).
     opts: Opts,
-    store: Store,
+    io: IoThread,
     wake: watch::Sender<u64>,
     max_payload: usize,
     server: tokio::sync::OnceCell<ServerInfo>,
@@ -109,10 +110,11 @@ impl JobQueueBuilder {
             .setup(vec![
                 "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             ]);
+        let opts: Opts = opts.into();
         Ok(JobQueue {
             inner: Arc::new(Inner {
-                store: Store::new(Pool::new(opts.clone())),
-                opts: opts.into(),
+                io: IoThread::start(opts.clone())?,
+                opts,
                 wake: watch::Sender::new(0),
                 max_payload: self.max_payload,
                 server: tokio::sync::OnceCell::new(),
@@ -143,21 +145,19 @@ impl JobQueue {
 
     /// Makes this queue the process-wide one that [`init`](crate::init) hands to actix.
     /// Returns the queue already installed, if another was first.
+    ///
+    /// [`Workers::start`](crate::Workers::start) installs its queue when none is installed
+    /// yet, so the first `Workers` started in a process decides what `init` hands out.
     pub fn install(&self) -> std::result::Result<(), JobQueue> {
-        GLOBAL.set(self.clone()).map_err(|_| self.clone())?;
-        Ok(())
+        GLOBAL
+            .set(self.clone())
+            .map_err(|_| GLOBAL.get().cloned().unwrap_or_else(|| self.clone()))
     }
 
     /// The process-wide queue: the installed one, or one built from the environment on
     /// first use.
     pub fn global() -> Result<JobQueue> {
         GLOBAL.get_or_try_init(JobQueue::from_env).cloned()
-    }
-
-    /// The underlying pool, for your own statements (for example to open the transaction
-    /// you pass to [`Dispatch::within`]).
-    pub fn pool(&self) -> &Pool {
-        self.inner.store.pool()
     }
 
     /// A new pool on the same database with the same session setup, of at most `size`
@@ -175,8 +175,14 @@ impl JobQueue {
         )
     }
 
-    pub(crate) fn store(&self) -> &Store {
-        &self.inner.store
+    /// Runs `f` with the store on the queue's connection thread.
+    async fn on_io<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Store) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        self.inner.io.run(f).await
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -192,7 +198,8 @@ impl JobQueue {
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
     pub async fn migrate(&self) -> Result<Vec<u32>> {
         self.check_server().await?;
-        Ok(crate::migrate::run(self.pool()).await?)
+        self.on_io(|store| async move { Ok(crate::migrate::run(store.pool()).await?) })
+            .await
     }
 
     /// Checks the server version and that the schema is migrated, once per queue.
@@ -200,7 +207,9 @@ impl JobQueue {
         self.inner
             .server
             .get_or_try_init(|| async {
-                let (version, applied) = self.store().read_server_state().await?;
+                let (version, applied) = self
+                    .on_io(|store| async move { store.read_server_state().await })
+                    .await?;
                 crate::migrate::check_server_version(&version)?;
                 let latest = crate::migrate::latest();
                 if applied.unwrap_or(0) < latest.version {
@@ -221,7 +230,9 @@ impl JobQueue {
     }
 
     async fn check_server(&self) -> Result<bool> {
-        let (version, _) = self.store().read_server_state().await?;
+        let (version, _) = self
+            .on_io(|store| async move { store.read_server_state().await })
+            .await?;
         crate::migrate::check_server_version(&version)?;
         Ok(version.to_ascii_lowercase().contains("mariadb"))
     }
@@ -263,7 +274,9 @@ impl JobQueue {
             .collect::<Result<Vec<_>>>()?;
         self.check_ready().await?;
         let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
-        let ids = self.store().insert_jobs(&rows, mariadb).await?;
+        let ids = self
+            .on_io(move |store| async move { store.insert_jobs(&rows, mariadb).await })
+            .await?;
         self.notify_workers();
         Ok(ids)
     }
@@ -317,7 +330,8 @@ impl JobQueue {
 
     /// One job by id.
     pub async fn find(&self, id: u64) -> Result<Option<JobRecord>> {
-        self.store().find_job(id).await
+        self.on_io(move |store| async move { store.find_job(id).await })
+            .await
     }
 
     /// Jobs with `status` (`pending`, `running`, `processed`, `failed`), newest first.
@@ -327,18 +341,29 @@ impl JobQueue {
         queue: Option<&str>,
         limit: u64,
     ) -> Result<Vec<JobRecord>> {
-        self.store().list_jobs(status, queue, limit).await
+        let (status, queue) = (status.to_owned(), queue.map(str::to_owned));
+        self.on_io(
+            move |store| async move { store.list_jobs(&status, queue.as_deref(), limit).await },
+        )
+        .await
     }
 
     /// Puts one `failed` job back to `pending` with a fresh set of attempts.
     /// Returns false when no failed job has this id.
     pub async fn retry_failed(&self, id: u64) -> Result<bool> {
-        Ok(self.store().retry_failed(Some(id), None).await? == 1)
+        let retried = self
+            .on_io(move |store| async move { store.retry_failed(Some(id), None).await })
+            .await?;
+        self.notify_workers();
+        Ok(retried == 1)
     }
 
     /// Puts every `failed` job (of `queue`, or of all queues) back to `pending`.
     pub async fn retry_all_failed(&self, queue: Option<&str>) -> Result<u64> {
-        let n = self.store().retry_failed(None, queue).await?;
+        let queue = queue.map(str::to_owned);
+        let n = self
+            .on_io(move |store| async move { store.retry_failed(None, queue.as_deref()).await })
+            .await?;
         self.notify_workers();
         Ok(n)
     }
@@ -346,12 +371,14 @@ impl JobQueue {
     /// Deletes `processed` jobs finished longer than `processed` ago and, when given,
     /// `failed` jobs finished longer than `failed` ago, 1,000 rows per statement.
     pub async fn prune(&self, processed: Duration, failed: Option<Duration>) -> Result<u64> {
-        self.store().prune_finished(processed, failed, 1000).await
+        self.on_io(move |store| async move { store.prune_finished(processed, failed, 1000).await })
+            .await
     }
 
     /// Job counts per queue and status.
     pub async fn stats(&self) -> Result<Vec<QueueCount>> {
-        self.store().count_jobs().await
+        self.on_io(|store| async move { store.count_jobs().await })
+            .await
     }
 }
 
@@ -406,7 +433,8 @@ impl<'q> Dispatch<'q> {
     /// # impl Job for SendMail { const NAME: &'static str = "send_mail";
     /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
     /// # async fn signup(queue: JobQueue) -> lightjobs::Result<()> {
-    /// let mut conn = queue.pool().get_conn().await?;
+    /// # let pool = mysql_async::Pool::new("mysql://app@127.0.0.1/app");
+    /// let mut conn = pool.get_conn().await?; // your application's own pool
     /// let mut tx = conn.start_transaction(TxOpts::default()).await?;
     /// tx.exec_drop("INSERT INTO users (email) VALUES (?)", ("a@example.com",)).await?;
     /// queue.dispatch(SendMail { to: "a@example.com".into() }).within(&mut tx).await?;
@@ -431,10 +459,16 @@ impl<'q> IntoFuture for Dispatch<'q> {
         Box::pin(async move {
             let job = job?;
             queue.check_ready().await?;
-            let mut conn = queue.pool().get_conn().await?;
-            let id = Store::insert_job(&mut conn, &job).await?;
+            let name = job.name;
+            let queue_name = job.queue.clone();
+            let id = queue
+                .on_io(move |store| async move {
+                    let mut conn = store.pool().get_conn().await?;
+                    Store::insert_job(&mut conn, &job).await
+                })
+                .await?;
             queue.notify_workers();
-            tracing::debug!(target: "lightjobs::queue", id, name = job.name, queue = %job.queue, "dispatched");
+            tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
             Ok(id)
         })
     }

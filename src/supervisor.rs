@@ -440,36 +440,55 @@ impl WorkerHandle {
     }
 
     /// Runs until SIGINT or SIGTERM (or until the workers stop by themselves), then shuts
-    /// down gracefully. For worker-only processes.
-    pub async fn run_until_signal(self) -> Report {
+    /// down gracefully. For worker-only processes. The signal handlers are installed when
+    /// this is called, not when the future is first polled, so no signal is missed between.
+    pub fn run_until_signal(self) -> impl std::future::Future<Output = Report> {
+        let signals = Signals::install();
         let stop = self.shutdown.clone();
-        actix_rt::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!(target: "lightjobs::supervisor", "signal received, shutting down");
-            stop.cancel();
-        });
-        self.wait().await
+        async move {
+            actix_rt::spawn(async move {
+                signals.recv().await;
+                tracing::info!(target: "lightjobs::supervisor", "signal received, shutting down");
+                stop.cancel();
+            });
+            self.wait().await
+        }
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, registered at once.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(int), Ok(term)) => Some((int, term)),
+                _ => None,
+            };
+            Signals { unix }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut int, mut term)) = self.unix {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -178,7 +178,7 @@ async fn completion_is_guarded_by_the_claim() {
     let db = TestDb::new("store_guard").await;
     let queue = db.migrated().await;
     let id = queue.dispatch(Record { tag: "g".into() }).await.unwrap();
-    let store = Store::new(queue.pool().clone());
+    let store = Store::new(db.pool.clone());
     let jobs = store
         .claim_available("default", 5, "worker-a")
         .await

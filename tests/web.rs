@@ -344,3 +344,40 @@ async fn http_server_and_workers_in_one_process_stop_together() {
     assert_eq!(db.job(late).await.0, "pending");
     db.drop_db().await;
 }
+
+/// actix runs each HTTP worker on its own runtime. A queue first used on one that has since
+/// stopped (a restarted or finished HTTP worker) keeps working on the others.
+#[actix_rt::test]
+async fn a_queue_outlives_the_runtime_that_first_used_it() {
+    let db = TestDb::new("web_runtimes").await;
+    db.migrated().await;
+    let queue = JobQueue::builder(db.url.as_str())
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let first = queue.clone();
+    let id = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            first
+                .dispatch(Record {
+                    tag: "first".into(),
+                })
+                .await
+                .unwrap()
+        })
+    })
+    .join()
+    .unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        queue.dispatch(Record {
+            tag: "second".into(),
+        }),
+    )
+    .await
+    .expect("dispatch did not hang")
+    .expect("dispatch works after the first runtime ended");
+    assert!(second > id);
+    assert_eq!(db.count("pending").await, 2);
+    db.drop_db().await;
+}

@@ -486,7 +486,7 @@ async fn transactional_dispatch_commits_and_rolls_back_with_the_callers_rows() {
     let queue = db.migrated().await;
     db.exec("CREATE TABLE users (email VARCHAR(100) PRIMARY KEY)")
         .await;
-    let mut conn = queue.pool().get_conn().await.unwrap();
+    let mut conn = db.pool.get_conn().await.unwrap();
 
     let mut tx = conn
         .start_transaction(mysql_async::TxOpts::default())

@@ -1,0 +1,63 @@
+//! The queue's own connection thread: one runtime that owns the dispatch pool.
+//!
+//! actix-web runs each HTTP worker on a runtime of its own, and a mysql_async `Pool` must
+//! not be shared between runtimes: a connection is driven by the runtime that opened it
+//! (stalled while that thread is busy) and the pool's recycler dies with the runtime that
+//! first used it, leaving the pool disconnected for good. So every statement of a
+//! [`JobQueue`](crate::JobQueue) runs here, and callers on any runtime await the result
+//! through a channel; the cost is one thread hop (tens of microseconds) per call.
+
+use std::future::Future;
+
+use futures::future::BoxFuture;
+use mysql_async::{Opts, Pool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+type Task = Box<dyn FnOnce(Store) -> BoxFuture<'static, ()> + Send>;
+
+#[derive(Debug)]
+pub(crate) struct IoThread {
+    tasks: mpsc::UnboundedSender<Task>,
+}
+
+impl IoThread {
+    /// Starts the thread; it ends, closing its connections, when the `IoThread` is dropped.
+    pub(crate) fn start(opts: Opts) -> Result<IoThread> {
+        let (tasks, mut rx) = mpsc::unbounded_channel::<Task>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("lightjobs-io".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let store = Store::new(Pool::new(opts));
+                    while let Some(task) = rx.recv().await {
+                        tokio::spawn(task(store.clone()));
+                    }
+                    let _ = store.pool().clone().disconnect().await;
+                });
+            })?;
+        Ok(IoThread { tasks })
+    }
+
+    /// Runs `f` with the store on the connection thread and returns its result.
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Store) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let task: Task = Box::new(move |store| {
+            Box::pin(async move {
+                let _ = done.send(f(store).await);
+            })
+        });
+        self.tasks.send(task).map_err(|_| Error::QueueClosed)?;
+        result.await.map_err(|_| Error::QueueClosed)?
+    }
+}
