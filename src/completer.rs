@@ -1,11 +1,12 @@
 //! Writes job results back to the table in batches, and keeps them until they are written.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{JobEvent, JobOutcome};
@@ -36,14 +37,68 @@ pub struct Report {
     pub unwritten: u64,
 }
 
+/// Calls the user's hook for each event; its panics are contained.
+pub(crate) fn emit<'a>(hook: &Option<EventHook>, events: impl Iterator<Item = &'a JobEvent>) {
+    if let Some(hook) = hook {
+        for e in events {
+            // The hook is user code; its panic must not stop results being written.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(e))).is_err() {
+                tracing::error!(target: "lightjobs::completer", id = e.id, "the on_event hook panicked");
+            }
+        }
+    }
+}
+
+/// Successes waiting for a transaction to write them: the fetch loop folds them into its
+/// next claim (one commit for both); at shutdown they go to the completer.
+#[derive(Default)]
+pub(crate) struct Completions {
+    events: RefCell<Vec<JobEvent>>,
+    pub notify: Notify,
+}
+
+impl Completions {
+    pub(crate) fn push(&self, event: JobEvent) {
+        self.events.borrow_mut().push(event);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn take(&self) -> Vec<JobEvent> {
+        std::mem::take(&mut *self.events.borrow_mut())
+    }
+
+    /// Returns events a failed transaction did not write, ahead of newer ones.
+    pub(crate) fn put_back(&self, mut events: Vec<JobEvent>) {
+        let mut current = self.events.borrow_mut();
+        events.append(&mut current);
+        *current = events;
+    }
+}
+
+impl std::ops::Add for Report {
+    type Output = Report;
+
+    fn add(self, o: Report) -> Report {
+        Report {
+            processed: self.processed + o.processed,
+            retried: self.retried + o.retried,
+            failed: self.failed + o.failed,
+            released: self.released + o.released,
+            lost: self.lost + o.lost,
+            unwritten: self.unwritten + o.unwritten,
+        }
+    }
+}
+
 pub(crate) struct Completer {
     pub store: Store,
     pub worker_id: String,
     pub hook: Option<EventHook>,
     /// Once cancelled, failed writes are no longer retried forever.
     pub give_up: CancellationToken,
-    /// Kept outside `run` so that a restarted completer goes on counting.
-    pub report: Cell<Report>,
+    /// Kept outside `run` so that a restarted completer goes on counting; shared with the
+    /// fetch loop, which writes most successes.
+    pub report: Rc<Cell<Report>>,
 }
 
 impl Completer {
@@ -54,9 +109,11 @@ impl Completer {
         let mut rx = rx.lock().await;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let mut report = self.report.get();
-            self.write(&mut batch, &mut report).await;
-            self.report.set(report);
+            // Counted apart and merged after the writes: the fetch loop updates the same
+            // counts while this task awaits the database.
+            let mut delta = Report::default();
+            self.write(&mut batch, &mut delta).await;
+            self.report.set(self.report.get() + delta);
             batch.clear();
         }
     }
@@ -138,14 +195,7 @@ impl Completer {
     }
 
     fn emit<'a>(&self, events: impl Iterator<Item = &'a JobEvent>) {
-        if let Some(hook) = &self.hook {
-            for e in events {
-                // The hook is user code; its panic must not stop results being written.
-                if std::panic::catch_unwind(AssertUnwindSafe(|| hook(e))).is_err() {
-                    tracing::error!(target: "lightjobs::completer", id = e.id, "the on_event hook panicked");
-                }
-            }
-        }
+        emit(&self.hook, events);
     }
 
     /// Tries `op` until it succeeds. A database outage is waited out (results are never

@@ -101,7 +101,7 @@ pub use web::init;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod __private {
-    pub use crate::store::{ClaimedJob, Guarded, Store, CLAIM_SQL};
+    pub use crate::store::{claim_and_complete, claim_sql, ClaimedJob, Guarded, Store};
 }
 
 /// The queue a job goes to unless it names another.

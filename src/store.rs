@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::*;
-use mysql_async::{Pool, TxOpts, Value};
+use mysql_async::{Conn, Pool, TxOpts, Value};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -19,11 +19,118 @@ pub(crate) mod status {
 }
 
 /// Columns a claim reads, in this order.
-/// The claim's locking read; the EXPLAIN test reads its plan.
-pub const CLAIM_SQL: &str = "SELECT id, name, payload, attempts, max_attempts FROM jobs \
-     FORCE INDEX (jobs_claim) \
-     WHERE queue = ? AND status = 'pending' AND scheduled_at <= UTC_TIMESTAMP(6) \
-     ORDER BY priority, scheduled_at, id LIMIT ? FOR UPDATE SKIP LOCKED";
+/// The claim's locking read (the EXPLAIN test reads its plan). The index serves the WHERE
+/// and the ORDER BY, so the read locks only the rows it returns.
+pub fn claim_sql(queue: &str, limit: usize) -> String {
+    format!(
+        "SELECT id, name, payload, attempts, max_attempts FROM jobs FORCE INDEX (jobs_claim) \
+         WHERE queue = {} AND status = 'pending' AND scheduled_at <= UTC_TIMESTAMP(6) \
+         ORDER BY priority, scheduled_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED",
+        sql_string(queue)
+    )
+}
+
+/// One claim transaction in two round trips, with the successes of earlier claims folded
+/// in so that they share its commit:
+///
+/// 1. `START TRANSACTION; SELECT … FOR UPDATE SKIP LOCKED`
+/// 2. `UPDATE … 'running' WHERE id IN (claimed); UPDATE … 'processed' WHERE id IN (done)
+///    AND <still ours>; SELECT ROW_COUNT(); COMMIT`
+///
+/// Returns the claimed jobs and how many of `done` were still ours. On error the
+/// transaction is rolled back if the connection still answers; a caller should not reuse a
+/// connection that failed.
+pub async fn claim_and_complete(
+    conn: &mut Conn,
+    queue: &str,
+    limit: usize,
+    worker: &str,
+    done: &[u64],
+) -> Result<(Vec<ClaimedJob>, u64)> {
+    let result = claim_transaction(conn, queue, limit, worker, done).await;
+    if result.is_err() {
+        let _ = conn.query_drop("ROLLBACK").await;
+    }
+    result
+}
+
+async fn claim_transaction(
+    conn: &mut Conn,
+    queue: &str,
+    limit: usize,
+    worker: &str,
+    done: &[u64],
+) -> Result<(Vec<ClaimedJob>, u64)> {
+    type Claimed = (u64, String, String, u32, u32);
+    let mut rows: Vec<Claimed> = Vec::new();
+    if limit > 0 {
+        let mut result = conn
+            .query_iter(format!("START TRANSACTION; {}", claim_sql(queue, limit)))
+            .await?;
+        while !result.is_empty() {
+            let set: Vec<Claimed> = result.collect().await?;
+            if !set.is_empty() {
+                rows = set;
+            }
+        }
+    } else {
+        conn.query_drop("START TRANSACTION").await?;
+    }
+    let me = sql_string(worker);
+    let mut second = String::new();
+    if !rows.is_empty() {
+        let _ = write!(
+            second,
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {me}, \
+             reserved_at = UTC_TIMESTAMP(6) WHERE id IN ({}); ",
+            id_list(rows.iter().map(|r| r.0))
+        );
+    }
+    if !done.is_empty() {
+        let _ = write!(
+            second,
+            "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) \
+             WHERE id IN ({}) AND reserved_by = {me} AND status = 'running'; \
+             SELECT ROW_COUNT(); ",
+            id_list(done.iter().copied())
+        );
+    }
+    second.push_str("COMMIT");
+    let mut completed = 0;
+    let mut result = conn.query_iter(second).await?;
+    while !result.is_empty() {
+        let set: Vec<i64> = result.collect().await?;
+        if let Some(&n) = set.first() {
+            completed = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    drop(result);
+    let claimed = rows
+        .into_iter()
+        .map(|(id, name, payload, attempts, max_attempts)| ClaimedJob {
+            id,
+            name,
+            payload,
+            queue: queue.to_owned(),
+            attempt: attempts + 1,
+            max_attempts,
+        })
+        .collect();
+    Ok((claimed, completed))
+}
+
+/// A string as a hex literal with a charset introducer: no escaping, whatever the
+/// server's `sql_mode` (NO_BACKSLASH_ESCAPES changes what a quoted literal means), and it
+/// still compares in the column's collation, so the index is used.
+fn sql_string(s: &str) -> String {
+    let mut out = String::with_capacity(12 + 2 * s.len());
+    out.push_str("_utf8mb4 X'");
+    for b in s.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out.push('\'');
+    out
+}
 
 /// A row about to be inserted.
 #[derive(Debug, Clone)]
@@ -229,37 +336,12 @@ impl Store {
         worker: &str,
     ) -> Result<Vec<ClaimedJob>> {
         let mut conn = self.pool.get_conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        let rows: Vec<(u64, String, String, u32, u32)> =
-            tx.exec(CLAIM_SQL, (queue, limit as u64)).await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        tx.exec_drop(
-            format!(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
-                 reserved_by = ?, reserved_at = UTC_TIMESTAMP(6) WHERE id IN ({})",
-                id_list(rows.iter().map(|r| r.0))
-            ),
-            (worker,),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, name, payload, attempts, max_attempts)| ClaimedJob {
-                id,
-                name,
-                payload,
-                queue: queue.to_owned(),
-                attempt: attempts + 1,
-                max_attempts,
-            })
-            .collect())
+        Ok(claim_and_complete(&mut conn, queue, limit, worker, &[])
+            .await?
+            .0)
     }
 
-    /// Marks jobs `processed`; returns how many were still ours.
+    /// Marks jobs `processed`; returns how many were still ours.    /// Marks jobs `processed`; returns how many were still ours.
     pub async fn mark_completed(&self, ids: &[u64], worker: &str) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
@@ -676,6 +758,13 @@ mod tests {
             Value::Date(2026, 11, 28, 12, 5, 9, 123_456)
         );
         assert!(datetime_value(UNIX_EPOCH - Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn string_literals_need_no_escaping() {
+        assert_eq!(sql_string("it's"), "_utf8mb4 X'69742773'");
+        assert_eq!(sql_string(""), "_utf8mb4 X''");
+        assert_eq!(sql_string("é"), "_utf8mb4 X'c3a9'");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 
 use futures::FutureExt;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::completer::{Completer, EventHook, Report};
+use crate::completer::{Completer, Completions, EventHook, Report};
 use crate::error::{Error, Result};
 use crate::executor::{panic_message, Executor, JobEvent};
 use crate::heartbeat::Heartbeat;
@@ -305,8 +306,10 @@ impl Workers {
             worker_id: worker_id.clone(),
             hook: self.hook.clone(),
             give_up: abort.clone(),
-            report: Cell::new(Report::default()),
+            report: Rc::new(Cell::new(Report::default())),
         };
+        let completions = Rc::new(Completions::default());
+        let flush = results.clone();
         let tracker = TaskTracker::new();
         let worker = Worker {
             store: store.clone(),
@@ -330,6 +333,9 @@ impl Workers {
             slots: Arc::new(Semaphore::new(self.concurrency)),
             panic_after: self.panic_after,
             panicked: AtomicBool::new(false),
+            completions: completions.clone(),
+            hook: self.hook.clone(),
+            report: completer.report.clone(),
         };
         tracing::info!(
             target: "lightjobs::supervisor",
@@ -352,16 +358,35 @@ impl Workers {
                 .unwrap_or(Exit::Stopped);
             drop(worker);
             tracker.close();
-            tokio::select! {
-                () = tracker.wait() => {}
-                () = stop.cancelled() => {
-                    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-                        tracing::warn!(target: "lightjobs::supervisor", "grace period over; releasing jobs still running");
-                        abort.cancel();
-                        tracker.wait().await;
+            // No more claims to fold successes into: from here the completer writes them,
+            // as they come, so a kill during the grace period loses as little as possible.
+            let hand_over = || {
+                for event in completions.take() {
+                    let _ = flush.send(event);
+                }
+            };
+            let drain = async {
+                tokio::select! {
+                    () = tracker.wait() => {}
+                    () = stop.cancelled() => {
+                        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+                            tracing::warn!(target: "lightjobs::supervisor", "grace period over; releasing jobs still running");
+                            abort.cancel();
+                            tracker.wait().await;
+                        }
                     }
                 }
+            };
+            tokio::pin!(drain);
+            loop {
+                hand_over();
+                tokio::select! {
+                    () = &mut drain => break,
+                    () = completions.notify.notified() => {}
+                }
             }
+            hand_over();
+            drop(flush);
             // Every executor has sent its result; the completer drains and ends. Past this
             // point a write that keeps failing is abandoned after a few tries.
             abort.cancel();

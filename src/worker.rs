@@ -1,16 +1,24 @@
 //! The fetch loop: claims as many jobs as there are free slots, hands each to an executor
 //! task, and polls with a growing interval when the queues are idle.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mysql_async::Conn;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::executor::{Executor, JobEvent};
-use crate::store::{ClaimedJob, Store};
+use crate::completer::{emit, Completions, EventHook, Report};
+use crate::executor::{Executor, JobEvent, JobOutcome};
+use crate::store::{claim_and_complete, ClaimedJob, Store};
+
+/// Under a backlog, how long a claim may wait for half the slots to free up. Bounded so a
+/// slow job cannot delay the claims for the others for long.
+const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
 /// Why the fetch loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +49,10 @@ pub(crate) struct Worker {
     /// Fault injection for the supervision test: panic once after this many claims.
     pub panic_after: Option<u64>,
     pub panicked: AtomicBool,
+    /// Successes waiting to be written by the next claim's transaction.
+    pub completions: Rc<Completions>,
+    pub hook: Option<EventHook>,
+    pub report: Rc<Cell<Report>>,
 }
 
 impl Worker {
@@ -51,6 +63,10 @@ impl Worker {
         let mut idle = self.poll;
         let mut outage: Option<Instant> = None;
         let mut next_queue = 0usize;
+        // One connection for the loop's life: its statements stay prepared and no pool
+        // checkout sits on the hot path. Replaced after any error.
+        let mut conn: Option<Conn> = None;
+        let mut saturated = false;
         loop {
             if let Some(n) = self.panic_after {
                 if self.claimed.load(Ordering::Relaxed) >= n
@@ -78,6 +94,28 @@ impl Worker {
                 }
                 None => usize::MAX,
             };
+            if saturated {
+                // The last claim was full, so more jobs are waiting: rather than one
+                // transaction per freed slot, let the jobs that are about to finish finish
+                // and claim for several slots at once.
+                tokio::task::yield_now().await;
+                let target = (self.concurrency / 2).clamp(1, cap);
+                let deadline = tokio::time::Instant::now() + CLAIM_GATHER;
+                while permits.len() < target {
+                    match slots.clone().try_acquire_owned() {
+                        Ok(p) => permits.push(p),
+                        Err(_) => tokio::select! {
+                            biased;
+                            () = stop.cancelled() => return Exit::Stopped,
+                            p = slots.clone().acquire_owned() => match p {
+                                Ok(p) => permits.push(p),
+                                Err(_) => return Exit::Stopped,
+                            },
+                            () = tokio::time::sleep_until(deadline) => break,
+                        },
+                    }
+                }
+            }
             while permits.len() < cap {
                 match slots.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
@@ -87,7 +125,7 @@ impl Worker {
             // Anything dispatched from now on must wake the next wait.
             wake.borrow_and_update();
             let asked = permits.len();
-            let result = self.claim(&mut permits, &mut next_queue).await;
+            let result = self.claim(&mut conn, &mut permits, &mut next_queue).await;
             let got = match result {
                 Ok(n) => {
                     if let Some(since) = outage.take() {
@@ -99,6 +137,7 @@ impl Worker {
                     // Deadlock or lock wait timeout: another claimer won a race. Not an
                     // outage; try again after a short pause.
                     drop(permits);
+                    conn = None;
                     tracing::debug!(target: "lightjobs::worker", %error, "claim lost a lock race; retrying");
                     if sleep(
                         &mut wake,
@@ -114,6 +153,7 @@ impl Worker {
                 }
                 Err(error) => {
                     drop(permits);
+                    conn = None;
                     if outage.is_none() {
                         outage = Some(Instant::now());
                         tracing::error!(target: "lightjobs::worker", %error, "claiming jobs failed; backing off until the database answers");
@@ -128,7 +168,8 @@ impl Worker {
                 }
             };
             drop(permits);
-            if got == asked {
+            saturated = got == asked;
+            if saturated {
                 idle.reset();
                 continue;
             }
@@ -145,30 +186,70 @@ impl Worker {
             } else {
                 idle.jittered()
             };
-            if sleep(&mut wake, wait, &stop, true).await {
-                return Exit::Stopped;
+            let completed = self.completions.notify.notified();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Exit::Stopped,
+                // Successes are written by the next claim: do not let them wait for a poll.
+                () = completed => {}
+                stopped = sleep(&mut wake, wait, &stop, true) => if stopped {
+                    return Exit::Stopped;
+                },
             }
         }
     }
 
     /// Claims from the queues in turn until the permits are used up or every queue came back
-    /// short; spawns an executor per job. Returns how many jobs were claimed.
+    /// short; spawns an executor per job. The first claim's transaction also writes the
+    /// successes finished since the last one. Returns how many jobs were claimed.
     async fn claim(
         &self,
+        conn: &mut Option<Conn>,
         permits: &mut Vec<OwnedSemaphorePermit>,
         next_queue: &mut usize,
     ) -> crate::Result<usize> {
+        let mut done = self.completions.take();
         let mut got = 0;
         for _ in 0..self.queues.len() {
-            if permits.is_empty() {
+            if permits.is_empty() && done.is_empty() {
                 break;
             }
             let queue = &self.queues[*next_queue % self.queues.len()];
             *next_queue = next_queue.wrapping_add(1);
-            let jobs = self
-                .store
-                .claim_available(queue, permits.len(), &self.worker_id)
-                .await?;
+            let c = match conn {
+                Some(c) => c,
+                None => match self.store.pool().get_conn().await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        self.completions.put_back(done);
+                        return Err(e.into());
+                    }
+                },
+            };
+            let ids: Vec<u64> = done.iter().map(|e| e.id).collect();
+            let (jobs, completed) =
+                match claim_and_complete(c, queue, permits.len(), &self.worker_id, &ids).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.completions.put_back(done);
+                        return Err(e);
+                    }
+                };
+            if !done.is_empty() {
+                self.report.set(
+                    self.report.get()
+                        + Report {
+                            processed: completed,
+                            lost: ids.len() as u64 - completed,
+                            ..Report::default()
+                        },
+                );
+                if completed < ids.len() as u64 {
+                    tracing::warn!(target: "lightjobs::worker", lost = ids.len() as u64 - completed, "completed jobs were no longer ours");
+                }
+                emit(&self.hook, done.iter());
+                done.clear();
+            }
             self.claimed.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             got += jobs.len();
             for job in jobs {
@@ -182,11 +263,16 @@ impl Worker {
     fn spawn(&self, job: ClaimedJob, permit: OwnedSemaphorePermit) {
         let executor = self.executor.clone();
         let results = self.results.clone();
+        let completions = self.completions.clone();
         self.tracker.spawn_local(async move {
             let event = executor.run(&job).await;
-            // The completer outlives every executor, so this only fails if it panicked;
-            // the row then stays `running` for the rescuer.
-            let _ = results.send(event);
+            if event.outcome == JobOutcome::Processed {
+                completions.push(event);
+            } else {
+                // The completer outlives every executor, so this only fails if it
+                // panicked; the row then stays `running` for the rescuer.
+                let _ = results.send(event);
+            }
             drop(permit);
         });
     }

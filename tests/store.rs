@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::{Record, TestDb};
-use lightjobs::__private::{Store, CLAIM_SQL};
+use lightjobs::__private::{claim_sql, Store};
 use mysql_async::prelude::*;
 
 async fn backlog(db: &TestDb, queue: &lightjobs::JobQueue, n: usize, on: &str) {
@@ -46,7 +46,7 @@ async fn claim_plan_uses_the_claim_index_without_filesort() {
 
     let mut conn = db.pool.get_conn().await.unwrap();
     let plan: Vec<mysql_async::Row> = conn
-        .exec(format!("EXPLAIN {CLAIM_SQL}"), ("default", 10u64))
+        .query(format!("EXPLAIN {}", claim_sql("default", 10)))
         .await
         .unwrap();
     assert_eq!(plan.len(), 1, "one table, one access path");
