@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{JobEvent, JobOutcome};
-use crate::store::{Guarded, Store};
+use crate::store::{Guarded, Held, Store};
 
 /// Most results written by one statement.
 const MAX_BATCH: usize = 500;
@@ -119,10 +119,10 @@ impl Completer {
     }
 
     async fn write(&self, batch: &mut [JobEvent], report: &mut Report) {
-        let done: Vec<u64> = batch
+        let done: Vec<Held> = batch
             .iter()
             .filter(|e| e.outcome == JobOutcome::Processed)
-            .map(|e| e.id)
+            .map(JobEvent::held)
             .collect();
         if !done.is_empty() {
             let written = self
@@ -142,10 +142,10 @@ impl Completer {
                 None => report.unwritten += done.len() as u64,
             }
         }
-        let released: Vec<u64> = batch
+        let released: Vec<Held> = batch
             .iter()
             .filter(|e| e.outcome == JobOutcome::Released)
-            .map(|e| e.id)
+            .map(JobEvent::held)
             .collect();
         if !released.is_empty() {
             match self
@@ -164,13 +164,13 @@ impl Completer {
                 JobOutcome::Retrying { error, delay } => {
                     self.retrying("mark_retry", || {
                         self.store
-                            .mark_retry(event.id, &self.worker_id, error, *delay)
+                            .mark_retry(event.held(), &self.worker_id, error, *delay)
                     })
                     .await
                 }
                 JobOutcome::Failed { error } => {
                     self.retrying("mark_failed", || {
-                        self.store.mark_failed(event.id, &self.worker_id, error)
+                        self.store.mark_failed(event.held(), &self.worker_id, error)
                     })
                     .await
                 }

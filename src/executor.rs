@@ -51,6 +51,13 @@ pub struct JobEvent {
     pub outcome: JobOutcome,
 }
 
+impl JobEvent {
+    /// The claim this result belongs to.
+    pub(crate) fn held(&self) -> crate::store::Held {
+        (self.id, self.attempt)
+    }
+}
+
 /// Runs jobs with the registry's handlers under the workers' limits.
 #[derive(Clone)]
 pub(crate) struct Executor {
@@ -142,10 +149,18 @@ impl Executor {
     }
 }
 
+/// The retry delay used when a job's own `backoff` panics.
+const FALLBACK_BACKOFF: Duration = Duration::from_secs(60);
+
 fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> JobOutcome {
     if error.is_retryable() && job.attempt < job.max_attempts {
+        // `backoff` is user code: a panic there must not lose the result, and an absurd
+        // delay must not make the write fail.
+        let delay = std::panic::catch_unwind(|| backoff(job.attempt))
+            .unwrap_or(FALLBACK_BACKOFF)
+            .min(crate::MAX_DELAY);
         JobOutcome::Retrying {
-            delay: backoff(job.attempt),
+            delay,
             error: error.message().to_owned(),
         }
     } else {

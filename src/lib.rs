@@ -74,6 +74,7 @@ pub mod migrate;
 mod queue;
 mod registry;
 mod rescuer;
+mod scheduler;
 mod store;
 mod supervisor;
 mod web;

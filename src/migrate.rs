@@ -24,9 +24,10 @@ pub enum MigrateError {
     },
     /// An earlier run failed halfway through this migration.
     #[error(
-        "migration {version} ({name}) is dirty: an earlier run failed halfway. Finish or undo \
-         it by hand, then DELETE FROM lightjobs_migrations WHERE version = {version} and run \
-         `lightjobs migrate` again"
+        "migration {version} ({name}) is dirty: an earlier run failed halfway. Either finish \
+         it by hand and mark it done (UPDATE lightjobs_migrations SET success = 1 WHERE \
+         version = {version}), or undo it by hand and DELETE FROM lightjobs_migrations WHERE \
+         version = {version}, then run `lightjobs migrate` again"
     )]
     Dirty {
         /// The migration's number.
@@ -82,6 +83,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_utf8mb4.sql"),
     migration!(3, "0003_queue_columns.sql"),
     migration!(4, "0004_workers.sql"),
+    migration!(5, "0005_scheduled_status.sql"),
 ];
 
 /// The newest migration the running code needs.
@@ -94,7 +96,7 @@ pub(crate) fn latest() -> &'static Migration {
 pub async fn run(pool: &Pool) -> Result<Vec<u32>, MigrateError> {
     let mut conn = pool.get_conn().await?;
     let lock: Option<Option<i64>> = conn
-        .query_first("SELECT GET_LOCK(CONCAT('lightjobs.migrate.', DATABASE()), 60)")
+        .query_first("SELECT GET_LOCK(CONCAT('lightjobs.migrate.', SHA1(DATABASE())), 60)")
         .await?;
     if lock.flatten() != Some(1) {
         return Err(MigrateError::LockTimeout);
@@ -102,7 +104,7 @@ pub async fn run(pool: &Pool) -> Result<Vec<u32>, MigrateError> {
     let result = apply_pending(&mut conn).await;
     // Released even when a migration failed; the connection closing would release it too.
     let _ = conn
-        .query_drop("DO RELEASE_LOCK(CONCAT('lightjobs.migrate.', DATABASE()))")
+        .query_drop("DO RELEASE_LOCK(CONCAT('lightjobs.migrate.', SHA1(DATABASE())))")
         .await;
     result
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
-use once_cell::sync::OnceCell;
+use once_cell::sync::{Lazy, OnceCell};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -29,6 +29,10 @@ pub const MAX_JOB_NAME_CHARS: usize = 128;
 
 static GLOBAL: OnceCell<JobQueue> = OnceCell::new();
 
+/// One wake-up signal per process, whatever queue handle dispatched: workers started on
+/// one `JobQueue` are woken by dispatches through another on the same database.
+static WAKE: Lazy<watch::Sender<u64>> = Lazy::new(|| watch::Sender::new(0));
+
 /// A cheap, cloneable handle to the `jobs` table: dispatches jobs and inspects them.
 ///
 /// Dispatching wakes the workers of the same process at once, so a job dispatched from a
@@ -43,7 +47,6 @@ struct Inner {
     /// Kept so the workers can open a pool of their own (see `Workers::start`).
     opts: Opts,
     io: IoThread,
-    wake: watch::Sender<u64>,
     max_payload: usize,
     server: tokio::sync::OnceCell<ServerInfo>,
 }
@@ -115,7 +118,6 @@ impl JobQueueBuilder {
             inner: Arc::new(Inner {
                 io: IoThread::start(opts.clone())?,
                 opts,
-                wake: watch::Sender::new(0),
                 max_payload: self.max_payload,
                 server: tokio::sync::OnceCell::new(),
             }),
@@ -186,13 +188,13 @@ impl JobQueue {
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.wake.subscribe()
+        WAKE.subscribe()
     }
 
     /// Wakes this process's workers, e.g. after committing a transaction that dispatched
     /// jobs with [`Dispatch::within`].
     pub fn notify_workers(&self) {
-        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+        WAKE.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).

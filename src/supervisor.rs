@@ -23,6 +23,7 @@ use crate::job::{DataMap, Job};
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
+use crate::scheduler::Scheduler;
 use crate::store::{Store, WorkerInfo};
 use crate::worker::{Exit, PollInterval, Worker};
 
@@ -35,6 +36,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// beats, so a slow database or a busy host does not look like a death, while a crashed
 /// process's jobs run again within seconds.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// How often due `scheduled` jobs (delays, retries) are moved to `pending`: the lateness
+/// of a delayed job, at most.
+const SCHEDULER_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Jobs run at once by default.
 pub const DEFAULT_CONCURRENCY: usize = 10;
@@ -458,7 +463,16 @@ impl WorkerHandle {
     /// # }
     /// ```
     pub async fn serve(self, server: actix_web::dev::Server) -> std::io::Result<()> {
+        // actix-web drains its connections for up to its own shutdown timeout before
+        // `server` completes; the workers stop claiming at the signal, not after that.
+        let signals = Signals::install();
+        let stop = self.shutdown.clone();
+        let on_signal = actix_rt::spawn(async move {
+            signals.recv().await;
+            stop.cancel();
+        });
         let result = server.await;
+        on_signal.abort();
         let report = self.shutdown().await;
         tracing::info!(target: "lightjobs::supervisor", ?report, "HTTP server and workers stopped");
         result
@@ -577,7 +591,7 @@ fn start_maintenance(
                 }
             };
             runtime.block_on(async move {
-                let store = Store::new(queue.new_pool(3));
+                let store = Store::new(queue.new_pool(4));
                 let heartbeat = Heartbeat {
                     store: store.clone(),
                     ..heartbeat
@@ -587,7 +601,16 @@ fn start_maintenance(
                     stale_after,
                     interval,
                 };
-                tokio::join!(heartbeat.run(stop.clone()), rescuer.run(stop));
+                let scheduler = Scheduler {
+                    store: store.clone(),
+                    queue,
+                    interval: SCHEDULER_INTERVAL,
+                };
+                tokio::join!(
+                    heartbeat.run(stop.clone()),
+                    rescuer.run(stop.clone()),
+                    scheduler.run(stop)
+                );
                 let _ = store.pool().clone().disconnect().await;
             });
             let _ = done.send(());

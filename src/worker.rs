@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::completer::{emit, Completions, EventHook, Report};
 use crate::executor::{Executor, JobEvent, JobOutcome};
-use crate::store::{claim_and_complete, ClaimedJob, Store};
+use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
 
 /// Under a backlog, how long a claim may wait for half the slots to free up. Bounded so a
 /// slow job cannot delay the claims for the others for long.
@@ -226,15 +226,25 @@ impl Worker {
                     }
                 },
             };
-            let ids: Vec<u64> = done.iter().map(|e| e.id).collect();
-            let (jobs, completed) =
-                match claim_and_complete(c, queue, permits.len(), &self.worker_id, &ids).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.completions.put_back(done);
-                        return Err(e);
-                    }
-                };
+            let ids: Vec<Held> = done.iter().map(JobEvent::held).collect();
+            let mut in_doubt = Vec::new();
+            let claimed = claim_and_complete_or_report(
+                c,
+                queue,
+                permits.len(),
+                &self.worker_id,
+                &ids,
+                &mut in_doubt,
+            )
+            .await;
+            let (jobs, completed) = match claimed {
+                Ok(r) => r,
+                Err(e) => {
+                    self.completions.put_back(done);
+                    self.release_in_doubt(queue, in_doubt);
+                    return Err(e);
+                }
+            };
             if !done.is_empty() {
                 self.report.set(
                     self.report.get()
@@ -258,6 +268,25 @@ impl Worker {
             }
         }
         Ok(got)
+    }
+
+    /// Claims whose commit may have happened are handed to the completer as releases: it
+    /// retries until the database answers, and the guard makes them no-ops if the claim
+    /// did not commit after all.
+    fn release_in_doubt(&self, queue: &str, in_doubt: Vec<Held>) {
+        if !in_doubt.is_empty() {
+            tracing::warn!(target: "lightjobs::worker", jobs = in_doubt.len(), "claim commit outcome unknown; releasing the jobs");
+        }
+        for (id, attempt) in in_doubt {
+            let _ = self.results.send(JobEvent {
+                id,
+                name: String::new(),
+                queue: queue.to_owned(),
+                attempt,
+                duration: Duration::ZERO,
+                outcome: JobOutcome::Released,
+            });
+        }
     }
 
     fn spawn(&self, job: ClaimedJob, permit: OwnedSemaphorePermit) {

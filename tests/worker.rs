@@ -100,7 +100,7 @@ async fn retry_is_scheduled_in_the_row_with_backoff() {
     let report = drain(&db, &queue).await;
     assert_eq!(report.retried, 1);
     let (status, attempts, error) = db.job(id).await;
-    assert_eq!((status.as_str(), attempts), ("pending", 1));
+    assert_eq!((status.as_str(), attempts), ("scheduled", 1));
     assert!(
         error.unwrap().contains("runs"),
         "the database error is kept"
@@ -353,8 +353,8 @@ async fn delayed_and_other_queue_jobs_wait() {
         .await
         .unwrap();
     drain(&db, &queue).await;
-    assert_eq!(db.job(later).await.0, "pending");
-    assert_eq!(db.job(at).await.0, "pending");
+    assert_eq!(db.job(later).await.0, "scheduled");
+    assert_eq!(db.job(at).await.0, "scheduled");
     assert_eq!(db.job(past).await.0, "processed");
     assert_eq!(db.job(elsewhere).await.0, "pending");
     let ahead: i64 = db
