@@ -196,12 +196,13 @@ async fn sigterm_under_load_exits_zero_within_the_grace_period() {
     let bin = worker_binary();
     let db = TestDb::new("fault_sigterm").await;
     let queue = db.migrated().await;
-    backlog(&queue, 100, 400).await;
+    // Eight jobs far longer than the grace period, claimed first; short ones after them.
     backlog(&queue, 8, 20_000).await;
+    backlog(&queue, 100, 400).await;
     let mut worker = start_worker(
         &bin,
         &db.url,
-        &["--concurrency", "8", "--shutdown-timeout", "2"],
+        &["--concurrency", "12", "--shutdown-timeout", "2"],
     );
     db.wait_for("processed", 20, Duration::from_secs(30)).await;
     signal(&worker, "-TERM");
@@ -214,6 +215,17 @@ async fn sigterm_under_load_exits_zero_within_the_grace_period() {
         "took {took:?} with a 2 s grace"
     );
     assert_eq!(db.count("running").await, 0, "nothing left running");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the long jobs had the grace period"
+    );
+    let released: u64 = db
+        .scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND attempts = 0 AND payload LIKE '%20000%'")
+        .await;
+    assert_eq!(
+        released, 8,
+        "the long jobs were given back with their attempt"
+    );
     let done = db.count("processed").await;
     eprintln!(
         "SIGTERM under load: exited 0 after {:.2}s (grace 2 s), {done} processed, {} released",
