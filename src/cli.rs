@@ -329,6 +329,11 @@ pub fn format_event(event: &JobEvent) -> Option<String> {
             event.attempt,
             delay.as_secs_f64()
         )),
+        JobOutcome::Snoozed { delay } => Some(format!(
+            "… Job snoozed: {} (runs again in {:.1}s)",
+            event.id,
+            delay.as_secs_f64()
+        )),
         JobOutcome::Released => None,
     }
 }

@@ -30,6 +30,8 @@ pub struct Report {
     pub failed: u64,
     /// Jobs given back to `pending` at shutdown.
     pub released: u64,
+    /// Runs that snoozed (rescheduled without spending an attempt).
+    pub snoozed: u64,
     /// Results not written because the job was no longer ours (rescued or edited).
     pub lost: u64,
     /// Results that could not be written before the deadline (the jobs stay `running`
@@ -84,6 +86,7 @@ impl std::ops::Add for Report {
             retried: self.retried + o.retried,
             failed: self.failed + o.failed,
             released: self.released + o.released,
+            snoozed: self.snoozed + o.snoozed,
             lost: self.lost + o.lost,
             unwritten: self.unwritten + o.unwritten,
         }
@@ -168,6 +171,13 @@ impl Completer {
                     })
                     .await
                 }
+                JobOutcome::Snoozed { delay } => {
+                    self.retrying("mark_snoozed", || {
+                        self.store
+                            .mark_snoozed(event.held(), &self.worker_id, *delay)
+                    })
+                    .await
+                }
                 JobOutcome::Failed { error } => {
                     self.retrying("mark_failed", || {
                         self.store.mark_failed(event.held(), &self.worker_id, error)
@@ -178,10 +188,10 @@ impl Completer {
             };
             match written {
                 Some(Guarded::Applied) => {
-                    if matches!(event.outcome, JobOutcome::Failed { .. }) {
-                        report.failed += 1;
-                    } else {
-                        report.retried += 1;
+                    match event.outcome {
+                        JobOutcome::Failed { .. } => report.failed += 1,
+                        JobOutcome::Snoozed { .. } => report.snoozed += 1,
+                        _ => report.retried += 1,
                     }
                     self.emit(std::iter::once(event));
                 }

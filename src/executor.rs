@@ -32,6 +32,11 @@ pub enum JobOutcome {
     },
     /// Shutdown cut it short; the job is `pending` again with its attempt given back.
     Released,
+    /// The job asked to run again after `delay`, with its attempt given back.
+    Snoozed {
+        /// How long until it runs again.
+        delay: Duration,
+    },
 }
 
 /// What the workers report after each run, once the result is written to the table.
@@ -97,6 +102,10 @@ impl Executor {
                 span.record("outcome", "failed");
                 tracing::error!(target: "lightjobs::executor", ?duration, %error, "job failed");
             }
+            JobOutcome::Snoozed { delay } => {
+                span.record("outcome", "snoozed");
+                tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job snoozed");
+            }
             JobOutcome::Released => {
                 span.record("outcome", "released");
                 tracing::warn!(target: "lightjobs::executor", ?duration, "job cut short by shutdown, released");
@@ -153,6 +162,11 @@ impl Executor {
 const FALLBACK_BACKOFF: Duration = Duration::from_secs(60);
 
 fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> JobOutcome {
+    if let JobError::Snooze(delay) = error {
+        return JobOutcome::Snoozed {
+            delay: delay.min(crate::MAX_DELAY),
+        };
+    }
     if error.is_retryable() && job.attempt < job.max_attempts {
         // `backoff` is user code: a panic there must not lose the result, and an absurd
         // delay must not make the write fail.

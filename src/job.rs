@@ -192,6 +192,9 @@ pub enum JobError {
     Retry(String),
     /// Do not try again: the job goes to `failed` at once.
     Fail(String),
+    /// Not a failure: run again after this delay, without spending an attempt (waiting for
+    /// a rate limit, a resource not ready yet).
+    Snooze(Duration),
 }
 
 impl JobError {
@@ -205,10 +208,16 @@ impl JobError {
         JobError::Fail(message.to_string())
     }
 
-    /// The message stored in `jobs.last_error`.
+    /// Runs the job again after `delay` without spending an attempt.
+    pub fn snooze(delay: Duration) -> Self {
+        JobError::Snooze(delay)
+    }
+
+    /// The message stored in `jobs.last_error` (empty for a snooze).
     pub fn message(&self) -> &str {
         match self {
             JobError::Retry(m) | JobError::Fail(m) => m,
+            JobError::Snooze(_) => "",
         }
     }
 
@@ -220,7 +229,10 @@ impl JobError {
 
 impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message())
+        match self {
+            JobError::Snooze(d) => write!(f, "snoozed for {d:?}"),
+            _ => f.write_str(self.message()),
+        }
     }
 }
 

@@ -71,6 +71,7 @@ mod heartbeat;
 mod io_thread;
 mod job;
 pub mod migrate;
+mod pruner;
 mod queue;
 mod registry;
 mod rescuer;
@@ -92,8 +93,9 @@ pub use queue::{
 pub use registry::Registry;
 pub use store::{JobRecord, QueueCount};
 pub use supervisor::{
-    WorkerHandle, Workers, DEFAULT_CONCURRENCY, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOB_TIMEOUT,
-    DEFAULT_POLL_MAX, DEFAULT_POLL_MIN, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_AFTER,
+    WorkerHandle, Workers, DEFAULT_CONCURRENCY, DEFAULT_FAILED_RETENTION,
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
+    DEFAULT_PROCESSED_RETENTION, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_AFTER,
 };
 pub use web::init;
 

@@ -84,6 +84,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_queue_columns.sql"),
     migration!(4, "0004_workers.sql"),
     migration!(5, "0005_scheduled_status.sql"),
+    migration!(6, "0006_unique_and_queues.sql"),
 ];
 
 /// The newest migration the running code needs.
@@ -290,6 +291,7 @@ mod tests {
         assert_eq!(s, vec!["ALTER TABLE t\n  ADD x INT", "UPDATE t SET x = 1"]);
         assert_eq!(statements(MIGRATIONS[0].sql).len(), 1);
         assert_eq!(statements(MIGRATIONS[2].sql).len(), 2);
+        assert_eq!(statements(MIGRATIONS[5].sql).len(), 2);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 pub const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Longest queue name (the `jobs.queue` column).
 pub const MAX_QUEUE_NAME_CHARS: usize = 64;
+/// Longest unique key (the `jobs.unique_key` column).
+pub const MAX_UNIQUE_KEY_CHARS: usize = 191;
 /// Longest job name (the `jobs.name` column).
 pub const MAX_JOB_NAME_CHARS: usize = 128;
 
@@ -291,6 +293,7 @@ impl JobQueue {
             priority: 0,
             max_attempts: J::MAX_ATTEMPTS,
             when: When::After(Duration::ZERO),
+            unique: None,
         })
     }
 
@@ -315,6 +318,17 @@ impl JobQueue {
                     self.inner.max_payload
                 ),
             ));
+        }
+        if let Some((key, period)) = &job.unique {
+            if key.is_empty() || key.chars().count() > MAX_UNIQUE_KEY_CHARS {
+                return Err(Error::invalid(
+                    "unique key",
+                    format!("must be 1 to {MAX_UNIQUE_KEY_CHARS} characters"),
+                ));
+            }
+            if *period > MAX_DELAY {
+                return Err(Error::invalid("unique period", "longer than ten years"));
+            }
         }
         if job.max_attempts == 0 {
             return Err(Error::invalid("max_attempts", "must be at least 1"));
@@ -377,6 +391,45 @@ impl JobQueue {
             .await
     }
 
+    /// Cancels a job that has not started (`pending` or `scheduled` → `cancelled`).
+    /// Returns false when no waiting job has this id (it ran, runs, or does not exist).
+    pub async fn cancel(&self, id: u64) -> Result<bool> {
+        self.on_io(move |store| async move { store.cancel_job(id).await })
+            .await
+    }
+
+    /// Deletes a `failed` job. Returns false when no failed job has this id.
+    pub async fn discard_failed(&self, id: u64) -> Result<bool> {
+        self.on_io(move |store| async move { store.discard_failed(id).await })
+            .await
+    }
+
+    /// Pauses `queue` in every process: running jobs finish, no new ones are claimed
+    /// (workers see it within about a second). Dispatching to it still works.
+    pub async fn pause(&self, queue: &str) -> Result<()> {
+        self.set_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue.
+    pub async fn resume(&self, queue: &str) -> Result<()> {
+        self.set_paused(queue, false).await?;
+        self.notify_workers();
+        Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        validate_queue_name(queue)?;
+        let queue = queue.to_owned();
+        self.on_io(move |store| async move { store.set_paused(&queue, paused).await })
+            .await
+    }
+
+    /// The paused queues.
+    pub async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.on_io(|store| async move { store.paused_queues().await })
+            .await
+    }
+
     /// Job counts per queue and status.
     pub async fn stats(&self) -> Result<Vec<QueueCount>> {
         self.on_io(|store| async move { store.count_jobs().await })
@@ -417,6 +470,32 @@ impl<'q> Dispatch<'q> {
     /// Sends the job to `queue` instead of [`Job::QUEUE`].
     pub fn on_queue(self, queue: &str) -> Self {
         self.set(|j| j.queue = queue.to_owned())
+    }
+
+    /// Makes the job unique by `key`: while a job with this key is scheduled, pending or
+    /// running, the dispatch inserts nothing and returns that job's id. A unique index
+    /// decides, so two processes dispatching the same key at once get one job.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Rebuild { user: u64 }
+    /// # impl Job for Rebuild { const NAME: &'static str = "rebuild";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn f(queue: JobQueue) -> lightjobs::Result<()> {
+    /// let a = queue.dispatch(Rebuild { user: 7 }).unique("rebuild:7").await?;
+    /// let b = queue.dispatch(Rebuild { user: 7 }).unique("rebuild:7").await?;
+    /// assert_eq!(a, b);
+    /// # Ok(()) }
+    /// ```
+    pub fn unique(self, key: &str) -> Self {
+        self.unique_for(key, Duration::ZERO)
+    }
+
+    /// Like [`unique`](Self::unique), and the key stays taken for `period` after the
+    /// dispatch even once the job has finished: at most one job per key per period.
+    pub fn unique_for(self, key: &str, period: Duration) -> Self {
+        let key = key.to_owned();
+        self.set(|j| j.unique = Some((key, period)))
     }
 
     /// Overrides [`Job::MAX_ATTEMPTS`].

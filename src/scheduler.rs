@@ -1,6 +1,8 @@
 //! Moves `scheduled` jobs (delayed dispatches, retries after a backoff) to `pending` when
 //! they are due, and wakes this process's workers when it did.
 
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,10 +13,17 @@ use crate::store::Store;
 /// Most jobs moved by one statement.
 const BATCH: u64 = 1000;
 
+/// Queues paused in the database, as last read.
+pub(crate) type Paused = Arc<RwLock<HashSet<String>>>;
+
+/// The paused set is re-read every this many ticks (about a second).
+const PAUSED_EVERY: u32 = 10;
+
 pub(crate) struct Scheduler {
     pub store: Store,
     pub queue: JobQueue,
     pub interval: Duration,
+    pub paused: Paused,
 }
 
 impl Scheduler {
@@ -30,8 +39,30 @@ impl Scheduler {
         }
     }
 
+    /// Re-reads the paused queues; wakes the workers when one was resumed.
+    pub(crate) async fn refresh_paused(&self) -> crate::Result<()> {
+        let now: HashSet<String> = self.store.paused_queues().await?.into_iter().collect();
+        let resumed = {
+            let mut paused = self.paused.write().unwrap_or_else(|e| e.into_inner());
+            let resumed = paused.iter().any(|q| !now.contains(q));
+            *paused = now;
+            resumed
+        };
+        if resumed {
+            self.queue.notify_workers();
+        }
+        Ok(())
+    }
+
     pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut tick = 0u32;
         loop {
+            if tick % PAUSED_EVERY == 0 {
+                if let Err(error) = self.refresh_paused().await {
+                    tracing::debug!(target: "lightjobs::scheduler", %error, "reading paused queues failed");
+                }
+            }
+            tick = tick.wrapping_add(1);
             match self.run_once().await {
                 Ok(0) => {}
                 Ok(n) => {

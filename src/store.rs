@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Statuses stored in `jobs.status`.
+/// Statuses stored in `jobs.status` (besides `pending`, `scheduled`, `running`, and
+/// `cancelled`, which are only written inside SQL).
 pub(crate) mod status {
     pub const PROCESSED: &str = "processed";
     pub const FAILED: &str = "failed";
@@ -180,6 +181,9 @@ pub(crate) struct NewJob {
     pub priority: i16,
     pub max_attempts: u32,
     pub when: When,
+    /// A unique key, and for how long after the dispatch it stays taken once the job has
+    /// finished (while it waits or runs it is always taken).
+    pub unique: Option<(String, Duration)>,
 }
 
 /// When a new job becomes ready.
@@ -299,8 +303,37 @@ impl Store {
 
     /// Inserts one job through `conn` (a pooled connection or the caller's transaction).
     pub(crate) async fn insert_job<Q: Queryable>(conn: &mut Q, job: &NewJob) -> Result<u64> {
+        let Some((key, period)) = &job.unique else {
+            let result = conn
+                .exec_iter(format!("{INSERT_SQL} {INSERT_ROW}"), job.params()?)
+                .await?;
+            let id = result.last_insert_id();
+            result.drop_result().await?;
+            return id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()));
+        };
+        // A finished holder whose period is over gives the key up first.
+        conn.exec_drop(
+            "UPDATE jobs SET unique_key = NULL WHERE unique_key = ? \
+             AND status IN ('processed', 'failed', 'cancelled') \
+             AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))",
+            (key.as_str(),),
+        )
+        .await?;
+        let mut params = job.params()?;
+        params.extend([key.as_str().into(), micros(*period).into()]);
+        // On a duplicate key nothing is written and LAST_INSERT_ID() becomes the holder's id:
+        // the unique index, not a check-then-insert, decides between racing processes.
         let result = conn
-            .exec_iter(format!("{INSERT_SQL} {INSERT_ROW}"), job.params()?)
+            .exec_iter(
+                format!(
+                    "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+                     scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
+                     UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+                     ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+                    INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
+                ),
+                params,
+            )
             .await?;
         let id = result.last_insert_id();
         result.drop_result().await?;
@@ -393,6 +426,26 @@ impl Store {
                 claim_guard(&[held], worker)
             ),
             vec![truncate_error(error).into(), micros(delay).into()],
+        )
+        .await
+    }
+
+    /// Back to `scheduled` after `delay`, giving the attempt back (a snooze is not a
+    /// failure).
+    pub(crate) async fn mark_snoozed(
+        &self,
+        held: Held,
+        worker: &str,
+        delay: Duration,
+    ) -> Result<Guarded> {
+        self.guarded(
+            format!(
+                "UPDATE jobs SET status = IF(? > 0, 'scheduled', 'pending'), \
+                 attempts = GREATEST(attempts, 1) - 1, reserved_by = NULL, reserved_at = NULL, \
+                 scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {}",
+                claim_guard(&[held], worker)
+            ),
+            vec![micros(delay).into(), micros(delay).into()],
         )
         .await
     }
@@ -599,6 +652,7 @@ impl Store {
         let mut conn = self.pool.get_conn().await?;
         let targets = [
             (status::PROCESSED, Some(processed_age)),
+            ("cancelled", Some(processed_age)),
             (status::FAILED, failed_age),
         ];
         for (status, age) in targets {
@@ -629,6 +683,48 @@ impl Store {
             }
         }
         Ok(total)
+    }
+
+    /// `pending`/`scheduled` → `cancelled`. True when the job was waiting.
+    pub(crate) async fn cancel_job(&self, id: u64) -> Result<bool> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "UPDATE jobs SET status = 'cancelled', finished_at = UTC_TIMESTAMP(6), \
+             last_error = COALESCE(last_error, 'cancelled') \
+             WHERE id = ? AND status IN ('pending', 'scheduled')",
+            (id,),
+        )
+        .await?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    /// Deletes a `failed` job. True when there was one.
+    pub(crate) async fn discard_failed(&self, id: u64) -> Result<bool> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop("DELETE FROM jobs WHERE id = ? AND status = 'failed'", (id,))
+            .await?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    /// Pauses or resumes a queue for every process.
+    pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "INSERT INTO lightjobs_queues (queue, paused, updated_at) \
+             VALUES (?, ?, UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE paused = VALUES(paused), updated_at = VALUES(updated_at)",
+            (queue, paused),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The paused queues.
+    pub(crate) async fn paused_queues(&self) -> Result<Vec<String>> {
+        let mut conn = self.pool.get_conn().await?;
+        Ok(conn
+            .query("SELECT queue FROM lightjobs_queues WHERE paused = 1 ORDER BY queue")
+            .await?)
     }
 
     /// Counts per queue and status.

@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
+use std::sync::RwLock;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
@@ -20,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::executor::{panic_message, Executor, JobEvent};
 use crate::heartbeat::Heartbeat;
 use crate::job::{DataMap, Job};
+use crate::pruner::Pruner;
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Paused, Scheduler};
 use crate::store::{Store, WorkerInfo};
 use crate::worker::{Exit, PollInterval, Worker};
 
@@ -36,6 +38,13 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// beats, so a slow database or a busy host does not look like a death, while a crashed
 /// process's jobs run again within seconds.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// How long `processed` (and `cancelled`) jobs are kept before the pruner deletes them.
+pub const DEFAULT_PROCESSED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How long `failed` jobs are kept: long enough to notice, read the error and retry.
+pub const DEFAULT_FAILED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often the pruner looks for old jobs.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How often due `scheduled` jobs (delays, retries) are moved to `pending`: the lateness
 /// of a delayed job, at most.
@@ -89,6 +98,7 @@ pub struct Workers {
     heartbeat_interval: Duration,
     stale_after: Duration,
     panic_after: Option<u64>,
+    retention: (Duration, Option<Duration>),
 }
 
 impl std::fmt::Debug for Workers {
@@ -121,6 +131,7 @@ impl Workers {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             stale_after: DEFAULT_STALE_AFTER,
             panic_after: None,
+            retention: (DEFAULT_PROCESSED_RETENTION, Some(DEFAULT_FAILED_RETENTION)),
         }
     }
 
@@ -192,6 +203,15 @@ impl Workers {
     pub fn heartbeat(mut self, interval: Duration, stale_after: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.stale_after = stale_after;
+        self
+    }
+
+    /// How long finished jobs are kept: `processed` and `cancelled` ones for `processed`,
+    /// `failed` ones for `failed` (`None`: until deleted by hand)
+    /// ([`DEFAULT_PROCESSED_RETENTION`], [`DEFAULT_FAILED_RETENTION`]). One process at a
+    /// time deletes them, a thousand rows per statement.
+    pub fn retention(mut self, processed: Duration, failed: Option<Duration>) -> Self {
+        self.retention = (processed, failed);
         self
     }
 
@@ -293,6 +313,10 @@ impl Workers {
         // process's.
         store.beat_worker(&info).await?;
         let maintenance_stop = CancellationToken::new();
+        // Read once before the first claim so a paused queue is never claimed from.
+        let paused: Paused = Arc::new(RwLock::new(
+            store.paused_queues().await?.into_iter().collect(),
+        ));
         let maintenance = start_maintenance(
             &self.queue,
             Heartbeat {
@@ -301,6 +325,8 @@ impl Workers {
                 interval: self.heartbeat_interval,
             },
             self.stale_after,
+            paused.clone(),
+            self.retention,
             maintenance_stop.clone(),
         )?;
         let shutdown = CancellationToken::new();
@@ -341,6 +367,7 @@ impl Workers {
             completions: completions.clone(),
             hook: self.hook.clone(),
             report: completer.report.clone(),
+            paused,
         };
         tracing::info!(
             target: "lightjobs::supervisor",
@@ -572,6 +599,8 @@ fn start_maintenance(
     queue: &JobQueue,
     heartbeat: Heartbeat,
     stale_after: Duration,
+    paused: Paused,
+    retention: (Duration, Option<Duration>),
     stop: CancellationToken,
 ) -> Result<oneshot::Receiver<()>> {
     let queue = queue.clone();
@@ -591,7 +620,7 @@ fn start_maintenance(
                 }
             };
             runtime.block_on(async move {
-                let store = Store::new(queue.new_pool(4));
+                let store = Store::new(queue.new_pool(6));
                 let heartbeat = Heartbeat {
                     store: store.clone(),
                     ..heartbeat
@@ -605,11 +634,19 @@ fn start_maintenance(
                     store: store.clone(),
                     queue,
                     interval: SCHEDULER_INTERVAL,
+                    paused,
+                };
+                let pruner = Pruner {
+                    store: store.clone(),
+                    processed: retention.0,
+                    failed: retention.1,
+                    interval: PRUNE_INTERVAL,
                 };
                 tokio::join!(
                     heartbeat.run(stop.clone()),
                     rescuer.run(stop.clone()),
-                    scheduler.run(stop)
+                    scheduler.run(stop.clone()),
+                    pruner.run(stop)
                 );
                 let _ = store.pool().clone().disconnect().await;
             });

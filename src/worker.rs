@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::completer::{emit, Completions, EventHook, Report};
 use crate::executor::{Executor, JobEvent, JobOutcome};
+use crate::scheduler::Paused;
 use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
 
 /// Under a backlog, how long a claim may wait for half the slots to free up. Bounded so a
@@ -53,6 +54,7 @@ pub(crate) struct Worker {
     pub completions: Rc<Completions>,
     pub hook: Option<EventHook>,
     pub report: Rc<Cell<Report>>,
+    pub paused: Paused,
 }
 
 impl Worker {
@@ -216,6 +218,16 @@ impl Worker {
             }
             let queue = &self.queues[*next_queue % self.queues.len()];
             *next_queue = next_queue.wrapping_add(1);
+            let paused = self
+                .paused
+                .read()
+                .map(|p| p.contains(queue))
+                .unwrap_or(false);
+            // A paused queue is not claimed from; successes still need their write.
+            let limit = if paused { 0 } else { permits.len() };
+            if limit == 0 && done.is_empty() {
+                continue;
+            }
             let c = match conn {
                 Some(c) => c,
                 None => match self.store.pool().get_conn().await {
@@ -228,15 +240,9 @@ impl Worker {
             };
             let ids: Vec<Held> = done.iter().map(JobEvent::held).collect();
             let mut in_doubt = Vec::new();
-            let claimed = claim_and_complete_or_report(
-                c,
-                queue,
-                permits.len(),
-                &self.worker_id,
-                &ids,
-                &mut in_doubt,
-            )
-            .await;
+            let claimed =
+                claim_and_complete_or_report(c, queue, limit, &self.worker_id, &ids, &mut in_doubt)
+                    .await;
             let (jobs, completed) = match claimed {
                 Ok(r) => r,
                 Err(e) => {

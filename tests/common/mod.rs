@@ -306,3 +306,42 @@ impl Job for Stolen {
         Ok(())
     }
 }
+
+/// Snoozes `times` times (no attempt spent), then records its run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snoozy {
+    pub times: u32,
+}
+
+impl Job for Snoozy {
+    const NAME: &'static str = "snoozy";
+    const MAX_ATTEMPTS: u32 = 1;
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        let pool = ctx
+            .data::<Pool>()
+            .ok_or_else(|| JobError::fail("no pool"))?;
+        let mut conn = pool.get_conn().await?;
+        let seen: u64 = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM runs WHERE job_id = ? AND tag = 'snooze'",
+                (ctx.id(),),
+            )
+            .await?
+            .unwrap_or(0);
+        let tag = if seen < u64::from(self.times) {
+            "snooze"
+        } else {
+            "done"
+        };
+        conn.exec_drop(
+            "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, ?)",
+            (ctx.id(), ctx.attempt(), tag),
+        )
+        .await?;
+        if tag == "snooze" {
+            return Err(JobError::snooze(Duration::from_millis(50)));
+        }
+        Ok(())
+    }
+}

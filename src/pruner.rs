@@ -1,0 +1,50 @@
+//! Deletes finished jobs past their retention, in bounded batches; one process at a time
+//! (a MySQL `GET_LOCK`), every few minutes.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Rows deleted per statement: short locks, short undo.
+const BATCH: u64 = 1000;
+
+pub(crate) struct Pruner {
+    pub store: Store,
+    /// `processed` and `cancelled` jobs older than this go.
+    pub processed: Duration,
+    /// `failed` jobs older than this go; `None` keeps them.
+    pub failed: Option<Duration>,
+    pub interval: Duration,
+}
+
+impl Pruner {
+    /// One pass; `None` when another process holds the pruner lock.
+    pub(crate) async fn run_once(&self) -> crate::Result<Option<u64>> {
+        self.store
+            .with_lock("lightjobs.pruner.", || {
+                self.store
+                    .prune_finished(self.processed, self.failed, BATCH)
+            })
+            .await
+    }
+
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(self.interval.mul_f64(0.8 + 0.4 * fastrand::f64())) => {}
+            }
+            match self.run_once().await {
+                Ok(Some(n)) if n > 0 => {
+                    tracing::info!(target: "lightjobs::pruner", deleted = n, "pruned finished jobs");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(target: "lightjobs::pruner", %error, "pruning failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Queue control against the real server: unique jobs (with a race between connections),
+//! cancel, pause/resume seen by running workers, snooze, pruning.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Record, Snoozy, TestDb};
+use lightjobs::{JobQueue, Workers};
+
+fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
+    Workers::new(queue.clone())
+        .register::<Record>()
+        .register::<Snoozy>()
+        .data(db.pool.clone())
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
+}
+
+#[actix_rt::test]
+async fn a_unique_key_gives_one_job_while_it_waits_or_runs() {
+    let db = TestDb::new("queue_unique").await;
+    let queue = db.migrated().await;
+    let first = queue
+        .dispatch(Record { tag: "a".into() })
+        .unique("report:7")
+        .await
+        .unwrap();
+    let second = queue
+        .dispatch(Record { tag: "b".into() })
+        .unique("report:7")
+        .await
+        .unwrap();
+    assert_eq!(first, second);
+    let other = queue
+        .dispatch(Record { tag: "c".into() })
+        .unique("report:8")
+        .await
+        .unwrap();
+    assert_ne!(first, other);
+    assert_eq!(db.count("pending").await, 2);
+    // Once it has run (no period), the key is free again.
+    workers(&db, &queue)
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    let third = queue
+        .dispatch(Record { tag: "d".into() })
+        .unique("report:7")
+        .await
+        .unwrap();
+    assert!(third > other);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_unique_period_outlives_the_job() {
+    let db = TestDb::new("queue_unique_period").await;
+    let queue = db.migrated().await;
+    let first = queue
+        .dispatch(Record { tag: "a".into() })
+        .unique_for("digest", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    workers(&db, &queue)
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(db.job(first).await.0, "processed");
+    let again = queue
+        .dispatch(Record { tag: "b".into() })
+        .unique_for("digest", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        again, first,
+        "within the period the finished job still holds the key"
+    );
+    db.exec("UPDATE jobs SET unique_until = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND")
+        .await;
+    let later = queue
+        .dispatch(Record { tag: "c".into() })
+        .unique_for("digest", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(later > first, "after the period a new job is made");
+    db.drop_db().await;
+}
+
+/// Several queues (each with its own connections, as separate processes have) dispatch the
+/// same keys at the same moment: the unique index leaves one job per key, and every
+/// dispatcher gets that job's id.
+#[actix_rt::test]
+async fn racing_dispatchers_of_one_key_make_one_job() {
+    let db = TestDb::new("queue_unique_race").await;
+    db.migrated().await;
+    let queues: Vec<JobQueue> = (0..4).map(|_| db.queue()).collect();
+    for key in 0..25 {
+        let racers = queues.iter().map(|q| {
+            let q = q.clone();
+            let key = format!("race-{key}");
+            async move {
+                q.dispatch(Record { tag: key.clone() })
+                    .unique(&key)
+                    .await
+                    .unwrap()
+            }
+        });
+        let ids = futures::future::join_all(racers).await;
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "key {key}: {ids:?}");
+    }
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM jobs").await;
+    assert_eq!(rows, 25);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_waiting_job_can_be_cancelled_and_never_runs() {
+    let db = TestDb::new("queue_cancel").await;
+    let queue = db.migrated().await;
+    let id = queue
+        .dispatch(Record { tag: "x".into() })
+        .delay(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(queue.cancel(id).await.unwrap());
+    assert!(!queue.cancel(id).await.unwrap(), "only once");
+    assert_eq!(db.job(id).await.0, "cancelled");
+    db.exec("UPDATE jobs SET scheduled_at = UTC_TIMESTAMP(6)")
+        .await;
+    workers(&db, &queue)
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    let runs: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
+    assert_eq!(runs, 0);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_paused_queue_is_not_claimed_until_resumed() {
+    let db = TestDb::new("queue_pause").await;
+    let queue = db.migrated().await;
+    queue.pause("default").await.unwrap();
+    assert_eq!(queue.paused_queues().await.unwrap(), vec!["default"]);
+    let handle = workers(&db, &queue)
+        .queues(["default", "other"])
+        .start()
+        .await
+        .unwrap();
+    let held = queue.dispatch(Record { tag: "held".into() }).await.unwrap();
+    let free = queue
+        .dispatch(Record { tag: "free".into() })
+        .on_queue("other")
+        .await
+        .unwrap();
+    db.wait_for("processed", 1, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(db.job(held).await.0, "pending", "paused");
+    assert_eq!(db.job(free).await.0, "processed", "other queues go on");
+    // Another handle (another process) resumes it; the running workers see it.
+    db.queue().resume("default").await.unwrap();
+    db.wait_for("processed", 2, Duration::from_secs(5)).await;
+    handle.shutdown().await;
+    assert!(queue.paused_queues().await.unwrap().is_empty());
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_snooze_reschedules_without_spending_an_attempt() {
+    let db = TestDb::new("queue_snooze").await;
+    let queue = db.migrated().await;
+    // MAX_ATTEMPTS is 1: a snooze that spent the attempt would fail the job.
+    let id = queue.dispatch(Snoozy { times: 3 }).await.unwrap();
+    let handle = workers(&db, &queue).start().await.unwrap();
+    db.wait_for("processed", 1, Duration::from_secs(10)).await;
+    let report = handle.shutdown().await;
+    assert_eq!(report.snoozed, 3);
+    assert_eq!(db.job(id).await, ("processed".into(), 1, None));
+    let attempts: Vec<u32> = {
+        use mysql_async::prelude::*;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT attempt FROM runs ORDER BY seq")
+            .await
+            .unwrap()
+    };
+    assert_eq!(attempts, vec![1, 1, 1, 1]);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn pruning_deletes_old_finished_jobs_and_keeps_failed_ones_longer() {
+    let db = TestDb::new("queue_prune").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many((0..2500).map(|i| Record {
+            tag: format!("{i}"),
+        }))
+        .await
+        .unwrap();
+    db.exec(
+        "UPDATE jobs SET status = CASE WHEN id % 10 = 0 THEN 'failed' WHEN id % 10 = 1 \
+         THEN 'cancelled' ELSE 'processed' END, finished_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY",
+    )
+    .await;
+    let young = queue
+        .dispatch(Record {
+            tag: "young".into(),
+        })
+        .await
+        .unwrap();
+    db.exec(&format!(
+        "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE id = {young}"
+    ))
+    .await;
+    let deleted = queue
+        .prune(
+            Duration::from_secs(24 * 3600),
+            Some(Duration::from_secs(7 * 24 * 3600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2250, "processed and cancelled older than a day");
+    assert_eq!(db.count("failed").await, 250, "failed kept for a week");
+    assert_eq!(db.job(young).await.0, "processed");
+    let deleted = queue
+        .prune(
+            Duration::from_secs(24 * 3600),
+            Some(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 250);
+    db.drop_db().await;
+}
