@@ -73,6 +73,7 @@ mod job;
 pub mod migrate;
 mod pruner;
 mod queue;
+mod recurring;
 mod registry;
 mod rescuer;
 mod scheduler;

@@ -285,7 +285,24 @@ impl JobQueue {
         Ok(ids)
     }
 
-    fn new_job<J: Job>(&self, job: &J) -> Result<NewJob> {
+    /// Validates and inserts a prepared row through the queue's own pool.
+    pub(crate) async fn insert(&self, job: NewJob) -> Result<u64> {
+        let job = self.validate(job)?;
+        self.check_ready().await?;
+        let name = job.name;
+        let queue_name = job.queue.clone();
+        let id = self
+            .on_io(move |store| async move {
+                let mut conn = store.pool().get_conn().await?;
+                Store::insert_job(&mut conn, &job).await
+            })
+            .await?;
+        self.notify_workers();
+        tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
+        Ok(id)
+    }
+
+    pub(crate) fn new_job<J: Job>(&self, job: &J) -> Result<NewJob> {
         Ok(NewJob {
             name: J::NAME,
             payload: serde_json::to_string(job)?,
@@ -536,22 +553,8 @@ impl<'q> IntoFuture for Dispatch<'q> {
 
     fn into_future(self) -> Self::IntoFuture {
         let queue = self.queue;
-        let job = self.job.and_then(|j| queue.validate(j));
-        Box::pin(async move {
-            let job = job?;
-            queue.check_ready().await?;
-            let name = job.name;
-            let queue_name = job.queue.clone();
-            let id = queue
-                .on_io(move |store| async move {
-                    let mut conn = store.pool().get_conn().await?;
-                    Store::insert_job(&mut conn, &job).await
-                })
-                .await?;
-            queue.notify_workers();
-            tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
-            Ok(id)
-        })
+        let job = self.job;
+        Box::pin(async move { queue.insert(job?).await })
     }
 }
 

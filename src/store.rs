@@ -173,7 +173,7 @@ fn sql_string(s: &str) -> String {
 }
 
 /// A row about to be inserted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NewJob {
     pub name: &'static str,
     pub payload: String,

@@ -23,6 +23,7 @@ use crate::heartbeat::Heartbeat;
 use crate::job::{DataMap, Job};
 use crate::pruner::Pruner;
 use crate::queue::{validate_queue_name, JobQueue};
+use crate::recurring::{Recurring, RecurringJob};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
 use crate::scheduler::{Paused, Scheduler};
@@ -99,6 +100,9 @@ pub struct Workers {
     stale_after: Duration,
     panic_after: Option<u64>,
     retention: (Duration, Option<Duration>),
+    recurring: Vec<RecurringJob>,
+    /// A setting refused by a builder method, reported by `start`.
+    refused: Option<Error>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -132,6 +136,8 @@ impl Workers {
             stale_after: DEFAULT_STALE_AFTER,
             panic_after: None,
             retention: (DEFAULT_PROCESSED_RETENTION, Some(DEFAULT_FAILED_RETENTION)),
+            recurring: Vec::new(),
+            refused: None,
         }
     }
 
@@ -152,6 +158,37 @@ impl Workers {
     /// values in newtypes to have several of one type.
     pub fn data<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.data.insert(value);
+        self
+    }
+
+    /// Dispatches `job` on every tick of the cron `schedule` (with a seconds field:
+    /// `sec min hour day-of-month month day-of-week`, in UTC), and registers its type.
+    ///
+    /// Each tick is dispatched once however many processes run the same schedule (the
+    /// dispatch is unique on job and tick). After downtime the most recent missed tick runs
+    /// once; older missed ticks are skipped, not replayed.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, Workers};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Digest;
+    /// # impl Job for Digest { const NAME: &'static str = "digest";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # fn f(w: Workers) -> Workers {
+    /// w.recurring("0 0 7 * * Mon-Fri", Digest) // 07:00 UTC on weekdays
+    /// # }
+    /// ```
+    pub fn recurring<J: Job>(mut self, schedule: &str, job: J) -> Self {
+        self.registry = self.registry.register::<J>();
+        match self
+            .queue
+            .new_job(&job)
+            .and_then(|row| RecurringJob::new(schedule, row))
+        {
+            Ok(r) => self.recurring.push(r),
+            Err(e) => {
+                self.refused.get_or_insert(e);
+            }
+        }
         self
     }
 
@@ -248,7 +285,10 @@ impl Workers {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    fn validate(&mut self) -> Result<()> {
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
         if self.concurrency == 0 {
             return Err(Error::invalid("concurrency", "must be at least 1"));
         }
@@ -291,7 +331,7 @@ impl Workers {
     /// Checks the settings and the database (server version, migrations), installs the
     /// queue as the process-wide one if none is, and starts the workers on the current
     /// actix-rt (or tokio `LocalSet`) thread.
-    pub async fn start(self) -> Result<WorkerHandle> {
+    pub async fn start(mut self) -> Result<WorkerHandle> {
         self.validate()?;
         if self.migrate {
             self.queue.migrate().await?;
@@ -327,6 +367,7 @@ impl Workers {
             self.stale_after,
             paused.clone(),
             self.retention,
+            std::mem::take(&mut self.recurring),
             maintenance_stop.clone(),
         )?;
         let shutdown = CancellationToken::new();
@@ -601,6 +642,7 @@ fn start_maintenance(
     stale_after: Duration,
     paused: Paused,
     retention: (Duration, Option<Duration>),
+    recurring: Vec<RecurringJob>,
     stop: CancellationToken,
 ) -> Result<oneshot::Receiver<()>> {
     let queue = queue.clone();
@@ -630,6 +672,7 @@ fn start_maintenance(
                     stale_after,
                     interval,
                 };
+                let recurring = Recurring::new(queue.clone(), recurring);
                 let scheduler = Scheduler {
                     store: store.clone(),
                     queue,
@@ -646,7 +689,8 @@ fn start_maintenance(
                     heartbeat.run(stop.clone()),
                     rescuer.run(stop.clone()),
                     scheduler.run(stop.clone()),
-                    pruner.run(stop)
+                    pruner.run(stop.clone()),
+                    recurring.run(stop)
                 );
                 let _ = store.pool().clone().disconnect().await;
             });

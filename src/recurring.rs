@@ -1,0 +1,145 @@
+//! Recurring jobs: each tick of a cron schedule is dispatched once, however many processes
+//! run the schedule, because the dispatch is unique on (job, tick).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::JobQueue;
+use crate::store::{NewJob, When};
+
+/// How often the schedules are checked: ticks are whole seconds.
+const CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One recurring job: its schedule and the row each tick dispatches.
+#[derive(Debug, Clone)]
+pub(crate) struct RecurringJob {
+    pub schedule: cron::Schedule,
+    pub job: NewJob,
+}
+
+impl RecurringJob {
+    /// Parses a cron expression with a seconds field (`sec min hour day month weekday`,
+    /// e.g. `0 */5 * * * *` for every five minutes).
+    pub(crate) fn new(expression: &str, job: NewJob) -> crate::Result<Self> {
+        let schedule = cron::Schedule::from_str(expression).map_err(|e| {
+            crate::Error::invalid(
+                "cron expression",
+                format!("`{expression}` for job `{}`: {e}", job.name),
+            )
+        })?;
+        if schedule.upcoming(Utc).next().is_none() {
+            return Err(crate::Error::invalid(
+                "cron expression",
+                format!("`{expression}` never fires"),
+            ));
+        }
+        Ok(RecurringJob { schedule, job })
+    }
+
+    /// The latest tick at or before `now`, and the gap to the tick after it.
+    fn latest_tick(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Duration)> {
+        let just_after = now + chrono::Duration::milliseconds(1);
+        let tick = self.schedule.after(&just_after).next_back()?;
+        let next = self.schedule.after(&tick).next()?;
+        let gap = (next - tick).to_std().ok()?;
+        Some((tick, gap))
+    }
+}
+
+pub(crate) struct Recurring {
+    pub queue: JobQueue,
+    pub jobs: Vec<RecurringJob>,
+    /// The last tick dispatched (or found already dispatched) per job.
+    pub last: Vec<Option<DateTime<Utc>>>,
+}
+
+impl Recurring {
+    pub(crate) fn new(queue: JobQueue, jobs: Vec<RecurringJob>) -> Self {
+        let last = vec![None; jobs.len()];
+        Recurring { queue, jobs, last }
+    }
+
+    /// Dispatches the latest tick of each schedule if this process has not yet. A tick
+    /// missed while nothing ran is caught up once; older missed ticks are skipped, never
+    /// replayed in a flood. Returns how many dispatches were made (new or already there).
+    pub(crate) async fn run_once(&mut self, now: DateTime<Utc>) -> crate::Result<u64> {
+        let mut made = 0;
+        for (i, recurring) in self.jobs.iter().enumerate() {
+            let Some((tick, gap)) = recurring.latest_tick(now) else {
+                continue;
+            };
+            if self.last[i] == Some(tick) {
+                continue;
+            }
+            let mut job = recurring.job.clone();
+            // The key stays taken until the next tick, so a process that starts later in
+            // the same period finds this tick done rather than running it again.
+            job.unique = Some((
+                format!("cron:{}:{}", job.name, tick.timestamp()),
+                gap + Duration::from_secs(1),
+            ));
+            job.when = When::After(Duration::ZERO);
+            self.queue.insert(job).await?;
+            self.last[i] = Some(tick);
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        loop {
+            if let Err(error) = self.run_once(Utc::now()).await {
+                tracing::warn!(target: "lightjobs::recurring", %error, "dispatching recurring jobs failed");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(CHECK_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job() -> NewJob {
+        NewJob {
+            name: "report",
+            payload: "{}".into(),
+            queue: "default".into(),
+            priority: 0,
+            max_attempts: 3,
+            when: When::After(Duration::ZERO),
+            unique: None,
+        }
+    }
+
+    #[test]
+    fn latest_tick_and_gap() {
+        let r = RecurringJob::new("0 */5 * * * *", job()).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 10, 7, 30).unwrap();
+        let (tick, gap) = r.latest_tick(now).unwrap();
+        assert_eq!(tick, Utc.with_ymd_and_hms(2026, 11, 28, 10, 5, 0).unwrap());
+        assert_eq!(gap, Duration::from_secs(300));
+        let on_tick = Utc.with_ymd_and_hms(2026, 11, 28, 10, 10, 0).unwrap();
+        assert_eq!(r.latest_tick(on_tick).unwrap().0, on_tick);
+    }
+
+    #[test]
+    fn bad_expressions_are_errors() {
+        let e = RecurringJob::new("every five minutes", job()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`every five minutes` for job `report`"),
+            "{e}"
+        );
+    }
+}
