@@ -86,8 +86,10 @@ impl Executor {
             outcome = tracing::field::Empty,
         );
         let started = Instant::now();
+        crate::metrics::record_start(&job.queue, job.waited);
         let outcome = self.run_inner(job).instrument(span.clone()).await;
         let duration = started.elapsed();
+        crate::metrics::record_outcome(&job.queue, &outcome, duration);
         let _enter = span.enter();
         match &outcome {
             JobOutcome::Processed => {
@@ -204,6 +206,7 @@ mod tests {
             queue: "default".into(),
             attempt,
             max_attempts,
+            waited: Duration::ZERO,
         }
     }
 

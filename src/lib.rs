@@ -70,6 +70,7 @@ mod executor;
 mod heartbeat;
 mod io_thread;
 mod job;
+mod metrics;
 pub mod migrate;
 mod pruner;
 mod queue;
@@ -87,6 +88,7 @@ pub use completer::Report;
 pub use error::{Error, Result};
 pub use executor::{JobEvent, JobOutcome};
 pub use job::{Job, JobContext, JobError};
+pub use metrics::metrics;
 pub use queue::{
     Dispatch, JobQueue, JobQueueBuilder, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_POOL_SIZE, MAX_DELAY,
     MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS,

@@ -25,7 +25,9 @@ pub(crate) mod status {
 /// the ORDER BY, and the read locks only the rows it returns.
 pub fn claim_sql(queue: &str, limit: usize) -> String {
     format!(
-        "SELECT id, name, payload, attempts, max_attempts FROM jobs FORCE INDEX (jobs_claim) \
+        "SELECT id, name, payload, attempts, max_attempts, \
+         GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0) \
+         FROM jobs FORCE INDEX (jobs_claim) \
          WHERE queue = {} AND status = 'pending' \
          ORDER BY priority, scheduled_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED",
         sql_string(queue)
@@ -80,7 +82,7 @@ async fn claim_transaction(
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<(Vec<ClaimedJob>, u64)> {
-    type Claimed = (u64, String, String, u32, u32);
+    type Claimed = (u64, String, String, u32, u32, i64);
     let mut rows: Vec<Claimed> = Vec::new();
     if limit > 0 {
         let mut result = conn
@@ -126,14 +128,17 @@ async fn claim_transaction(
     drop(result);
     let claimed = rows
         .into_iter()
-        .map(|(id, name, payload, attempts, max_attempts)| ClaimedJob {
-            id,
-            name,
-            payload,
-            queue: queue.to_owned(),
-            attempt: attempts + 1,
-            max_attempts,
-        })
+        .map(
+            |(id, name, payload, attempts, max_attempts, waited_us)| ClaimedJob {
+                id,
+                name,
+                payload,
+                queue: queue.to_owned(),
+                attempt: attempts + 1,
+                max_attempts,
+                waited: Duration::from_micros(u64::try_from(waited_us).unwrap_or(0)),
+            },
+        )
         .collect();
     Ok((claimed, completed))
 }
@@ -210,6 +215,8 @@ pub struct ClaimedJob {
     pub attempt: u32,
     /// Attempts allowed.
     pub max_attempts: u32,
+    /// How long it was due before this claim (the queue latency).
+    pub waited: Duration,
 }
 
 /// A job as stored, for inspection tools.

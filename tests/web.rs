@@ -381,3 +381,63 @@ async fn a_queue_outlives_the_runtime_that_first_used_it() {
     assert_eq!(db.count("pending").await, 2);
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn metrics_are_served_in_the_prometheus_format() {
+    let db = TestDb::new("web_metrics").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch_many((0..3).map(|i| Record {
+            tag: format!("{i}"),
+        }))
+        .await
+        .unwrap();
+    queue
+        .dispatch(Record {
+            tag: "later".into(),
+        })
+        .on_queue("reports")
+        .delay(Duration::from_secs(600))
+        .await
+        .unwrap();
+    Workers::new(queue.clone())
+        .register::<Record>()
+        .data(db.pool.clone())
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    let app = actix_test::init_service(
+        App::new()
+            .app_data(web::Data::new(queue.clone()))
+            .service(lightjobs::metrics("/metrics")),
+    )
+    .await;
+    let res = actix_test::call_service(
+        &app,
+        actix_test::TestRequest::get().uri("/metrics").to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = actix_test::read_body(res).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        text.contains("lightjobs_jobs{queue=\"default\",status=\"processed\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lightjobs_jobs{queue=\"reports\",status=\"scheduled\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lightjobs_job_runs_total{queue=\"default\",outcome=\"processed\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lightjobs_queue_latency_seconds_count{queue=\"default\"}"),
+        "{text}"
+    );
+    db.drop_db().await;
+}
