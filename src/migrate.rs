@@ -85,6 +85,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_workers.sql"),
     migration!(5, "0005_scheduled_status.sql"),
     migration!(6, "0006_unique_and_queues.sql"),
+    migration!(7, "0007_queue_limits.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -441,6 +441,16 @@ impl JobQueue {
             .await
     }
 
+    /// Limits `queue` to `limit` running jobs across every process (`None` lifts it).
+    /// Claims on a limited queue take turns on the queue's row, so keep it for queues that
+    /// need it (a rate-limited API), not for every queue.
+    pub async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        validate_queue_name(queue)?;
+        let queue = queue.to_owned();
+        self.on_io(move |store| async move { store.set_global_limit(&queue, limit).await })
+            .await
+    }
+
     /// The paused queues.
     pub async fn paused_queues(&self) -> Result<Vec<String>> {
         self.on_io(|store| async move { store.paused_queues().await })

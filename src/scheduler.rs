@@ -13,17 +13,39 @@ use crate::store::Store;
 /// Most jobs moved by one statement.
 const BATCH: u64 = 1000;
 
-/// Queues paused in the database, as last read.
-pub(crate) type Paused = Arc<RwLock<HashSet<String>>>;
+/// Queue settings from `lightjobs_queues`, as last read.
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    pub paused: HashSet<String>,
+    /// Queues with a limit across processes.
+    pub limited: HashSet<String>,
+}
 
-/// The paused set is re-read every this many ticks (about a second).
-const PAUSED_EVERY: u32 = 10;
+pub(crate) type QueueStates = Arc<RwLock<QueueState>>;
+
+impl QueueState {
+    pub(crate) fn from_rows(rows: Vec<(String, bool, Option<u32>)>) -> Self {
+        let mut state = QueueState::default();
+        for (queue, paused, limit) in rows {
+            if limit.is_some() {
+                state.limited.insert(queue.clone());
+            }
+            if paused {
+                state.paused.insert(queue);
+            }
+        }
+        state
+    }
+}
+
+/// The queue settings are re-read every this many ticks (about a second).
+const SETTINGS_EVERY: u32 = 10;
 
 pub(crate) struct Scheduler {
     pub store: Store,
     pub queue: JobQueue,
     pub interval: Duration,
-    pub paused: Paused,
+    pub queues: QueueStates,
 }
 
 impl Scheduler {
@@ -39,13 +61,13 @@ impl Scheduler {
         }
     }
 
-    /// Re-reads the paused queues; wakes the workers when one was resumed.
-    pub(crate) async fn refresh_paused(&self) -> crate::Result<()> {
-        let now: HashSet<String> = self.store.paused_queues().await?.into_iter().collect();
+    /// Re-reads the queue settings; wakes the workers when a queue was resumed.
+    pub(crate) async fn refresh_queues(&self) -> crate::Result<()> {
+        let now = QueueState::from_rows(self.store.queue_settings().await?);
         let resumed = {
-            let mut paused = self.paused.write().unwrap_or_else(|e| e.into_inner());
-            let resumed = paused.iter().any(|q| !now.contains(q));
-            *paused = now;
+            let mut state = self.queues.write().unwrap_or_else(|e| e.into_inner());
+            let resumed = state.paused.iter().any(|q| !now.paused.contains(q));
+            *state = now;
             resumed
         };
         if resumed {
@@ -57,9 +79,9 @@ impl Scheduler {
     pub(crate) async fn run(self, stop: CancellationToken) {
         let mut tick = 0u32;
         loop {
-            if tick % PAUSED_EVERY == 0 {
-                if let Err(error) = self.refresh_paused().await {
-                    tracing::debug!(target: "lightjobs::scheduler", %error, "reading paused queues failed");
+            if tick % SETTINGS_EVERY == 0 {
+                if let Err(error) = self.refresh_queues().await {
+                    tracing::debug!(target: "lightjobs::scheduler", %error, "reading queue settings failed");
                 }
             }
             tick = tick.wrapping_add(1);

@@ -51,21 +51,26 @@ pub async fn claim_and_complete(
     worker: &str,
     done: &[Held],
 ) -> Result<(Vec<ClaimedJob>, u64)> {
-    claim_and_complete_or_report(conn, queue, limit, worker, done, &mut Vec::new()).await
+    claim_and_complete_or_report(conn, queue, limit, false, worker, done, &mut Vec::new()).await
 }
 
 /// [`claim_and_complete`], and on an error after the COMMIT was sent (the reply lost: it
 /// may or may not have happened), the claims in doubt in `in_doubt`: the caller must give
 /// them back, or they would stay `running` under a live worker that never runs them.
+///
+/// With `limited`, the queue has a limit across processes: the claim locks the queue's row
+/// in `lightjobs_queues` (so claimers of that queue take turns), counts its running jobs
+/// and claims at most the difference, one round trip more.
 pub(crate) async fn claim_and_complete_or_report(
     conn: &mut Conn,
     queue: &str,
     limit: usize,
+    limited: bool,
     worker: &str,
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<(Vec<ClaimedJob>, u64)> {
-    let result = claim_transaction(conn, queue, limit, worker, done, in_doubt).await;
+    let result = claim_transaction(conn, queue, limit, limited, worker, done, in_doubt).await;
     if result.is_err() {
         let _ = conn.query_drop("ROLLBACK").await;
     } else {
@@ -77,14 +82,38 @@ pub(crate) async fn claim_and_complete_or_report(
 async fn claim_transaction(
     conn: &mut Conn,
     queue: &str,
-    limit: usize,
+    mut limit: usize,
+    limited: bool,
     worker: &str,
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<(Vec<ClaimedJob>, u64)> {
     type Claimed = (u64, String, String, u32, u32, i64);
     let mut rows: Vec<Claimed> = Vec::new();
-    if limit > 0 {
+    if limited && limit > 0 {
+        let q = sql_string(queue);
+        let mut result = conn
+            .query_iter(format!(
+                "START TRANSACTION; \
+                 SELECT global_limit, (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_claim) \
+                 WHERE queue = {q} AND status = 'running') \
+                 FROM lightjobs_queues WHERE queue = {q} FOR UPDATE"
+            ))
+            .await?;
+        let mut allowed: Option<usize> = None;
+        while !result.is_empty() {
+            let set: Vec<(Option<u64>, u64)> = result.collect().await?;
+            if let Some(&(global, running)) = set.first() {
+                allowed = global
+                    .map(|g| usize::try_from(g.saturating_sub(running)).unwrap_or(usize::MAX));
+            }
+        }
+        drop(result);
+        limit = limit.min(allowed.unwrap_or(usize::MAX));
+        if limit > 0 {
+            rows = conn.query(claim_sql(queue, limit)).await?;
+        }
+    } else if limit > 0 {
         let mut result = conn
             .query_iter(format!("START TRANSACTION; {}", claim_sql(queue, limit)))
             .await?;
@@ -724,6 +753,27 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+
+    /// Sets or clears a queue's limit across processes.
+    pub(crate) async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "INSERT INTO lightjobs_queues (queue, paused, global_limit, updated_at) \
+             VALUES (?, 0, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
+             global_limit = VALUES(global_limit), updated_at = VALUES(updated_at)",
+            (queue, limit),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// (queue, paused, global limit) of every queue with settings.
+    pub(crate) async fn queue_settings(&self) -> Result<Vec<(String, bool, Option<u32>)>> {
+        let mut conn = self.pool.get_conn().await?;
+        Ok(conn
+            .query("SELECT queue, paused, global_limit FROM lightjobs_queues")
+            .await?)
     }
 
     /// The paused queues.

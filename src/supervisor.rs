@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
@@ -26,7 +27,7 @@ use crate::queue::{validate_queue_name, JobQueue};
 use crate::recurring::{Recurring, RecurringJob};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
-use crate::scheduler::{Paused, Scheduler};
+use crate::scheduler::{QueueState, QueueStates, Scheduler};
 use crate::store::{Store, WorkerInfo};
 use crate::worker::{Exit, PollInterval, Worker};
 
@@ -101,6 +102,7 @@ pub struct Workers {
     panic_after: Option<u64>,
     retention: (Duration, Option<Duration>),
     recurring: Vec<RecurringJob>,
+    queue_limits: HashMap<String, usize>,
     /// A setting refused by a builder method, reported by `start`.
     refused: Option<Error>,
 }
@@ -137,6 +139,7 @@ impl Workers {
             panic_after: None,
             retention: (DEFAULT_PROCESSED_RETENTION, Some(DEFAULT_FAILED_RETENTION)),
             recurring: Vec::new(),
+            queue_limits: HashMap::new(),
             refused: None,
         }
     }
@@ -205,6 +208,14 @@ impl Workers {
         S: Into<String>,
     {
         self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// At most `slots` jobs of `queue` at once in this process (within the overall
+    /// [`concurrency`](Self::concurrency)). For a limit across every process use
+    /// [`JobQueue::set_global_limit`].
+    pub fn queue_concurrency(mut self, queue: &str, slots: usize) -> Self {
+        self.queue_limits.insert(queue.to_owned(), slots);
         self
     }
 
@@ -292,6 +303,12 @@ impl Workers {
         if self.concurrency == 0 {
             return Err(Error::invalid("concurrency", "must be at least 1"));
         }
+        if let Some((q, _)) = self.queue_limits.iter().find(|(_, n)| **n == 0) {
+            return Err(Error::invalid(
+                "queue_concurrency",
+                format!("queue `{q}` needs at least one slot (pause it instead)"),
+            ));
+        }
         if self.queues.is_empty() {
             return Err(Error::invalid("queues", "name at least one queue"));
         }
@@ -354,9 +371,9 @@ impl Workers {
         store.beat_worker(&info).await?;
         let maintenance_stop = CancellationToken::new();
         // Read once before the first claim so a paused queue is never claimed from.
-        let paused: Paused = Arc::new(RwLock::new(
-            store.paused_queues().await?.into_iter().collect(),
-        ));
+        let queue_states: QueueStates = Arc::new(RwLock::new(QueueState::from_rows(
+            store.queue_settings().await?,
+        )));
         let maintenance = start_maintenance(
             &self.queue,
             Heartbeat {
@@ -365,7 +382,7 @@ impl Workers {
                 interval: self.heartbeat_interval,
             },
             self.stale_after,
-            paused.clone(),
+            queue_states.clone(),
             self.retention,
             std::mem::take(&mut self.recurring),
             maintenance_stop.clone(),
@@ -381,6 +398,11 @@ impl Workers {
             report: Rc::new(Cell::new(Report::default())),
         };
         let completions = Rc::new(Completions::default());
+        let queue_slots = self
+            .queue_limits
+            .iter()
+            .map(|(q, n)| (q.clone(), Arc::new(Semaphore::new(*n))))
+            .collect();
         let flush = results.clone();
         let tracker = TaskTracker::new();
         let worker = Worker {
@@ -408,7 +430,8 @@ impl Workers {
             completions: completions.clone(),
             hook: self.hook.clone(),
             report: completer.report.clone(),
-            paused,
+            queue_states,
+            queue_slots,
         };
         tracing::info!(
             target: "lightjobs::supervisor",
@@ -640,7 +663,7 @@ fn start_maintenance(
     queue: &JobQueue,
     heartbeat: Heartbeat,
     stale_after: Duration,
-    paused: Paused,
+    queue_states: QueueStates,
     retention: (Duration, Option<Duration>),
     recurring: Vec<RecurringJob>,
     stop: CancellationToken,
@@ -677,7 +700,7 @@ fn start_maintenance(
                     store: store.clone(),
                     queue,
                     interval: SCHEDULER_INTERVAL,
-                    paused,
+                    queues: queue_states,
                 };
                 let pruner = Pruner {
                     store: store.clone(),

@@ -2,6 +2,7 @@
 //! task, and polls with a growing interval when the queues are idle.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::completer::{emit, Completions, EventHook, Report};
 use crate::executor::{Executor, JobEvent, JobOutcome};
-use crate::scheduler::Paused;
+use crate::scheduler::QueueStates;
 use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
 
 /// Under a backlog, how long a claim may wait for half the slots to free up. Bounded so a
@@ -54,7 +55,9 @@ pub(crate) struct Worker {
     pub completions: Rc<Completions>,
     pub hook: Option<EventHook>,
     pub report: Rc<Cell<Report>>,
-    pub paused: Paused,
+    pub queue_states: QueueStates,
+    /// Per-queue limits of this process, where set.
+    pub queue_slots: HashMap<String, Arc<Semaphore>>,
 }
 
 impl Worker {
@@ -218,13 +221,27 @@ impl Worker {
             }
             let queue = &self.queues[*next_queue % self.queues.len()];
             *next_queue = next_queue.wrapping_add(1);
-            let paused = self
-                .paused
+            let (paused, limited) = self
+                .queue_states
                 .read()
-                .map(|p| p.contains(queue))
-                .unwrap_or(false);
+                .map(|s| (s.paused.contains(queue), s.limited.contains(queue)))
+                .unwrap_or((false, false));
+            // This process's own limit for the queue: a permit per job, on top of the slot.
+            let mut queue_permits = Vec::new();
+            if let Some(sem) = self.queue_slots.get(queue) {
+                while queue_permits.len() < permits.len() {
+                    match sem.clone().try_acquire_owned() {
+                        Ok(p) => queue_permits.push(p),
+                        Err(_) => break,
+                    }
+                }
+            }
             // A paused queue is not claimed from; successes still need their write.
-            let limit = if paused { 0 } else { permits.len() };
+            let limit = match (paused, self.queue_slots.contains_key(queue)) {
+                (true, _) => 0,
+                (false, true) => queue_permits.len(),
+                (false, false) => permits.len(),
+            };
             if limit == 0 && done.is_empty() {
                 continue;
             }
@@ -240,9 +257,16 @@ impl Worker {
             };
             let ids: Vec<Held> = done.iter().map(JobEvent::held).collect();
             let mut in_doubt = Vec::new();
-            let claimed =
-                claim_and_complete_or_report(c, queue, limit, &self.worker_id, &ids, &mut in_doubt)
-                    .await;
+            let claimed = claim_and_complete_or_report(
+                c,
+                queue,
+                limit,
+                limited,
+                &self.worker_id,
+                &ids,
+                &mut in_doubt,
+            )
+            .await;
             let (jobs, completed) = match claimed {
                 Ok(r) => r,
                 Err(e) => {
@@ -270,7 +294,8 @@ impl Worker {
             got += jobs.len();
             for job in jobs {
                 let Some(permit) = permits.pop() else { break };
-                self.spawn(job, permit);
+                let queue_permit = queue_permits.pop();
+                self.spawn(job, (permit, queue_permit));
             }
         }
         Ok(got)
@@ -295,7 +320,7 @@ impl Worker {
         }
     }
 
-    fn spawn(&self, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    fn spawn(&self, job: ClaimedJob, permit: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)) {
         let executor = self.executor.clone();
         let results = self.results.clone();
         let completions = self.completions.clone();

@@ -241,3 +241,97 @@ async fn pruning_deletes_old_finished_jobs_and_keeps_failed_ones_longer() {
     assert_eq!(deleted, 250);
     db.drop_db().await;
 }
+
+/// Samples the number of running jobs of `queue` until none are pending or running.
+async fn max_running(db: &TestDb, queue: &str) -> u64 {
+    let mut max = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: u64 = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE queue = '{queue}' AND status = 'running'"
+            ))
+            .await;
+        max = max.max(running);
+        let left: u64 = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE queue = '{queue}' AND status IN ('pending', 'running')"
+            ))
+            .await;
+        if left == 0 {
+            return max;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue {queue} did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+async fn slow_jobs(queue: &JobQueue, on: &str, n: usize) {
+    for _ in 0..n {
+        queue
+            .dispatch(common::Block {
+                millis: 250,
+                cooperative: false,
+            })
+            .on_queue(on)
+            .await
+            .unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn a_queue_limit_in_one_process_caps_its_running_jobs() {
+    let db = TestDb::new("queue_local_limit").await;
+    let queue = db.migrated().await;
+    slow_jobs(&queue, "slow", 8).await;
+    slow_jobs(&queue, "fast", 4).await;
+    let handle = workers(&db, &queue)
+        .register::<common::Block>()
+        .queues(["slow", "fast"])
+        .concurrency(10)
+        .queue_concurrency("slow", 2)
+        .start()
+        .await
+        .unwrap();
+    let max = max_running(&db, "slow").await;
+    handle.shutdown().await;
+    eprintln!("queue limited to 2 in this process: at most {max} running");
+    assert_eq!(max, 2);
+    assert_eq!(db.count("processed").await, 12);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_global_limit_holds_across_processes() {
+    let db = TestDb::new("queue_global_limit").await;
+    let queue = db.migrated().await;
+    queue.set_global_limit("api", Some(3)).await.unwrap();
+    slow_jobs(&queue, "api", 12).await;
+    // Two processes' worth of workers, 5 slots each: 10 could run, the limit says 3.
+    let (qa, qb) = (db.queue(), db.queue());
+    let a = workers(&db, &qa)
+        .register::<common::Block>()
+        .queues(["api"])
+        .concurrency(5)
+        .start()
+        .await
+        .unwrap();
+    let b = workers(&db, &qb)
+        .register::<common::Block>()
+        .queues(["api"])
+        .concurrency(5)
+        .start()
+        .await
+        .unwrap();
+    let max = max_running(&db, "api").await;
+    a.shutdown().await;
+    b.shutdown().await;
+    eprintln!("global limit 3 over two processes of 5 slots: at most {max} running");
+    assert!((2..=3).contains(&max), "{max} running at once");
+    assert_eq!(db.count("processed").await, 12);
+    queue.set_global_limit("api", None).await.unwrap();
+    db.drop_db().await;
+}
