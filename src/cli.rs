@@ -1,5 +1,6 @@
 //! The seed's commands: `process:jobs`, `create:job`, `migrate`, and the operator's tools
-//! (`failed`, `retry`, `prune`, `stats`).
+//! (`stats`, `list`, `failed`, `retry`, `discard`, `cancel`, `pause`, `resume`, `prune`):
+//! everything the [`Dashboard`](crate::Dashboard) does, from a shell.
 //!
 //! Job types are compiled into your binary, so the worker command runs from your `main`:
 //!
@@ -33,6 +34,8 @@ use crate::queue::{database_url_from_env, JobQueue};
 use crate::registry::Registry;
 use crate::supervisor::Workers;
 
+mod tools;
+
 /// Command line of the lightjobs tools.
 #[derive(Debug, Parser)]
 #[command(
@@ -64,38 +67,8 @@ enum Command {
     },
     /// Apply the embedded migrations.
     Migrate,
-    /// List failed jobs with their errors.
-    Failed {
-        /// Only this queue.
-        #[arg(long)]
-        queue: Option<String>,
-        /// At most this many, newest first.
-        #[arg(long, default_value_t = 50)]
-        limit: u64,
-    },
-    /// Put failed jobs back to pending: one by id, or all with --all.
-    Retry {
-        /// The job's id.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<u64>,
-        /// Every failed job (of --queue, if given).
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this queue.
-        #[arg(long)]
-        queue: Option<String>,
-    },
-    /// Delete old finished jobs.
-    Prune {
-        /// Processed jobs finished longer ago than this many hours.
-        #[arg(long, default_value_t = 24)]
-        processed_hours: u64,
-        /// Failed jobs finished longer ago than this many hours (default: keep them).
-        #[arg(long)]
-        failed_hours: Option<u64>,
-    },
-    /// Job counts per queue and status.
-    Stats,
+    #[command(flatten)]
+    Tool(tools::Tool),
 }
 
 #[derive(Debug, Args)]
@@ -213,60 +186,7 @@ async fn execute(
             }
             Ok(())
         }
-        Command::Failed { queue: q, limit } => {
-            let jobs = queue.list("failed", q.as_deref(), limit).await?;
-            if jobs.is_empty() {
-                println!("No failed jobs.");
-            }
-            for j in jobs {
-                println!(
-                    "{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
-                    j.id,
-                    j.queue,
-                    j.name,
-                    j.attempts,
-                    j.max_attempts,
-                    j.finished_at.unwrap_or_default(),
-                    j.last_error.unwrap_or_default().replace('\n', " ")
-                );
-            }
-            Ok(())
-        }
-        Command::Retry { id, all, queue: q } => {
-            if all {
-                let n = queue.retry_all_failed(q.as_deref()).await?;
-                println!("Retrying {n} failed job(s).");
-            } else if let Some(id) = id {
-                if queue.retry_failed(id).await? {
-                    println!("Retrying job {id}.");
-                } else {
-                    return Err(crate::Error::invalid(
-                        "job id",
-                        format!("no failed job with id {id}"),
-                    ));
-                }
-            }
-            Ok(())
-        }
-        Command::Prune {
-            processed_hours,
-            failed_hours,
-        } => {
-            let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
-            let n = queue
-                .prune(hours(processed_hours), failed_hours.map(hours))
-                .await?;
-            println!("Pruned {n} job(s).");
-            Ok(())
-        }
-        Command::Stats => {
-            let counts = queue.stats().await?;
-            println!("{:<24} {:<10} {:>10}", "queue", "status", "jobs");
-            for c in counts {
-                println!("{:<24} {:<10} {:>10}", c.queue, c.status, c.count);
-            }
-            Ok(())
-        }
+        Command::Tool(tool) => tools::run(&queue, tool).await,
         Command::CreateJob { .. } => unreachable!("handled above"),
     }
 }
@@ -344,7 +264,7 @@ fn print_event(event: &JobEvent) {
     }
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
@@ -458,6 +378,10 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["x", "retry"]).is_err());
         assert!(Cli::try_parse_from(["x", "retry", "--all"]).is_ok());
+        assert!(Cli::try_parse_from(["x", "list", "--status", "failed"]).is_ok());
+        assert!(Cli::try_parse_from(["x", "list", "--status", "lost"]).is_err());
+        assert!(Cli::try_parse_from(["x", "pause"]).is_err());
+        assert!(Cli::try_parse_from(["x", "discard", "seven"]).is_err());
     }
 
     #[test]

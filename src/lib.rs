@@ -65,6 +65,7 @@
 mod backoff;
 pub mod cli;
 mod completer;
+mod dashboard;
 mod error;
 mod executor;
 mod heartbeat;
@@ -85,6 +86,7 @@ mod worker;
 
 pub use backoff::Backoff;
 pub use completer::Report;
+pub use dashboard::{dashboard, Dashboard};
 pub use error::{Error, Result};
 pub use executor::{JobEvent, JobOutcome};
 pub use job::{Job, JobContext, JobError};

@@ -546,3 +546,180 @@ async fn sigterm_past_the_grace_period_releases_jobs_without_spending_attempts()
     assert!(stdout.contains("2 released."), "{stdout}");
     db.drop_db().await;
 }
+
+/// `list` rows: (id, queue, status, error), from the tab-separated output.
+fn listed(ran: &Ran) -> Vec<(u64, String, String, String)> {
+    ran.stdout
+        .lines()
+        .filter(|l| *l != "No jobs.")
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 7, "{line}");
+            (
+                f[0].parse().expect("an id"),
+                f[1].to_owned(),
+                f[3].to_owned(),
+                f[6].to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn list_shows_jobs_of_every_status_newest_first() {
+    let db = TestDb::new("cli_list").await;
+    let queue = db.migrated().await;
+    let empty = lightjobs(&db, &["list"]);
+    empty.assert_success();
+    assert_eq!(empty.stdout.trim(), "No jobs.");
+
+    let failed = queue.dispatch(mail("")).await.unwrap();
+    let processed = queue.dispatch(mail("ada@example.com")).await.unwrap();
+    process_all(&queue).await;
+    let scheduled = queue
+        .dispatch(mail("later@example.com"))
+        .delay(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let pending = queue
+        .dispatch(mail("ops@example.com"))
+        .on_queue("mail")
+        .await
+        .unwrap();
+
+    let all = lightjobs(&db, &["list"]);
+    all.assert_success();
+    let status = |id, queue: &str, status: &str, error: &str| {
+        (id, queue.to_owned(), status.to_owned(), error.to_owned())
+    };
+    assert_eq!(
+        listed(&all),
+        [
+            status(pending, "mail", "pending", ""),
+            status(scheduled, "default", "scheduled", ""),
+            status(processed, "default", "processed", ""),
+            status(failed, "default", "failed", SEED_FAILURE),
+        ],
+        "{}",
+        all.stdout
+    );
+
+    let ran = lightjobs(&db, &["list", "--status", "failed"]);
+    ran.assert_success();
+    assert_eq!(
+        listed(&ran),
+        [status(failed, "default", "failed", SEED_FAILURE)]
+    );
+    let ran = lightjobs(&db, &["list", "--queue", "mail"]);
+    assert_eq!(listed(&ran), [status(pending, "mail", "pending", "")]);
+    let ran = lightjobs(&db, &["list", "--limit", "2"]);
+    let ids: Vec<u64> = listed(&ran).into_iter().map(|row| row.0).collect();
+    assert_eq!(ids, [pending, scheduled]);
+    let ran = lightjobs(&db, &["list", "--status", "lost"]);
+    ran.assert_failure();
+    assert!(ran.stderr.contains("possible values"), "{}", ran.stderr);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn discard_deletes_a_failed_job_and_nothing_else() {
+    let db = TestDb::new("cli_discard").await;
+    let queue = db.migrated().await;
+    let failed = queue.dispatch(mail("")).await.unwrap();
+    process_all(&queue).await;
+    let pending = queue.dispatch(mail("ada@example.com")).await.unwrap();
+
+    let ran = lightjobs(&db, &["discard", &failed.to_string()]);
+    ran.assert_success();
+    assert!(
+        ran.stdout.contains(&format!("Discarded job {failed}.")),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(queue.find(failed).await.unwrap(), None);
+
+    for id in [failed, pending] {
+        let ran = lightjobs(&db, &["discard", &id.to_string()]);
+        ran.assert_failure();
+        assert!(
+            ran.stderr.contains(&format!("no failed job with id {id}")),
+            "{}",
+            ran.stderr
+        );
+    }
+    assert_eq!(db.job(pending).await.0, "pending");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn cancel_stops_a_job_that_has_not_started() {
+    let db = TestDb::new("cli_cancel").await;
+    let queue = db.migrated().await;
+    let done = queue.dispatch(mail("ada@example.com")).await.unwrap();
+    process_all(&queue).await;
+    let waiting = queue
+        .dispatch(mail("later@example.com"))
+        .delay(Duration::from_secs(3600))
+        .await
+        .unwrap();
+
+    let ran = lightjobs(&db, &["cancel", &waiting.to_string()]);
+    ran.assert_success();
+    assert!(
+        ran.stdout.contains(&format!("Cancelled job {waiting}.")),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(db.job(waiting).await.0, "cancelled");
+
+    for id in [waiting, done] {
+        let ran = lightjobs(&db, &["cancel", &id.to_string()]);
+        ran.assert_failure();
+        assert!(
+            ran.stderr
+                .contains(&format!("no pending or scheduled job with id {id}")),
+            "{}",
+            ran.stderr
+        );
+    }
+    assert_eq!(db.job(done).await.0, "processed");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn pause_and_resume_show_in_stats() {
+    let db = TestDb::new("cli_pause").await;
+    let queue = db.migrated().await;
+    queue
+        .dispatch(mail("ops@example.com"))
+        .on_queue("mail")
+        .await
+        .unwrap();
+
+    let ran = lightjobs(&db, &["pause", "mail"]);
+    ran.assert_success();
+    assert!(ran.stdout.contains("Paused queue mail"), "{}", ran.stdout);
+    lightjobs(&db, &["pause", "reports"]).assert_success();
+    assert_eq!(queue.paused_queues().await.unwrap(), ["mail", "reports"]);
+    let stats = lightjobs(&db, &["stats"]);
+    stats.assert_success();
+    assert_eq!(
+        stats.stdout.lines().last(),
+        Some("Paused queues: mail, reports"),
+        "{}",
+        stats.stdout
+    );
+
+    let ran = lightjobs(&db, &["resume", "mail"]);
+    ran.assert_success();
+    assert!(ran.stdout.contains("Resumed queue mail."), "{}", ran.stdout);
+    lightjobs(&db, &["resume", "reports"]).assert_success();
+    assert!(queue.paused_queues().await.unwrap().is_empty());
+    let stats = lightjobs(&db, &["stats"]);
+    assert!(!stats.stdout.contains("Paused"), "{}", stats.stdout);
+
+    let bad = lightjobs(&db, &["pause", " mail"]);
+    bad.assert_failure();
+    assert!(bad.stderr.contains("invalid queue name"), "{}", bad.stderr);
+    db.drop_db().await;
+}

@@ -1,0 +1,209 @@
+//! The operator's tools: read and change jobs and queues through the public
+//! [`JobQueue`] API, the same calls the [`Dashboard`](crate::Dashboard)'s buttons make.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::one_line;
+use crate::dashboard::JOB_STATUSES;
+use crate::queue::JobQueue;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Tool {
+    /// List failed jobs with their errors.
+    Failed {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Put failed jobs back to pending: one by id, or all with --all.
+    Retry {
+        /// The job's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u64>,
+        /// Every failed job (of --queue, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Delete old finished jobs.
+    Prune {
+        /// Processed jobs finished longer ago than this many hours.
+        #[arg(long, default_value_t = 24)]
+        processed_hours: u64,
+        /// Failed jobs finished longer ago than this many hours (default: keep them).
+        #[arg(long)]
+        failed_hours: Option<u64>,
+    },
+    /// Job counts per queue and status, and the paused queues.
+    Stats,
+    /// List jobs, newest first: of one status, or of every status.
+    List {
+        /// Only jobs with this status.
+        #[arg(long, value_parser = JOB_STATUSES)]
+        status: Option<String>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Delete a failed job.
+    Discard {
+        /// The job's id.
+        id: u64,
+    },
+    /// Cancel a job that has not started (pending or scheduled).
+    Cancel {
+        /// The job's id.
+        id: u64,
+    },
+    /// Stop starting jobs from a queue, in every process; running jobs finish.
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+    /// Start jobs from a paused queue again.
+    Resume {
+        /// The queue.
+        queue: String,
+    },
+}
+
+pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
+    match tool {
+        Tool::Failed { queue: q, limit } => {
+            let jobs = queue.list("failed", q.as_deref(), limit).await?;
+            if jobs.is_empty() {
+                println!("No failed jobs.");
+            }
+            for j in jobs {
+                println!(
+                    "{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
+                    j.id,
+                    j.queue,
+                    j.name,
+                    j.attempts,
+                    j.max_attempts,
+                    j.finished_at.unwrap_or_default(),
+                    j.last_error.unwrap_or_default().replace('\n', " ")
+                );
+            }
+            Ok(())
+        }
+        Tool::Retry { id, all, queue: q } => {
+            if all {
+                let n = queue.retry_all_failed(q.as_deref()).await?;
+                println!("Retrying {n} failed job(s).");
+            } else if let Some(id) = id {
+                if queue.retry_failed(id).await? {
+                    println!("Retrying job {id}.");
+                } else {
+                    return Err(crate::Error::invalid(
+                        "job id",
+                        format!("no failed job with id {id}"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Tool::Prune {
+            processed_hours,
+            failed_hours,
+        } => {
+            let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+            let n = queue
+                .prune(hours(processed_hours), failed_hours.map(hours))
+                .await?;
+            println!("Pruned {n} job(s).");
+            Ok(())
+        }
+        Tool::Stats => {
+            let (counts, paused) = futures::try_join!(queue.stats(), queue.paused_queues())?;
+            println!("{:<24} {:<10} {:>10}", "queue", "status", "jobs");
+            for c in counts {
+                println!("{:<24} {:<10} {:>10}", c.queue, c.status, c.count);
+            }
+            if !paused.is_empty() {
+                println!();
+                println!("Paused queues: {}", paused.join(", "));
+            }
+            Ok(())
+        }
+        Tool::List {
+            status,
+            queue: q,
+            limit,
+        } => {
+            let statuses = match &status {
+                Some(status) => vec![status.as_str()],
+                None => JOB_STATUSES.to_vec(),
+            };
+            let mut jobs = Vec::new();
+            for status in statuses {
+                jobs.extend(queue.list(status, q.as_deref(), limit).await?);
+            }
+            // Newest first across statuses too, as `list` orders each one.
+            jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
+            jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            if jobs.is_empty() {
+                println!("No jobs.");
+            }
+            for j in jobs {
+                let when = match j.status.as_str() {
+                    "pending" | "scheduled" | "running" => Some(j.scheduled_at),
+                    _ => j.finished_at,
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
+                    j.id,
+                    j.queue,
+                    j.name,
+                    j.status,
+                    j.attempts,
+                    j.max_attempts,
+                    when.unwrap_or_default(),
+                    one_line(&j.last_error.unwrap_or_default())
+                );
+            }
+            Ok(())
+        }
+        Tool::Discard { id } => {
+            if !queue.discard_failed(id).await? {
+                return Err(crate::Error::invalid(
+                    "job id",
+                    format!("no failed job with id {id}"),
+                ));
+            }
+            println!("Discarded job {id}.");
+            Ok(())
+        }
+        Tool::Cancel { id } => {
+            if !queue.cancel(id).await? {
+                return Err(crate::Error::invalid(
+                    "job id",
+                    format!("no pending or scheduled job with id {id}"),
+                ));
+            }
+            println!("Cancelled job {id}.");
+            Ok(())
+        }
+        Tool::Pause { queue: q } => {
+            queue.pause(&q).await?;
+            println!("Paused queue {q}: running jobs finish, no new ones start.");
+            Ok(())
+        }
+        Tool::Resume { queue: q } => {
+            queue.resume(&q).await?;
+            println!("Resumed queue {q}.");
+            Ok(())
+        }
+    }
+}

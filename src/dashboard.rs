@@ -1,0 +1,462 @@
+//! [`Dashboard`]: a server-rendered admin page for the queues, mounted in your own app.
+//!
+//! It shows the job counts per queue and status, which queues are paused, the recent
+//! failed jobs with their errors and the recent jobs of every other status; its buttons
+//! retry, discard and cancel jobs and pause and resume queues. Every action is also a
+//! command of [`cli`](crate::cli).
+//!
+//! Safety, because the page changes production data:
+//!
+//! - **Closed by default.** Without [`Dashboard::authorize`] every request is refused with
+//!   403; the function is asked on every request, the buttons' POSTs included.
+//! - **No cross-site requests.** A POST needs the token of a `SameSite=Strict; HttpOnly`
+//!   cookie echoed in its form (compared in constant time), and is refused when its `Origin`
+//!   is not the request's host or the browser says it comes from another site.
+//! - **Everything shown is escaped**: payloads and errors are user data. The page carries
+//!   no script, and its `Content-Security-Policy` would block any.
+
+mod page;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::dev::{AppService, HttpServiceFactory};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::queue::JobQueue;
+
+/// Every status a job row can have, in the order a job passes through them.
+pub(crate) const JOB_STATUSES: [&str; 6] = [
+    "pending",
+    "scheduled",
+    "running",
+    "processed",
+    "failed",
+    "cancelled",
+];
+
+/// Failed jobs listed, newest first: enough to see a pattern, few enough to read.
+const FAILED_SHOWN: u64 = 50;
+/// Jobs listed for each other status: a glimpse of what moves, not a report.
+const RECENT_SHOWN: u64 = 10;
+
+const CSRF_COOKIE: &str = "lightjobs_csrf";
+/// 32 random bytes, hex-encoded.
+const TOKEN_LEN: usize = 64;
+
+const LOCKED: &str = "The lightjobs dashboard is locked: it has no authorisation function. \
+     Mount it with lightjobs::dashboard(\"/admin/jobs\").authorize(|req| /* true when \
+     this request may see and change the jobs */).";
+
+const NO_QUEUE: &str = "The lightjobs dashboard has no JobQueue: add \
+     .configure(lightjobs::init) or .app_data(web::Data::new(queue)) to the App, or pass \
+     one with Dashboard::queue.";
+
+type Authorize = dyn Fn(&HttpRequest) -> bool + Send + Sync;
+
+/// A dashboard to mount at `path`; shorthand for [`Dashboard::new`].
+pub fn dashboard(path: &str) -> Dashboard {
+    Dashboard::new(path)
+}
+
+/// The jobs dashboard, an actix service: `App::new().service(dashboard)`.
+///
+/// It answers GET (the page) and POST (its buttons) at `path` and `path/`. The queue is
+/// the app's `web::Data<JobQueue>` (what [`init`](crate::init) puts there) unless
+/// [`queue`](Self::queue) gives one. Build it inside the `HttpServer::new` closure, or
+/// build it once and clone it there.
+///
+/// ```no_run
+/// use actix_web::{App, HttpServer};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// HttpServer::new(|| {
+///     App::new().configure(lightjobs::init).service(
+///         lightjobs::dashboard("/admin/jobs")
+///             // Your own rule. An auth middleware can leave the user in the request's
+///             // extensions for this function to read.
+///             .authorize(|req| req.peer_addr().is_some_and(|a| a.ip().is_loopback())),
+///     )
+/// })
+/// .bind(("127.0.0.1", 8080))?
+/// .run()
+/// .await
+/// # }
+/// ```
+///
+/// Without [`authorize`](Self::authorize) it refuses everything:
+///
+/// ```
+/// use actix_web::{http::StatusCode, test, App};
+///
+/// # actix_rt::System::new().block_on(async {
+/// let app = test::init_service(App::new().service(lightjobs::dashboard("/admin/jobs"))).await;
+/// let req = test::TestRequest::get().uri("/admin/jobs").to_request();
+/// assert_eq!(test::call_service(&app, req).await.status(), StatusCode::FORBIDDEN);
+/// # });
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Dashboard {
+    path: String,
+    authorize: Option<Arc<Authorize>>,
+    queue: Option<JobQueue>,
+}
+
+impl Dashboard {
+    /// A dashboard at `path` (a literal path such as `/admin/jobs`), refusing every
+    /// request until [`authorize`](Self::authorize) is given.
+    pub fn new(path: impl Into<String>) -> Self {
+        Dashboard {
+            path: path.into(),
+            authorize: None,
+            queue: None,
+        }
+    }
+
+    /// Who may use the dashboard: `allow` sees each request (page and buttons alike) and
+    /// returns true to let it through; false answers 403.
+    pub fn authorize<F>(mut self, allow: F) -> Self
+    where
+        F: Fn(&HttpRequest) -> bool + Send + Sync + 'static,
+    {
+        self.authorize = Some(Arc::new(allow));
+        self
+    }
+
+    /// The queue to show, instead of the app's `web::Data<JobQueue>`.
+    pub fn queue(mut self, queue: JobQueue) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+}
+
+impl std::fmt::Debug for Dashboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dashboard")
+            .field("path", &self.path)
+            .field("authorize", &self.authorize.is_some())
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// What the handlers need from the builder, stored on the dashboard's own resource so that
+/// two dashboards in one app keep theirs apart.
+struct Settings {
+    authorize: Option<Arc<Authorize>>,
+}
+
+impl HttpServiceFactory for Dashboard {
+    fn register(self, config: &mut AppService) {
+        let trimmed = self.path.trim().trim_end_matches('/');
+        let base = if trimmed.starts_with('/') {
+            trimmed.to_owned()
+        } else {
+            format!("/{trimmed}")
+        };
+        let patterns = if base == "/" {
+            vec![base]
+        } else {
+            vec![base.clone(), format!("{base}/")]
+        };
+        let mut resource = web::resource(patterns).app_data(web::Data::new(Settings {
+            authorize: self.authorize,
+        }));
+        if let Some(queue) = self.queue {
+            resource = resource.app_data(web::Data::new(queue));
+        }
+        resource
+            .route(web::get().to(show))
+            .route(web::post().to(act))
+            .register(config);
+    }
+}
+
+/// The page's query after an action: what the redirect reports.
+#[derive(Debug, Default, Deserialize)]
+struct Outcome {
+    done: Option<String>,
+    id: Option<u64>,
+    n: Option<u64>,
+    queue: Option<String>,
+}
+
+/// A button's form.
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    id: Option<u64>,
+    queue: Option<String>,
+}
+
+async fn show(
+    req: HttpRequest,
+    settings: web::Data<Settings>,
+    outcome: Option<web::Query<Outcome>>,
+) -> actix_web::Result<HttpResponse> {
+    admit(&req, &settings)?;
+    let queue = queue_of(&req)?;
+    let token = match csrf_cookie(&req).next() {
+        Some(token) => token.to_owned(),
+        None => new_token()?,
+    };
+    let snapshot = page::Snapshot::load(&queue).await?;
+    let outcome = outcome.map(web::Query::into_inner).unwrap_or_default();
+    let html = page::render(&snapshot, &token, &page::notice(&outcome));
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "same-origin"));
+    // A cookie the browser will not store would make every button fail: `/` rather than a
+    // path with characters a Set-Cookie attribute cannot carry.
+    let path = req.path().trim_end_matches('/');
+    let path = if path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+        "/"
+    } else {
+        path
+    };
+    if let Ok(cookie) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Strict"
+    )) {
+        response.insert_header((header::SET_COOKIE, cookie));
+    }
+    Ok(response.body(html))
+}
+
+async fn act(
+    req: HttpRequest,
+    settings: web::Data<Settings>,
+    form: Option<web::Form<ActionForm>>,
+) -> actix_web::Result<HttpResponse> {
+    admit(&req, &settings)?;
+    if cross_site(&req) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "Cross-site request refused: use the dashboard's own buttons.",
+        ));
+    }
+    let Some(form) = form
+        .map(web::Form::into_inner)
+        .filter(|form| csrf_cookie(&req).any(|token| same_token(token, &form.csrf)))
+    else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "Missing or stale CSRF token: reload the dashboard and try again.",
+        ));
+    };
+    let queue = queue_of(&req)?;
+    let outcome = match perform(&queue, form).await {
+        Ok(outcome) => outcome,
+        Err(Error::Invalid { what, reason }) => {
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid {what}: {reason}"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Back to the page with a GET (303), so that reloading it does not repeat the action.
+    let location = format!("{}?{}", req.path(), outcome);
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location))
+        .finish())
+}
+
+/// Runs a button's action; the result is the redirect's query.
+async fn perform(queue: &JobQueue, form: ActionForm) -> crate::Result<String> {
+    let missing = |what| Error::invalid(what, "missing from the form");
+    let id = || form.id.ok_or_else(|| missing("job id"));
+    let queue_name = || form.queue.as_deref().ok_or_else(|| missing("queue"));
+    let job_done = |verb: &str, id: u64, changed: bool| {
+        let done = if changed { verb } else { "unchanged" };
+        format!("done={done}&id={id}")
+    };
+    Ok(match form.action.as_str() {
+        "retry" => {
+            let id = id()?;
+            job_done("retried", id, queue.retry_failed(id).await?)
+        }
+        "discard" => {
+            let id = id()?;
+            job_done("discarded", id, queue.discard_failed(id).await?)
+        }
+        "cancel" => {
+            let id = id()?;
+            job_done("cancelled", id, queue.cancel(id).await?)
+        }
+        "retry_all" => format!("done=retried_all&n={}", queue.retry_all_failed(None).await?),
+        "pause" => {
+            let name = queue_name()?;
+            queue.pause(name).await?;
+            format!("done=paused&queue={}", url_encode(name))
+        }
+        "resume" => {
+            let name = queue_name()?;
+            queue.resume(name).await?;
+            format!("done=resumed&queue={}", url_encode(name))
+        }
+        other => return Err(Error::invalid("action", format!("{other:?} is unknown"))),
+    })
+}
+
+/// Runs the authorisation function: an error (403) when it says no or is missing.
+fn admit(req: &HttpRequest, settings: &Settings) -> actix_web::Result<()> {
+    match &settings.authorize {
+        None => {
+            // Once per process: a probed public dashboard must not flood the log.
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target: "lightjobs::dashboard", path = req.path(), "{LOCKED}");
+            }
+            Err(refuse(StatusCode::FORBIDDEN, LOCKED))
+        }
+        Some(allow) if allow(req) => Ok(()),
+        Some(_) => Err(refuse(StatusCode::FORBIDDEN, "Forbidden.")),
+    }
+}
+
+fn queue_of(req: &HttpRequest) -> actix_web::Result<JobQueue> {
+    match req.app_data::<web::Data<JobQueue>>() {
+        Some(queue) => Ok(queue.get_ref().clone()),
+        None => {
+            tracing::error!(target: "lightjobs::dashboard", "{NO_QUEUE}");
+            // Only an authorised user gets here: the fix is worth showing.
+            Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, NO_QUEUE))
+        }
+    }
+}
+
+fn refuse(status: StatusCode, message: &'static str) -> actix_web::Error {
+    actix_web::error::InternalError::from_response(message, plain(status, message)).into()
+}
+
+/// True when the browser says the request comes from another site: a mismatched `Origin`,
+/// or `Sec-Fetch-Site` other than same-origin (a sibling subdomain counts as foreign).
+///
+/// The host is actix's connection info, which honours `Forwarded`/`X-Forwarded-Host`, so
+/// the check works behind a proxy; a cross-site form cannot set those headers itself.
+fn cross_site(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin" | "none")) {
+            return true;
+        }
+    }
+    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        None => false,
+        Some(Ok(origin)) => !origin_matches(origin, req.connection_info().host()),
+        Some(Err(_)) => true,
+    }
+}
+
+/// `http://host:port` against the `Host` header's `host:port`; `null` and other opaque
+/// origins never match.
+fn origin_matches(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if authority.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    let default_port = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    host.strip_suffix(default_port)
+        .is_some_and(|h| authority.eq_ignore_ascii_case(h))
+}
+
+/// The well-formed CSRF cookies of the request (more than one when several paths set one).
+fn csrf_cookie(req: &HttpRequest) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(name, _)| *name == CSRF_COOKIE)
+        .map(|(_, token)| token)
+        .filter(|token| token.len() == TOKEN_LEN && token.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn new_token() -> actix_web::Result<String> {
+    let mut bytes = [0u8; TOKEN_LEN / 2];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        tracing::error!(target: "lightjobs::dashboard", error = %e, "no randomness for a CSRF token");
+        actix_web::error::ErrorInternalServerError("internal server error")
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Equal tokens, in time that depends only on their length (public: always 64), so the
+/// response time does not tell an attacker how much of a guess was right.
+fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y))) == 0
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn plain(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/plain; charset=utf-8")
+        .body(message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(origin_matches("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(origin_matches("https://Example.com", "example.com"));
+        assert!(origin_matches("https://example.com", "example.com:443"));
+        assert!(!origin_matches("http://example.com", "example.com:443"));
+        assert!(!origin_matches("https://evil.example", "example.com"));
+        assert!(!origin_matches("http://127.0.0.1:8081", "127.0.0.1:8080"));
+        assert!(!origin_matches("null", "example.com"));
+    }
+
+    #[test]
+    fn tokens() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_eq!(a.len(), TOKEN_LEN);
+        assert_ne!(a, b);
+        assert!(same_token(&a, &a.clone()));
+        assert!(!same_token(&a, &b));
+        assert!(!same_token(&a, &a[1..]));
+    }
+
+    #[test]
+    fn query_values() {
+        assert_eq!(url_encode("mail-é &x=1"), "mail-%C3%A9%20%26x%3D1");
+    }
+}

@@ -1,0 +1,375 @@
+//! The dashboard's HTML: what it reads from the queue and how it shows it.
+//!
+//! Every piece of text from the database goes through [`Esc`]; numbers are written as
+//! numbers. Long payloads and errors are cut so that fifty failed jobs with 1 MiB payloads
+//! still make a page a browser can open.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Display, Write as _};
+
+use super::{Outcome, FAILED_SHOWN, JOB_STATUSES, RECENT_SHOWN};
+use crate::queue::JobQueue;
+use crate::store::{JobRecord, QueueCount};
+
+/// Characters of an error shown; the full text is in the row and `lightjobs failed`.
+const ERROR_SHOWN: usize = 2_000;
+/// Characters of a payload shown.
+const PAYLOAD_SHOWN: usize = 500;
+
+/// Everything the page shows, read in one go.
+pub(super) struct Snapshot {
+    counts: Vec<QueueCount>,
+    paused: Vec<String>,
+    failed: Vec<JobRecord>,
+    /// Running, pending, scheduled and processed jobs, in that order.
+    recent: [(&'static str, Vec<JobRecord>); 4],
+}
+
+impl Snapshot {
+    pub(super) async fn load(queue: &JobQueue) -> crate::Result<Snapshot> {
+        let recent = |status| queue.list(status, None, RECENT_SHOWN);
+        let (counts, paused, failed, running, pending, scheduled, processed) = futures::try_join!(
+            queue.stats(),
+            queue.paused_queues(),
+            queue.list("failed", None, FAILED_SHOWN),
+            recent("running"),
+            recent("pending"),
+            recent("scheduled"),
+            recent("processed"),
+        )?;
+        Ok(Snapshot {
+            counts,
+            paused,
+            failed,
+            recent: [
+                ("running", running),
+                ("pending", pending),
+                ("scheduled", scheduled),
+                ("processed", processed),
+            ],
+        })
+    }
+}
+
+/// The text shown after an action, from the redirect's query.
+pub(super) fn notice(outcome: &Outcome) -> Option<String> {
+    let id = outcome.id.unwrap_or_default();
+    let queue = outcome.queue.as_deref().unwrap_or_default();
+    Some(match outcome.done.as_deref()? {
+        "retried" => format!("Job {id} is pending again, with fresh attempts."),
+        "discarded" => format!("Job {id} was deleted."),
+        "cancelled" => format!("Job {id} was cancelled."),
+        "unchanged" => format!("Job {id} was left as it is: it is no longer in that state."),
+        "retried_all" => format!(
+            "{} failed job(s) are pending again.",
+            outcome.n.unwrap_or_default()
+        ),
+        "paused" => format!("Queue “{queue}” is paused: running jobs finish, no new ones start."),
+        "resumed" => format!("Queue “{queue}” is running again."),
+        _ => return None,
+    })
+}
+
+/// HTML-escapes text for element content and quoted attribute values alike.
+struct Esc<'a>(&'a str);
+
+impl Display for Esc<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['&', '<', '>', '"', '\'']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'&' => "&amp;",
+                b'<' => "&lt;",
+                b'>' => "&gt;",
+                b'"' => "&quot;",
+                _ => "&#39;",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// At most `max` characters of `s`, with an ellipsis when cut.
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of the store's microsecond times.
+fn time(t: Option<&str>) -> &str {
+    t.map_or("", |t| t.get(..19).unwrap_or(t))
+}
+
+const STYLE: &str = "
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1d2330;background:#f6f7f9}
+h1{font-size:1.4rem;margin:0 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
+table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0002}
+th,td{padding:.35rem .6rem;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}
+th{background:#eef0f3;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+pre{margin:0;white-space:pre-wrap;word-break:break-word;max-height:12rem;overflow:auto;
+font:12px/1.35 ui-monospace,monospace}
+.err{color:#a4161a}.muted{color:#6b7280}.notice{background:#e7f5ea;border:1px solid #9ad1a8;
+padding:.5rem .8rem;margin-bottom:1rem}
+.badge{display:inline-block;padding:0 .4rem;border-radius:.6rem;font-size:12px}
+.paused{background:#fde8c8;color:#8a4b00}.active{background:#dff3e4;color:#1e6b34}
+form{display:inline;margin:0}button{font:inherit;font-size:13px;padding:.15rem .6rem;
+border:1px solid #9aa3af;border-radius:4px;background:#fff;cursor:pointer}
+button:hover{background:#eef0f3}button.danger{border-color:#d99;color:#a4161a}
+details summary{cursor:pointer;color:#6b7280}
+";
+
+/// The whole page.
+pub(super) fn render(s: &Snapshot, token: &str, notice: &Option<String>) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail.
+    let _ = write_page(&mut out, s, token, notice);
+    out
+}
+
+fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<String>) -> fmt::Result {
+    write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Jobs · lightjobs</title><style>{STYLE}</style></head><body>\
+         <h1>Jobs <span class=\"muted\">· lightjobs</span></h1>"
+    )?;
+    if let Some(text) = notice {
+        write!(out, "<p class=\"notice\" role=\"status\">{}</p>", Esc(text))?;
+    }
+    write_queues(out, s, token)?;
+    write_failed(out, s, token)?;
+    for (status, jobs) in &s.recent {
+        write_recent(out, status, jobs, token)?;
+    }
+    out.write_str(
+        "<p class=\"muted\">Times are UTC. Every button is also a command: \
+         <code>lightjobs --help</code>.</p></body></html>",
+    )
+}
+
+/// A form posting `action` with the CSRF token and hidden `fields`, and its buttons.
+fn write_form(
+    out: &mut String,
+    token: &str,
+    fields: &[(&str, &str)],
+    buttons: &[(&str, &str, bool)],
+) -> fmt::Result {
+    write!(
+        out,
+        "<form method=\"post\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        Esc(token)
+    )?;
+    for (name, value) in fields {
+        write!(
+            out,
+            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+            Esc(value)
+        )?;
+    }
+    for (action, label, danger) in buttons {
+        let class = if *danger { " class=\"danger\"" } else { "" };
+        write!(
+            out,
+            "<button type=\"submit\" name=\"action\" value=\"{action}\"{class}>{label}</button> "
+        )?;
+    }
+    out.write_str("</form>")
+}
+
+fn write_queues(out: &mut String, s: &Snapshot, token: &str) -> fmt::Result {
+    let mut per_queue: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
+    for c in &s.counts {
+        *per_queue
+            .entry(&c.queue)
+            .or_default()
+            .entry(&c.status)
+            .or_default() += c.count;
+    }
+    for q in &s.paused {
+        per_queue.entry(q).or_default();
+    }
+    // Seed-era or future statuses get a column too rather than vanishing from the totals.
+    let extra: BTreeSet<&str> = s
+        .counts
+        .iter()
+        .map(|c| c.status.as_str())
+        .filter(|st| !JOB_STATUSES.contains(st))
+        .collect();
+    let columns: Vec<&str> = JOB_STATUSES.iter().copied().chain(extra).collect();
+
+    out.write_str("<h2>Queues</h2><table id=\"queues\"><tr><th>queue</th>")?;
+    for col in &columns {
+        write!(out, "<th class=\"n\">{}</th>", Esc(col))?;
+    }
+    out.write_str("<th>state</th><th></th></tr>")?;
+    if per_queue.is_empty() {
+        write!(
+            out,
+            "<tr><td colspan=\"{}\" class=\"muted\">No jobs yet.</td></tr>",
+            columns.len() + 3
+        )?;
+    }
+    for (queue, counts) in &per_queue {
+        let paused = s.paused.iter().any(|p| p == queue);
+        write!(out, "<tr><td>{}</td>", Esc(queue))?;
+        for col in &columns {
+            let n = counts.get(col).copied().unwrap_or(0);
+            let class = if *col == "failed" && n > 0 {
+                "n err"
+            } else {
+                "n"
+            };
+            write!(out, "<td class=\"{class}\">{n}</td>")?;
+        }
+        let (state, button) = if paused {
+            ("paused", ("resume", "Resume", false))
+        } else {
+            ("active", ("pause", "Pause", true))
+        };
+        write!(
+            out,
+            "<td><span class=\"badge {state}\">{state}</span></td><td>"
+        )?;
+        write_form(out, token, &[("queue", queue)], &[button])?;
+        out.write_str("</td></tr>")?;
+    }
+    out.write_str("</table>")
+}
+
+fn write_failed(out: &mut String, s: &Snapshot, token: &str) -> fmt::Result {
+    let total: u64 = s
+        .counts
+        .iter()
+        .filter(|c| c.status == "failed")
+        .map(|c| c.count)
+        .sum();
+    write!(out, "<h2>Failed <span class=\"muted\">({total})</span> ")?;
+    if total > 0 {
+        write_form(out, token, &[], &[("retry_all", "Retry all failed", false)])?;
+    }
+    out.write_str("</h2>")?;
+    if s.failed.is_empty() {
+        return out.write_str("<p class=\"muted\">No failed jobs.</p>");
+    }
+    out.write_str(
+        "<table id=\"failed\"><tr><th class=\"n\">id</th><th>job</th><th>queue</th>\
+         <th class=\"n\">attempts</th><th>finished</th><th>error</th><th></th></tr>",
+    )?;
+    for job in &s.failed {
+        write!(
+            out,
+            "<tr id=\"job-{id}\"><td class=\"n\">{id}</td><td>{name}",
+            id = job.id,
+            name = Esc(&job.name)
+        )?;
+        write_payload(out, job)?;
+        write!(
+            out,
+            "</td><td>{}</td><td class=\"n\">{}/{}</td><td>{}</td>\
+             <td><pre class=\"err\">{}</pre></td><td>",
+            Esc(&job.queue),
+            job.attempts,
+            job.max_attempts,
+            Esc(time(job.finished_at.as_deref())),
+            Esc(&cut(job.last_error.as_deref().unwrap_or(""), ERROR_SHOWN)),
+        )?;
+        write_form(
+            out,
+            token,
+            &[("id", &job.id.to_string())],
+            &[("retry", "Retry", false), ("discard", "Discard", true)],
+        )?;
+        out.write_str("</td></tr>")?;
+    }
+    out.write_str("</table>")
+}
+
+fn write_recent(out: &mut String, status: &str, jobs: &[JobRecord], token: &str) -> fmt::Result {
+    let (title, when) = match status {
+        "running" => ("Running", "started"),
+        "pending" => ("Pending", "due"),
+        "scheduled" => ("Scheduled", "due"),
+        _ => ("Processed", "finished"),
+    };
+    write!(out, "<h2>{title}</h2>")?;
+    if jobs.is_empty() {
+        return write!(out, "<p class=\"muted\">No {status} jobs.</p>");
+    }
+    write!(
+        out,
+        "<table id=\"{status}\"><tr><th class=\"n\">id</th><th>job</th><th>queue</th>\
+         <th class=\"n\">attempts</th><th>{when}</th><th>last error</th><th></th></tr>"
+    )?;
+    for job in jobs {
+        let at = match status {
+            "processed" => job.finished_at.as_deref(),
+            _ => Some(job.scheduled_at.as_str()),
+        };
+        write!(
+            out,
+            "<tr id=\"job-{id}\"><td class=\"n\">{id}</td><td>{name}",
+            id = job.id,
+            name = Esc(&job.name)
+        )?;
+        write_payload(out, job)?;
+        write!(
+            out,
+            "</td><td>{}</td><td class=\"n\">{}/{}</td><td>{}</td><td><pre class=\"{}\">{}</pre></td><td>",
+            Esc(&job.queue),
+            job.attempts,
+            job.max_attempts,
+            Esc(time(at)),
+            // An error before a later success is history, not an alarm.
+            if status == "processed" { "muted" } else { "err" },
+            Esc(&cut(job.last_error.as_deref().unwrap_or(""), ERROR_SHOWN)),
+        )?;
+        if matches!(status, "pending" | "scheduled") {
+            write_form(
+                out,
+                token,
+                &[("id", &job.id.to_string())],
+                &[("cancel", "Cancel", true)],
+            )?;
+        }
+        out.write_str("</td></tr>")?;
+    }
+    out.write_str("</table>")
+}
+
+fn write_payload(out: &mut String, job: &JobRecord) -> fmt::Result {
+    write!(
+        out,
+        "<details><summary>payload</summary><pre>{}</pre></details>",
+        Esc(&cut(&job.payload, PAYLOAD_SHOWN))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_quotes() {
+        assert_eq!(
+            Esc("<script>alert('x\"&')</script>").to_string(),
+            "&lt;script&gt;alert(&#39;x&quot;&amp;&#39;)&lt;/script&gt;"
+        );
+        assert_eq!(Esc("plain é").to_string(), "plain é");
+    }
+
+    #[test]
+    fn cuts_on_characters() {
+        assert_eq!(cut("héllo", 2), "hé…");
+        assert_eq!(cut("hé", 2), "hé");
+        assert_eq!(
+            time(Some("2026-01-02 03:04:05.123456")),
+            "2026-01-02 03:04:05"
+        );
+        assert_eq!(time(None), "");
+    }
+}
