@@ -1,0 +1,732 @@
+//! Drains the same backlog of no-op jobs with lightjobs, hand-written SQL loops and
+//! apalis-mysql on one MariaDB, in one run, and prints Markdown tables; also measures
+//! lightjobs's dispatch→start latency and its memory over a large backlog.
+//!
+//! ```text
+//! cargo run --release -- --jobs 20000 --runs 3
+//! cargo run --release -- --only latency
+//! ```
+
+mod apalis_bench;
+mod lj;
+mod raw;
+mod util;
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::util::{median_min_max, quantile, thousands, AnyResult};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lightjobs-compare",
+    about = "Drains one backlog of no-op jobs with lightjobs, raw SQL loops and apalis-mysql; \
+             measures lightjobs's dispatch→start latency and memory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+
+    /// The MySQL/MariaDB server (a database path is ignored); the benchmark creates and
+    /// drops its own databases there: bench_lightjobs, bench_lightjobs_mem, bench_apalis.
+    #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
+    url: String,
+
+    /// Jobs in the backlog each strategy drains.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+
+    /// Runs per strategy (each on a fresh table); the runs of all strategies interleave.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+
+    /// Parts to run, comma-separated: all, lifecycle (= lightjobs,raw,seed,apalis),
+    /// lightjobs, raw, seed, apalis, latency, memory.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    only: Vec<Part>,
+
+    /// lightjobs configurations, one row each: `C` is one `Workers` with concurrency C;
+    /// `WxC` is W `Workers` started side by side on the queue (W fetch loops), C each. The
+    /// first is the reference of the "lightjobs ×" column.
+    #[arg(long, value_delimiter = ',', default_value = "100,10,2x100", value_parser = parse_lightjobs)]
+    lightjobs: Vec<(usize, usize)>,
+
+    /// Connections of the raw floor, one row each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    raw_claimers: Vec<usize>,
+
+    /// Also run the raw floor with completions folded into the next claim's transaction
+    /// (how lightjobs's claim cycle is built), one connection: a diagnostic row.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    raw_folded: bool,
+
+    /// Connections of the seed strategy (plain FOR UPDATE), one row each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    seed_claimers: Vec<usize>,
+
+    /// apalis: `concurrency(C)` layer and fetch buffer size.
+    #[arg(long, default_value_t = 100)]
+    apalis_concurrency: usize,
+
+    /// Latency samples per configuration.
+    #[arg(long, default_value_t = 200)]
+    latency_samples: usize,
+
+    /// Mean pause between two latency dispatches, in ms (each pause is uniform in ½…1½ of it).
+    #[arg(long, default_value_t = 100)]
+    latency_pause_ms: u64,
+
+    /// Samples of the idle-queue cross-process measurement (default poll settings, long
+    /// pauses so the poll interval has grown to its maximum); 0 to skip it.
+    #[arg(long, default_value_t = 25)]
+    latency_idle_samples: usize,
+
+    /// Mean pause between two dispatches of the idle-queue measurement, in ms.
+    #[arg(long, default_value_t = 2000)]
+    latency_idle_pause_ms: u64,
+
+    /// Pending jobs loaded for the memory check.
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_jobs: u64,
+
+    /// Seconds the memory check runs the workers (less if the backlog drains first).
+    #[arg(long, default_value_t = 25)]
+    memory_secs: u64,
+
+    /// Workers concurrency in the memory check.
+    #[arg(long, default_value_t = 100)]
+    memory_concurrency: usize,
+
+    /// Leave the last run's databases in place for inspection (they are dropped otherwise).
+    #[arg(long)]
+    keep_databases: bool,
+}
+
+/// Subcommands the benchmark runs in child processes of itself.
+#[derive(Subcommand, Debug)]
+enum Internal {
+    /// The dispatching side of the cross-process latency measurement.
+    #[command(hide = true)]
+    DispatchProbes {
+        #[arg(long)]
+        db_url: String,
+        #[arg(long)]
+        samples: usize,
+        #[arg(long)]
+        pause_ms: u64,
+    },
+    /// The memory check, in a process of its own; prints one JSON line.
+    #[command(hide = true)]
+    MemoryChild {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        jobs: u64,
+        #[arg(long)]
+        secs: u64,
+        #[arg(long)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Part {
+    All,
+    #[value(alias = "throughput")]
+    Lifecycle,
+    Lightjobs,
+    Raw,
+    Seed,
+    Apalis,
+    Latency,
+    Memory,
+}
+
+impl Cli {
+    fn wants(&self, part: Part) -> bool {
+        self.only.iter().any(|&p| {
+            p == part
+                || p == Part::All
+                || (p == Part::Lifecycle
+                    && matches!(
+                        part,
+                        Part::Lightjobs | Part::Raw | Part::Seed | Part::Apalis
+                    ))
+        })
+    }
+}
+
+/// `C` or `WxC` (see `--lightjobs`).
+fn parse_lightjobs(s: &str) -> Result<(usize, usize), String> {
+    let (w, c) = s.split_once('x').unwrap_or(("1", s));
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("`{s}`: expected C or WxC with positive numbers"))
+    };
+    Ok((num(w)?, num(c)?))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> AnyResult<()> {
+    match &cli.command {
+        Some(Internal::DispatchProbes {
+            db_url,
+            samples,
+            pause_ms,
+        }) => {
+            return actix_rt::System::new().block_on(lj::dispatch_probes(
+                db_url,
+                *samples,
+                Duration::from_millis(*pause_ms),
+            ));
+        }
+        Some(Internal::MemoryChild {
+            url,
+            jobs,
+            secs,
+            concurrency,
+        }) => {
+            let report = actix_rt::System::new().block_on(lj::memory_child(
+                url,
+                *jobs,
+                *secs,
+                *concurrency,
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            return Ok(());
+        }
+        None => {}
+    }
+    if cli.jobs == 0 || cli.runs == 0 {
+        return Err("--jobs and --runs must be at least 1".into());
+    }
+    // lightjobs's workers run on actix-rt (a single-threaded runtime); the raw loops and
+    // apalis on a 2-thread tokio runtime, the machine's size.
+    let actix = actix_rt::System::new();
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let version = tokio_rt.block_on(util::server_version(&cli.url))?;
+
+    let mut out = String::new();
+    if [Part::Lightjobs, Part::Raw, Part::Seed, Part::Apalis]
+        .iter()
+        .any(|&p| cli.wants(p))
+    {
+        let rows = throughput(&cli, &actix, &tokio_rt)?;
+        print_throughput(&mut out, &cli, &rows);
+    }
+    if cli.wants(Part::Latency) {
+        let results = latency(&cli, &actix)?;
+        print_latency(&mut out, &results);
+    }
+    if cli.wants(Part::Memory) {
+        let report = memory(&cli)?;
+        print_memory(&mut out, &report);
+    }
+    print_machine(&mut out, &version);
+    print!("{out}");
+    Ok(())
+}
+
+/// One table row: a strategy and its runs.
+struct Row {
+    label: String,
+    kind: Kind,
+    /// jobs/s of each run.
+    rates: Vec<f64>,
+    /// Each run's measurements.
+    drains: Vec<util::Drain>,
+}
+
+impl Row {
+    /// The median over the runs of `f` (None where a run lacks it).
+    fn median_of(&self, f: impl Fn(&util::Drain) -> Option<f64>) -> Option<f64> {
+        let v: Vec<f64> = self.drains.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median_min_max(&v).0)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// (Workers started, concurrency of each).
+    Lightjobs(usize, usize),
+    Raw(raw::Strategy, usize),
+    Apalis(usize),
+}
+
+fn throughput(
+    cli: &Cli,
+    actix: &actix_rt::SystemRunner,
+    tokio_rt: &tokio::runtime::Runtime,
+) -> AnyResult<Vec<Row>> {
+    let mut kinds = Vec::new();
+    if cli.wants(Part::Lightjobs) {
+        kinds.extend(cli.lightjobs.iter().map(|&(w, c)| Kind::Lightjobs(w, c)));
+    }
+    if cli.wants(Part::Raw) {
+        kinds.extend(
+            cli.raw_claimers
+                .iter()
+                .map(|&c| Kind::Raw(raw::Strategy::RawFloor, c)),
+        );
+        if cli.raw_folded {
+            kinds.push(Kind::Raw(raw::Strategy::RawFolded, 1));
+        }
+    }
+    if cli.wants(Part::Seed) {
+        kinds.extend(
+            cli.seed_claimers
+                .iter()
+                .map(|&c| Kind::Raw(raw::Strategy::Seed, c)),
+        );
+    }
+    if cli.wants(Part::Apalis) {
+        kinds.push(Kind::Apalis(cli.apalis_concurrency));
+    }
+    let mut rows: Vec<Row> = kinds
+        .iter()
+        .map(|&kind| Row {
+            label: label(kind),
+            kind,
+            rates: Vec::new(),
+            drains: Vec::new(),
+        })
+        .collect();
+    let n = cli.jobs;
+    // Runs interleave (run 1 of every strategy, then run 2, …) so that a noisy period on
+    // the shared machine does not land on one strategy only.
+    for run in 1..=cli.runs {
+        for row in &mut rows {
+            eprintln!("[run {run}/{}] {} …", cli.runs, row.label);
+            let drain = match row.kind {
+                Kind::Lightjobs(w, c) => actix.block_on(lj::drain_once(&cli.url, n, c, w))?,
+                Kind::Raw(strategy, claimers) => {
+                    tokio_rt.block_on(raw::drain_once(&cli.url, strategy, claimers, n))?
+                }
+                Kind::Apalis(c) => tokio_rt.block_on(apalis_bench::drain_once(&cli.url, n, c))?,
+            };
+            let rate = n as f64 / drain.time.as_secs_f64();
+            eprintln!(
+                "    {} jobs in {:.2} s: {} jobs/s",
+                n,
+                drain.time.as_secs_f64(),
+                thousands(rate)
+            );
+            row.rates.push(rate);
+            row.drains.push(drain);
+        }
+    }
+    if !cli.keep_databases {
+        tokio_rt.block_on(async {
+            util::drop_database(&cli.url, lj::DB).await?;
+            util::drop_database(&cli.url, apalis_bench::DB).await
+        })?;
+    }
+    Ok(rows)
+}
+
+fn label(kind: Kind) -> String {
+    match kind {
+        Kind::Lightjobs(1, c) => format!("lightjobs, Workers concurrency {c}"),
+        Kind::Lightjobs(w, c) => {
+            format!("lightjobs, {w} Workers side by side, concurrency {c} each")
+        }
+        Kind::Raw(raw::Strategy::RawFloor, c) => format!(
+            "raw floor: claim 100 SKIP LOCKED + 1 UPDATE, {c} connection{}",
+            if c == 1 { "" } else { "s" }
+        ),
+        Kind::Raw(raw::Strategy::RawFolded, c) => format!(
+            "raw floor with completions folded into the next claim (2 round trips, 1 commit per batch), {c} connection{}",
+            if c == 1 { "" } else { "s" }
+        ),
+        Kind::Raw(raw::Strategy::Seed, c) => format!(
+            "seed (Lightpack): 1 job per transaction, FOR UPDATE, {c} connection{}",
+            if c == 1 { "" } else { "s" }
+        ),
+        Kind::Apalis(c) => {
+            format!("apalis-mysql 1.0.0-rc.8, concurrency {c}, buffer {c}")
+        }
+    }
+}
+
+fn print_throughput(out: &mut String, cli: &Cli, rows: &[Row]) {
+    let median = |r: &Row| median_min_max(&r.rates).0;
+    // The raw floor: the best of the raw-floor rows.
+    let floor = rows
+        .iter()
+        .filter(|r| matches!(r.kind, Kind::Raw(raw::Strategy::RawFloor, _)))
+        .max_by(|a, b| median(a).total_cmp(&median(b)));
+    let reference = rows.iter().find(|r| matches!(r.kind, Kind::Lightjobs(..)));
+    let _ = writeln!(
+        out,
+        "## Draining {} no-op jobs ({} run{} per strategy, fresh table per run, drain time only)\n",
+        thousands(cli.jobs as f64),
+        cli.runs,
+        if cli.runs == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "| strategy | jobs/s median | min | max | × raw floor | lightjobs × |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let (med, min, max) = median_min_max(&row.rates);
+        let vs_floor = floor.map_or("–".to_owned(), |f| format!("{:.2}×", med / median(f)));
+        let lj_x = reference.map_or("–".to_owned(), |l| format!("{:.2}×", median(l) / med));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            row.label,
+            thousands(med),
+            thousands(min),
+            thousands(max),
+            vs_floor,
+            lj_x
+        );
+    }
+    let _ = writeln!(out);
+    if let Some(f) = floor {
+        let _ = writeln!(
+            out,
+            "- × raw floor: median ÷ the median of \"{}\" (the best raw-floor row).",
+            f.label
+        );
+    }
+    if let Some(l) = reference {
+        let _ = writeln!(
+            out,
+            "- lightjobs ×: the median of \"{}\" ÷ the row's median (above 1: lightjobs is faster).",
+            l.label
+        );
+    }
+    for row in rows {
+        let mut notes = Vec::new();
+        if let Some(m) = row.median_of(|d| d.load.map(|l| l.as_secs_f64())) {
+            let how = match row.kind {
+                Kind::Apalis(_) => "push_bulk, one transaction of single-row INSERTs",
+                _ => "dispatch_many, 1,000 per call",
+            };
+            notes.push(format!(
+                "loading took {m:.2} s median ({} jobs/s; {how}; not in the drain time)",
+                thousands(cli.jobs as f64 / m)
+            ));
+        }
+        let retries: u64 = row.drains.iter().map(|d| d.lock_retries).sum();
+        if retries > 0 {
+            notes.push(format!(
+                "{retries} claim transactions retried after a deadlock/lock wait timeout over all runs"
+            ));
+        }
+        if !notes.is_empty() {
+            let _ = writeln!(out, "- {}: {}.", row.label, notes.join("; "));
+        }
+    }
+    let runs: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.label,
+                r.rates
+                    .iter()
+                    .map(|x| thousands(*x))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "- Every run, jobs/s in run order:");
+    for r in runs {
+        let _ = writeln!(out, "  - {r}");
+    }
+    let _ = writeln!(out);
+    print_diagnostics(out, rows, cli.jobs);
+}
+
+/// Where the time goes, read back from the table after each drain (medians over the runs).
+fn print_diagnostics(out: &mut String, rows: &[Row], jobs: usize) {
+    let jobs = jobs as f64;
+    let rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.drains.iter().all(|d| d.diag.is_some()))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### Where the time goes (lightjobs schema, read back from the table; medians over the runs)\n");
+    let _ = writeln!(
+        out,
+        "| strategy | claim statements | jobs per claim | completion statements | jobs per completion | start → first claim ms | first claim → last completion ms | last completion → stopped ms |"
+    );
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for row in rows {
+        let diag = |f: fn(&util::Diag, &util::Drain) -> f64| {
+            row.median_of(|d| d.diag.map(|g| f(&g, d)))
+                .unwrap_or(f64::NAN)
+        };
+        let claims = diag(|g, _| g.claims as f64);
+        let completions = diag(|g, _| g.completions as f64);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            row.label,
+            thousands(claims),
+            jobs / claims,
+            thousands(completions),
+            jobs / completions,
+            diag(|g, d| (g.first_claim_us - d.start_us) as f64 / 1000.0),
+            diag(|g, _| (g.last_finish_us - g.first_claim_us) as f64 / 1000.0),
+            diag(|g, d| (d.end_us - g.last_finish_us) as f64 / 1000.0),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n- Rows claimed by one statement share their `reserved_at` and rows completed by one \
+         statement their `finished_at` (`UTC_TIMESTAMP(6)` is evaluated once per statement), \
+         so COUNT(DISTINCT …) counts the statements. Times compare the database's clock with \
+         this process's (same host).\n"
+    );
+}
+
+fn latency(cli: &Cli, actix: &actix_rt::SystemRunner) -> AnyResult<Vec<lj::LatencyResult>> {
+    let opts = lj::LatencyOpts {
+        samples: cli.latency_samples,
+        pause: Duration::from_millis(cli.latency_pause_ms),
+    };
+    let mut results = Vec::new();
+    eprintln!("latency: in-process …");
+    results.push(actix.block_on(lj::latency_in_process(&cli.url, opts))?);
+    let idle = lj::LatencyOpts {
+        samples: cli.latency_idle_samples,
+        pause: Duration::from_millis(cli.latency_idle_pause_ms),
+    };
+    let fast_poll = Some((Duration::from_millis(10), Duration::from_millis(100)));
+    for (poll, opts) in [
+        (None, opts),
+        (fast_poll, opts),
+        (None, idle),
+        (fast_poll, idle),
+    ] {
+        if opts.samples == 0 {
+            continue;
+        }
+        eprintln!(
+            "latency: cross-process, poll {poll:?}, {} samples, pauses {:?} …",
+            opts.samples, opts.pause
+        );
+        results.push(actix.block_on(lj::latency_cross_process(&cli.url, opts, poll))?);
+    }
+    if !cli.keep_databases {
+        actix.block_on(util::drop_database(&cli.url, lj::DB))?;
+    }
+    Ok(results)
+}
+
+fn print_latency(out: &mut String, results: &[lj::LatencyResult]) {
+    let _ = writeln!(
+        out,
+        "## lightjobs dispatch→start latency (one job at a time; each pause between two dispatches is uniform in ½…1½ of the stated mean)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| measurement | samples | p50 ms | p90 ms | p99 ms | max ms |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut row = |name: &str, v: &[f64]| {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            v.len(),
+            quantile(v, 0.5),
+            quantile(v, 0.9),
+            quantile(v, 0.99),
+            v.last().copied().unwrap_or(f64::NAN)
+        );
+    };
+    for r in results {
+        row(&r.label, &r.total_ms);
+        if !r.dispatch_call_ms.is_empty() {
+            row(
+                "… of which inside `dispatch(..).await` (the INSERT)",
+                &r.dispatch_call_ms,
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n- Measured from just before `queue.dispatch(job).await` to the first line of the \
+         job's `execute`. In-process: `Instant`s. Cross-process: the dispatching process \
+         (this binary re-executed) puts its `SystemTime` in the payload, the worker compares \
+         with its own clock (same host). The worker has concurrency {} and is idle between \
+         samples; lightjobs's defaults are `poll_interval({:?}, {:?})` with ±20% jitter, \
+         doubling while idle.\n",
+        lightjobs::DEFAULT_CONCURRENCY,
+        lightjobs::DEFAULT_POLL_MIN,
+        lightjobs::DEFAULT_POLL_MAX
+    );
+}
+
+fn memory(cli: &Cli) -> AnyResult<lj::MemoryReport> {
+    eprintln!(
+        "memory: {} pending jobs, workers for up to {} s (child process) …",
+        cli.memory_jobs, cli.memory_secs
+    );
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .arg("memory-child")
+        .arg("--url")
+        .arg(&cli.url)
+        .arg("--jobs")
+        .arg(cli.memory_jobs.to_string())
+        .arg("--secs")
+        .arg(cli.memory_secs.to_string())
+        .arg("--concurrency")
+        .arg(cli.memory_concurrency.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("the memory check's process exited with {}", output.status).into());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("the memory check printed no report")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn print_memory(out: &mut String, r: &lj::MemoryReport) {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let max = r.samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "## lightjobs memory with {} pending jobs (VmRSS of the worker process, sampled every second)\n",
+        thousands(r.loaded as f64)
+    );
+    let _ = writeln!(
+        out,
+        "| pending at start | concurrency | ran s | processed | jobs/s | RSS before load MiB | RSS at start MiB | RSS max MiB | RSS end MiB | RSS after stop MiB | VmHWM MiB |"
+    );
+    let _ = writeln!(
+        out,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        thousands(r.loaded as f64),
+        r.concurrency,
+        r.run_secs,
+        thousands(r.processed as f64),
+        thousands(r.processed as f64 / r.run_secs),
+        mib(r.rss_before_load_kib),
+        mib(r.rss_start_kib),
+        mib(max),
+        mib(r.rss_end_kib),
+        mib(r.rss_after_stop_kib),
+        mib(r.hwm_kib),
+    );
+    let per_second: Vec<String> = r
+        .samples
+        .iter()
+        .map(|(_, kib)| format!("{:.1}", mib(*kib)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n- VmRSS MiB, one sample a second from `Workers::start`: {}.",
+        per_second.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "- Loaded with 1,000 `dispatch_many` rows then `INSERT … SELECT` doubling in {:.1} s; \
+         the check runs in a child process of its own so the other parts' allocations are not \
+         in its numbers.\n",
+        r.load_secs
+    );
+}
+
+fn print_machine(out: &mut String, version: &str) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown (rustc not on PATH)".to_owned());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Read-only git queries (GIT_OPTIONAL_LOCKS=0: `status` does not refresh the index).
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .args(args)
+            .env("GIT_OPTIONAL_LOCKS", "0")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let source = match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&[
+                "status",
+                "--porcelain",
+                "--",
+                "src",
+                "migrations",
+                "Cargo.toml",
+            ])
+            .is_some_and(|s| !s.is_empty());
+            format!(
+                "commit {commit}{}",
+                if dirty {
+                    " with uncommitted changes in src/, migrations/ or Cargo.toml"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => "unknown (not a git checkout)".to_owned(),
+    };
+    let _ = writeln!(out, "## Machine\n");
+    let _ = writeln!(out, "- nproc: {cores}");
+    let _ = writeln!(out, "- server: {version} (SELECT VERSION())");
+    let _ = writeln!(out, "- rustc: {rustc}");
+    let _ = writeln!(out, "- lightjobs source at run time: {source}");
+    let _ = writeln!(
+        out,
+        "- build: {}",
+        if cfg!(debug_assertions) {
+            "debug (numbers are not meaningful: use --release)"
+        } else {
+            "release"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- command: `cargo run --release -- {}` (in benches/compare)",
+        args.join(" ")
+    );
+}
