@@ -84,12 +84,14 @@ impl Executor {
             queue = %job.queue,
             attempt = job.attempt,
             outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
         );
         let started = Instant::now();
         crate::metrics::record_start(&job.queue, job.waited);
         let outcome = self.run_inner(job).instrument(span.clone()).await;
         let duration = started.elapsed();
         crate::metrics::record_outcome(&job.queue, &outcome, duration);
+        span.record("duration_ms", duration.as_secs_f64() * 1000.0);
         let _enter = span.enter();
         match &outcome {
             JobOutcome::Processed => {
