@@ -22,6 +22,10 @@ use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
 /// slow job cannot delay the claims for the others for long.
 const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
+/// How long after the last job it found a fetch loop keeps polling at the minimum interval
+/// before it starts to back off.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(30);
+
 /// Why the fetch loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -72,6 +76,7 @@ impl Worker {
         // checkout sits on the hot path. Replaced after any error.
         let mut conn: Option<Conn> = None;
         let mut saturated = false;
+        let mut last_work = Instant::now();
         loop {
             if let Some(n) = self.panic_after {
                 if self.claimed.load(Ordering::Relaxed) >= n
@@ -176,6 +181,7 @@ impl Worker {
             saturated = got == asked;
             if saturated {
                 idle.reset();
+                last_work = Instant::now();
                 continue;
             }
             if got == 0 && self.stop_when_empty && slots.available_permits() == self.concurrency {
@@ -183,7 +189,11 @@ impl Worker {
             }
             if got > 0 {
                 idle.reset();
-            } else {
+                last_work = Instant::now();
+            } else if last_work.elapsed() > ACTIVE_WINDOW {
+                // Only a queue quiet for a while backs off: while jobs keep coming, even
+                // from other processes, they are noticed within the minimum interval. An
+                // empty claim writes nothing and locks nothing, so this costs little.
                 idle.grow();
             }
             let wait = if got > 0 {
