@@ -45,9 +45,8 @@ impl Rescuer {
 
     pub(crate) async fn run(self, stop: CancellationToken) {
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.interval.mul_f64(0.8 + 0.4 * fastrand::f64())) => {}
+            if crate::worker::pause(self.interval, &stop).await {
+                return;
             }
             match self.run_once().await {
                 Ok(Some(r)) if r != Rescued::default() => {

@@ -95,9 +95,8 @@ impl Scheduler {
                     tracing::debug!(target: "lightjobs::scheduler", %error, "promoting due jobs failed");
                 }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.interval.mul_f64(0.8 + 0.4 * fastrand::f64())) => {}
+            if crate::worker::pause(self.interval, &stop).await {
+                return;
             }
         }
     }
