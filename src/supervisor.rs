@@ -56,8 +56,9 @@ const SCHEDULER_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_CONCURRENCY: usize = 10;
 /// First idle poll interval; also the wait after a claim that found fewer jobs than slots.
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_millis(50);
-/// Longest idle poll interval. Dispatches from the same process wake workers at once, so
-/// this bounds only how late a job dispatched by another process is noticed on an idle queue.
+/// Longest idle poll interval, reached only after 30 s without jobs. Dispatches from the
+/// same process wake workers at once, so this bounds only how late a job dispatched by
+/// another process is noticed on a quiet queue.
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(1);
 /// How long one run may take unless the job sets [`Job::TIMEOUT`].
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
