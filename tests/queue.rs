@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Record, Snoozy, TestDb};
+use common::{Drain, Record, Snoozy, TestDb};
 use lightjobs::{JobQueue, Workers};
 
 fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
@@ -39,13 +39,7 @@ async fn a_unique_key_gives_one_job_while_it_waits_or_runs() {
     assert_ne!(first, other);
     assert_eq!(db.count("pending").await, 2);
     // Once it has run (no period), the key is free again.
-    workers(&db, &queue)
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
-        .await;
+    workers(&db, &queue).drain().await;
     let third = queue
         .dispatch(Record { tag: "d".into() })
         .unique("report:7")
@@ -64,13 +58,7 @@ async fn a_unique_period_outlives_the_job() {
         .unique_for("digest", Duration::from_secs(3600))
         .await
         .unwrap();
-    workers(&db, &queue)
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
-        .await;
+    workers(&db, &queue).drain().await;
     assert_eq!(db.job(first).await.0, "processed");
     let again = queue
         .dispatch(Record { tag: "b".into() })
@@ -133,13 +121,7 @@ async fn a_waiting_job_can_be_cancelled_and_never_runs() {
     assert_eq!(db.job(id).await.0, "cancelled");
     db.exec("UPDATE jobs SET scheduled_at = UTC_TIMESTAMP(6)")
         .await;
-    workers(&db, &queue)
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
-        .await;
+    workers(&db, &queue).drain().await;
     let runs: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
     assert_eq!(runs, 0);
     db.drop_db().await;
@@ -200,12 +182,7 @@ async fn a_snooze_reschedules_without_spending_an_attempt() {
 async fn pruning_deletes_old_finished_jobs_and_keeps_failed_ones_longer() {
     let db = TestDb::new("queue_prune").await;
     let queue = db.migrated().await;
-    queue
-        .dispatch_many((0..2500).map(|i| Record {
-            tag: format!("{i}"),
-        }))
-        .await
-        .unwrap();
+    common::records(&queue, 2500).await;
     db.exec(
         "UPDATE jobs SET status = CASE WHEN id % 10 = 0 THEN 'failed' WHEN id % 10 = 1 \
          THEN 'cancelled' ELSE 'processed' END, finished_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY",

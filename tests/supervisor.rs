@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Block, Record, TestDb};
+use common::{Block, Drain, Record, TestDb};
 use lightjobs::{JobQueue, Workers};
 
 fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
@@ -91,13 +91,7 @@ async fn jobs_still_running_at_the_deadline_are_released_without_spending_an_att
         "UPDATE jobs SET payload = '{\"millis\":10,\"cooperative\":false}' WHERE name = 'block'",
     )
     .await;
-    let report = workers(&db, &queue)
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
-        .await;
+    let report = workers(&db, &queue).drain().await;
     assert_eq!(report.processed, 4);
     db.drop_db().await;
 }
@@ -137,12 +131,7 @@ async fn jobs_see_the_shutdown_signal_and_can_return_early() {
 async fn max_jobs_stops_after_that_many() {
     let db = TestDb::new("sup_max_jobs").await;
     let queue = db.migrated().await;
-    queue
-        .dispatch_many((0..7).map(|i| Record {
-            tag: format!("{i}"),
-        }))
-        .await
-        .unwrap();
+    common::records(&queue, 7).await;
     let report = workers(&db, &queue)
         .concurrency(4)
         .max_jobs(5)
@@ -211,13 +200,7 @@ async fn start_stop_stress_loses_nothing() {
         handle.shutdown().await;
         assert_eq!(running(&db).await, 0, "round {round} left jobs running");
     }
-    let report = workers(&db, &queue)
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
-        .await;
+    let report = workers(&db, &queue).drain().await;
     eprintln!("final drain processed {}", report.processed);
     assert_eq!(db.count("processed").await, total);
     let twice: u64 = db
@@ -240,20 +223,11 @@ fn fastrand_ms(round: u64) -> u64 {
 async fn a_fetch_loop_that_dies_is_restarted_and_nothing_is_lost() {
     let db = TestDb::new("sup_restart").await;
     let queue = db.migrated().await;
-    queue
-        .dispatch_many((0..30).map(|i| Record {
-            tag: format!("{i}"),
-        }))
-        .await
-        .unwrap();
+    common::records(&queue, 30).await;
     let report = workers(&db, &queue)
         .concurrency(2)
         .__panic_after_claims(3)
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
+        .drain()
         .await;
     assert_eq!(report.processed, 30);
     assert_eq!(db.count("processed").await, 30);
@@ -267,19 +241,10 @@ async fn a_fetch_loop_that_dies_is_restarted_and_nothing_is_lost() {
 async fn a_panicking_event_hook_does_not_stop_results_being_written() {
     let db = TestDb::new("sup_hook_panic").await;
     let queue = db.migrated().await;
-    queue
-        .dispatch_many((0..10).map(|i| Record {
-            tag: format!("{i}"),
-        }))
-        .await
-        .unwrap();
+    common::records(&queue, 10).await;
     let report = workers(&db, &queue)
         .on_event(|e| panic!("hook bug on job {}", e.id))
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
+        .drain()
         .await;
     assert_eq!(report.processed, 10);
     assert_eq!(db.count("processed").await, 10);

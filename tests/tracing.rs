@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Flaky, Record, TestDb};
+use common::{Drain, Flaky, Record, TestDb};
 use lightjobs::Workers;
 
 /// Every run is a `job` span carrying id, name, queue, attempt, outcome and duration.
@@ -56,11 +56,7 @@ async fn each_run_is_a_tracing_span_with_its_outcome() {
         .register::<Flaky>()
         .data(db.pool.clone())
         .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
+        .drain()
         .await;
     let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     let closed = |id: u64| {

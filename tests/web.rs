@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::test as actix_test;
 use actix_web::{web, App, HttpResponse, HttpServer};
-use common::{Block, Flaky, Record, TestDb};
+use common::{Block, Drain, Flaky, Record, TestDb};
 use lightjobs::{JobOutcome, JobQueue, Workers};
 use serde::Deserialize;
 use serde_json::json;
@@ -386,12 +386,7 @@ async fn a_queue_outlives_the_runtime_that_first_used_it() {
 async fn metrics_are_served_in_the_prometheus_format() {
     let db = TestDb::new("web_metrics").await;
     let queue = db.migrated().await;
-    queue
-        .dispatch_many((0..3).map(|i| Record {
-            tag: format!("{i}"),
-        }))
-        .await
-        .unwrap();
+    common::records(&queue, 3).await;
     queue
         .dispatch(Record {
             tag: "later".into(),
@@ -403,11 +398,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
     Workers::new(queue.clone())
         .register::<Record>()
         .data(db.pool.clone())
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
+        .drain()
         .await;
     let app = actix_test::init_service(
         App::new()

@@ -345,3 +345,30 @@ impl Job for Snoozy {
         Ok(())
     }
 }
+
+/// Dispatches `n` `Record` jobs tagged `0..n`.
+pub async fn records(queue: &JobQueue, n: usize) -> Vec<u64> {
+    queue
+        .dispatch_many((0..n).map(|i| Record {
+            tag: format!("{i}"),
+        }))
+        .await
+        .unwrap()
+}
+
+/// Runs workers until no job is ready and none is running.
+#[allow(async_fn_in_trait)]
+pub trait Drain {
+    async fn drain(self) -> lightjobs::Report;
+}
+
+impl Drain for lightjobs::Workers {
+    async fn drain(self) -> lightjobs::Report {
+        self.stop_when_empty(true)
+            .start()
+            .await
+            .unwrap()
+            .wait()
+            .await
+    }
+}
