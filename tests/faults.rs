@@ -31,14 +31,19 @@ impl lightjobs::Job for Work {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn worker_binary() -> PathBuf {
+    example_binary("fault_worker")
+}
+
+/// Builds (if needed) and locates one of the test-support examples.
+fn example_binary(name: &str) -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "fault_worker"])
+        .args(["build", "--quiet", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building the fault_worker example failed");
+    assert!(status.success(), "building the {name} example failed");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_lightjobs"));
-    bin.parent().unwrap().join("examples").join("fault_worker")
+    bin.parent().unwrap().join("examples").join(name)
 }
 
 fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Child {
@@ -331,4 +336,98 @@ async fn a_database_restart_mid_run_loses_nothing() {
     );
     assert_eq!(distinct, Some(JOBS as u64), "every job ran");
     drop(server);
+}
+
+/// Two processes dispatch the same 200 unique keys at the same moment: one job per key, and
+/// both processes get the same id for each key.
+#[actix_rt::test]
+async fn two_processes_dispatching_the_same_unique_keys_make_one_job_each() {
+    const KEYS: usize = 200;
+    let _serial = SERIAL.lock().await;
+    let bin = example_binary("race_dispatcher");
+    let db = TestDb::new("fault_unique_race").await;
+    db.migrated().await;
+    let start = std::time::SystemTime::now() + Duration::from_millis(1500);
+    let at = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let racers: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(&bin)
+                .args([db.url.as_str(), &KEYS.to_string(), &at])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("race_dispatcher starts")
+        })
+        .collect();
+    let outputs: Vec<Vec<u64>> = racers
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(outputs[0].len(), KEYS);
+    assert_eq!(
+        outputs[0], outputs[1],
+        "both processes got the same job for each key"
+    );
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM jobs").await;
+    assert_eq!(rows, KEYS as u64, "one job per key");
+    eprintln!("two processes racing on {KEYS} unique keys: {rows} jobs, identical ids");
+    db.drop_db().await;
+}
+
+/// Two worker processes run the same every-second schedule: each tick is one job.
+#[actix_rt::test]
+async fn two_processes_scheduling_the_same_tick_make_one_job() {
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let db = TestDb::new("fault_cron_race").await;
+    db.migrated().await;
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(&bin)
+                .arg("process:jobs")
+                .env("LIGHTJOBS_DATABASE_URL", &db.url)
+                .env("LIGHTJOBS_TEST_RECURRING", "* * * * * *")
+                .env_remove("DATABASE_URL")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("fault_worker starts")
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(4_300)).await;
+    for w in &mut workers {
+        signal(w, "-TERM");
+        assert!(wait_exit(w, Duration::from_secs(30)).await.success());
+    }
+    let per_tick: Vec<(String, u64)> = {
+        use mysql_async::prelude::*;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT unique_key, COUNT(*) FROM jobs GROUP BY unique_key")
+            .await
+            .unwrap()
+    };
+    eprintln!(
+        "two processes on an every-second schedule for 4.3 s: {} ticks, {:?}",
+        per_tick.len(),
+        per_tick.iter().map(|t| t.1).collect::<Vec<_>>()
+    );
+    assert!((3..=6).contains(&per_tick.len()), "{per_tick:?}");
+    assert!(
+        per_tick.iter().all(|(_, n)| *n == 1),
+        "a tick was enqueued twice: {per_tick:?}"
+    );
+    assert_eq!(duplicates(&db).await, 0, "a tick ran twice");
+    db.drop_db().await;
 }

@@ -45,5 +45,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let pool = Pool::new(url.as_str());
-    lightjobs::cli::run_with(Registry::new().register::<Work>(), move |w| w.data(pool))
+    // The recurring-job race test runs two of these with the same schedule.
+    let recurring = std::env::var("LIGHTJOBS_TEST_RECURRING").ok();
+    lightjobs::cli::run_with(Registry::new().register::<Work>(), move |w| {
+        let w = w.data(pool);
+        match recurring {
+            Some(schedule) => w.recurring(&schedule, Work { millis: 0 }),
+            None => w,
+        }
+    })
 }
