@@ -2,6 +2,8 @@
 //! the `worker` example (`lightjobs::cli::run` with the examples' jobs registered).
 
 mod common;
+
+use common::Drain;
 #[path = "../examples/shared/jobs.rs"]
 mod jobs;
 
@@ -139,15 +141,10 @@ fn mail(to: &str) -> SendMail {
 
 /// Runs every ready job in this process until the queue is empty.
 async fn process_all(queue: &JobQueue) {
-    let workers = Workers::new(queue.clone())
+    Workers::new(queue.clone())
         .register::<SendMail>()
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), workers.wait())
-        .await
-        .expect("workers stop once the queue is empty");
+        .drain()
+        .await;
 }
 
 /// Waits for `child` to exit; kills it and fails the test after `timeout`.

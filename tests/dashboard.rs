@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::Drain;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,15 +41,10 @@ fn failing(message: &str) -> Flaky {
 
 /// Runs every ready `Flaky` job of the default queue until none is left.
 async fn run_jobs(queue: &JobQueue) {
-    let workers = Workers::new(queue.clone())
+    Workers::new(queue.clone())
         .register::<Flaky>()
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), workers.wait())
-        .await
-        .expect("workers stop once the queue is empty");
+        .drain()
+        .await;
 }
 
 fn header_of<B>(resp: &ServiceResponse<B>, name: header::HeaderName) -> String {

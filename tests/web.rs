@@ -103,15 +103,10 @@ async fn a_failed_job_shows_its_status_and_error_as_json() {
         })
         .await
         .unwrap();
-    let workers = Workers::new(queue.clone())
+    Workers::new(queue.clone())
         .register::<Flaky>()
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(20), workers.wait())
-        .await
-        .expect("workers stop once the queue is empty");
+        .drain()
+        .await;
 
     let app =
         actix_test::init_service(App::new().app_data(web::Data::new(queue)).configure(routes))

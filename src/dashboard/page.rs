@@ -261,13 +261,7 @@ fn write_failed(out: &mut String, s: &Snapshot, token: &str) -> fmt::Result {
          <th class=\"n\">attempts</th><th>finished</th><th>error</th><th></th></tr>",
     )?;
     for job in &s.failed {
-        write!(
-            out,
-            "<tr id=\"job-{id}\"><td class=\"n\">{id}</td><td>{name}",
-            id = job.id,
-            name = Esc(&job.name)
-        )?;
-        write_payload(out, job)?;
+        write_job_cells(out, job)?;
         write!(
             out,
             "</td><td>{}</td><td class=\"n\">{}/{}</td><td>{}</td>\
@@ -310,13 +304,7 @@ fn write_recent(out: &mut String, status: &str, jobs: &[JobRecord], token: &str)
             "processed" => job.finished_at.as_deref(),
             _ => Some(job.scheduled_at.as_str()),
         };
-        write!(
-            out,
-            "<tr id=\"job-{id}\"><td class=\"n\">{id}</td><td>{name}",
-            id = job.id,
-            name = Esc(&job.name)
-        )?;
-        write_payload(out, job)?;
+        write_job_cells(out, job)?;
         write!(
             out,
             "</td><td>{}</td><td class=\"n\">{}/{}</td><td>{}</td><td><pre class=\"{}\">{}</pre></td><td>",
@@ -339,6 +327,17 @@ fn write_recent(out: &mut String, status: &str, jobs: &[JobRecord], token: &str)
         out.write_str("</td></tr>")?;
     }
     out.write_str("</table>")
+}
+
+/// Opens a job's row: its id, its name and its payload (folded).
+fn write_job_cells(out: &mut String, job: &JobRecord) -> fmt::Result {
+    write!(
+        out,
+        "<tr id=\"job-{id}\"><td class=\"n\">{id}</td><td>{name}",
+        id = job.id,
+        name = Esc(&job.name)
+    )?;
+    write_payload(out, job)
 }
 
 fn write_payload(out: &mut String, job: &JobRecord) -> fmt::Result {

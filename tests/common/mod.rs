@@ -356,7 +356,7 @@ pub async fn records(queue: &JobQueue, n: usize) -> Vec<u64> {
         .unwrap()
 }
 
-/// Runs workers until no job is ready and none is running.
+/// Runs workers until no job is ready and none is running (at most 20 s).
 #[allow(async_fn_in_trait)]
 pub trait Drain {
     async fn drain(self) -> lightjobs::Report;
@@ -364,11 +364,9 @@ pub trait Drain {
 
 impl Drain for lightjobs::Workers {
     async fn drain(self) -> lightjobs::Report {
-        self.stop_when_empty(true)
-            .start()
+        let workers = self.stop_when_empty(true).start().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), workers.wait())
             .await
-            .unwrap()
-            .wait()
-            .await
+            .expect("workers stop once the queue is empty")
     }
 }
