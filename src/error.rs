@@ -76,6 +76,12 @@ impl fmt::Debug for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The server received the statement and refused it, so it did nothing (as opposed to
+    /// a connection that failed, after which a statement may or may not have run).
+    pub(crate) fn is_server_refusal(&self) -> bool {
+        matches!(self, Error::Database(mysql_async::Error::Server(_)))
+    }
+
     pub(crate) fn invalid(what: &'static str, reason: impl fmt::Display) -> Self {
         Error::Invalid {
             what,

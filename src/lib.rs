@@ -71,6 +71,7 @@ mod dashboard;
 mod error;
 mod executor;
 mod heartbeat;
+mod intake;
 mod io_thread;
 mod job;
 mod metrics;

@@ -86,6 +86,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_scheduled_status.sql"),
     migration!(6, "0006_unique_and_queues.sql"),
     migration!(7, "0007_queue_limits.sql"),
+    migration!(8, "0008_claim_token.sql"),
 ];
 
 /// The newest migration the running code needs.

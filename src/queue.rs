@@ -11,6 +11,7 @@ use once_cell::sync::{Lazy, OnceCell};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::intake::{Intake, Reservation};
 use crate::io_thread::IoThread;
 use crate::job::Job;
 use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
@@ -54,6 +55,9 @@ struct Inner {
     io: IoThread,
     max_payload: usize,
     server: tokio::sync::OnceCell<ServerInfo>,
+    /// Workers of this process started on this queue, which take jobs handed to them at
+    /// dispatch (see [`intake`](crate::intake)).
+    intakes: std::sync::RwLock<Vec<Arc<Intake>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +134,7 @@ impl JobQueueBuilder {
                 opts,
                 max_payload: self.max_payload,
                 server: tokio::sync::OnceCell::new(),
+                intakes: std::sync::RwLock::default(),
             }),
         })
     }
@@ -299,6 +304,13 @@ impl JobQueue {
         self.check_ready().await?;
         let name = job.name;
         let queue_name = job.queue.clone();
+        if let Some(reservation) = self.reserve(&job) {
+            let id = self
+                .on_io(move |store| reservation.insert(store, job))
+                .await?;
+            tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched to a local worker");
+            return Ok(id);
+        }
         let id = self
             .on_io(move |store| async move {
                 let mut conn = store.pool().get_conn().await?;
@@ -308,6 +320,25 @@ impl JobQueue {
         self.notify_workers();
         tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
         Ok(id)
+    }
+
+    /// A free slot of a local worker that can run `job` now, if there is one.
+    fn reserve(&self, job: &NewJob) -> Option<Reservation> {
+        let intakes = self.inner.intakes.read().ok()?;
+        intakes.iter().find_map(|intake| intake.reserve(job))
+    }
+
+    /// Lets dispatches through this queue hand jobs to `intake`'s workers.
+    pub(crate) fn add_intake(&self, intake: Arc<Intake>) {
+        if let Ok(mut intakes) = self.inner.intakes.write() {
+            intakes.push(intake);
+        }
+    }
+
+    pub(crate) fn remove_intake(&self, intake: &Arc<Intake>) {
+        if let Ok(mut intakes) = self.inner.intakes.write() {
+            intakes.retain(|i| !Arc::ptr_eq(i, intake));
+        }
     }
 
     pub(crate) fn new_job<J: Job>(&self, job: &J) -> Result<NewJob> {

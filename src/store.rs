@@ -132,7 +132,7 @@ async fn claim_transaction(
         let _ = write!(
             second,
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {me}, \
-             reserved_at = UTC_TIMESTAMP(6) WHERE id IN ({}); ",
+             reserved_at = UTC_TIMESTAMP(6), claim_token = NULL WHERE id IN ({}); ",
             id_list(rows.iter().map(|r| r.0))
         );
     }
@@ -340,12 +340,7 @@ impl Store {
     /// Inserts one job through `conn` (a pooled connection or the caller's transaction).
     pub(crate) async fn insert_job<Q: Queryable>(conn: &mut Q, job: &NewJob) -> Result<u64> {
         let Some((key, period)) = &job.unique else {
-            let result = conn
-                .exec_iter(format!("{INSERT_SQL} {INSERT_ROW}"), job.params()?)
-                .await?;
-            let id = result.last_insert_id();
-            result.drop_result().await?;
-            return id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()));
+            return insert_one(conn, format!("{INSERT_SQL} {INSERT_ROW}"), job.params()?).await;
         };
         // A finished holder whose period is over gives the key up first.
         conn.exec_drop(
@@ -359,21 +354,66 @@ impl Store {
         params.extend([key.as_str().into(), micros(*period).into()]);
         // On a duplicate key nothing is written and LAST_INSERT_ID() becomes the holder's id:
         // the unique index, not a check-then-insert, decides between racing processes.
-        let result = conn
-            .exec_iter(
-                format!(
-                    "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
-                     scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
-                     UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
-                     ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
-                    INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
-                ),
-                params,
-            )
-            .await?;
-        let id = result.last_insert_id();
-        result.drop_result().await?;
-        id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+        insert_one(
+            conn,
+            format!(
+                "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+                 scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
+                 UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+                 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+                INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
+            ),
+            params,
+        )
+        .await
+    }
+
+    /// Inserts one job already claimed by `worker` (the in-process handoff): `running`, its
+    /// first attempt counted, marked with `token` so that a dispatch whose reply was lost
+    /// can find and release it.
+    pub(crate) async fn insert_claimed(
+        conn: &mut Conn,
+        job: &NewJob,
+        worker: &str,
+        token: u64,
+    ) -> Result<u64> {
+        insert_one(
+            conn,
+            "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+             scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
+             VALUES (?, ?, 'running', ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 1, ?, \
+             UTC_TIMESTAMP(6), ?)",
+            (
+                job.name,
+                job.payload.as_str(),
+                job.queue.as_str(),
+                job.priority,
+                job.max_attempts,
+                worker,
+                token,
+            ),
+        )
+        .await
+    }
+
+    /// Gives back a handed-off job that never reached its worker: `pending`, attempt
+    /// returned. Matches nothing if the INSERT never happened or the job has moved on.
+    pub(crate) async fn release_handoff(
+        &self,
+        queue: &str,
+        worker: &str,
+        token: u64,
+    ) -> Result<u64> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \
+             reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
+             WHERE queue = ? AND status = 'running' AND claim_token = ? AND reserved_by = ? \
+             AND attempts = 1",
+            (queue, token, worker),
+        )
+        .await?;
+        Ok(conn.affected_rows())
     }
 
     /// Inserts many jobs, 1,000 rows per statement, all in one transaction; returns their
@@ -884,6 +924,18 @@ impl NewJob {
             delay.into(),
         ])
     }
+}
+
+/// Runs a one-row INSERT and returns the new row's id.
+async fn insert_one<Q: Queryable>(
+    conn: &mut Q,
+    sql: impl AsRef<str>,
+    params: impl Into<mysql_async::Params> + Send,
+) -> Result<u64> {
+    let result = conn.exec_iter(sql.as_ref(), params).await?;
+    let id = result.last_insert_id();
+    result.drop_result().await?;
+    id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
 }
 
 fn micros(d: Duration) -> i64 {

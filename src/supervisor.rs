@@ -21,6 +21,7 @@ use crate::completer::{Completer, Completions, EventHook, Report};
 use crate::error::{Error, Result};
 use crate::executor::{panic_message, Executor, JobEvent};
 use crate::heartbeat::Heartbeat;
+use crate::intake::Intake;
 use crate::job::{DataMap, Job};
 use crate::pruner::Pruner;
 use crate::queue::{validate_queue_name, JobQueue};
@@ -95,6 +96,7 @@ pub struct Workers {
     shutdown_timeout: Duration,
     migrate: bool,
     stop_when_empty: bool,
+    local_handoff: bool,
     max_jobs: Option<u64>,
     hook: Option<EventHook>,
     data: DataMap,
@@ -132,6 +134,7 @@ impl Workers {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             migrate: false,
             stop_when_empty: false,
+            local_handoff: true,
             max_jobs: None,
             hook: None,
             data: DataMap::default(),
@@ -278,6 +281,18 @@ impl Workers {
         self
     }
 
+    /// Let dispatches from this process hand a job straight to these workers when one of
+    /// their slots is free (default: yes). The job is inserted already claimed, so it
+    /// starts when the INSERT returns, with one commit instead of two. Only jobs due now,
+    /// not unique, on a queue these workers serve that is neither paused nor limited
+    /// across processes, and only while no earlier job is waiting for a slot, are handed
+    /// over; everything else goes through the table. Turn it off to have every job claimed
+    /// in queue order.
+    pub fn local_handoff(mut self, yes: bool) -> Self {
+        self.local_handoff = yes;
+        self
+    }
+
     /// Stop once no job is ready and none is running (for batch runs and tests).
     pub fn stop_when_empty(mut self, yes: bool) -> Self {
         self.stop_when_empty = yes;
@@ -399,13 +414,34 @@ impl Workers {
             report: Rc::new(Cell::new(Report::default())),
         };
         let completions = Rc::new(Completions::default());
-        let queue_slots = self
+        let queue_slots: HashMap<String, Arc<Semaphore>> = self
             .queue_limits
             .iter()
             .map(|(q, n)| (q.clone(), Arc::new(Semaphore::new(*n))))
             .collect();
         let flush = results.clone();
         let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        // Batch modes count and stop on what they claim, so they take no handoffs.
+        let (intake, mut handoffs) =
+            if !self.local_handoff || self.stop_when_empty || self.max_jobs.is_some() {
+                (None, None)
+            } else {
+                let (jobs, rx) = mpsc::unbounded_channel();
+                let intake = Arc::new(Intake {
+                    worker_id: worker_id.clone(),
+                    queues: self.queues.iter().cloned().collect(),
+                    names: self.registry.names().into_iter().collect(),
+                    slots: slots.clone(),
+                    queue_slots: queue_slots.clone(),
+                    queue_states: queue_states.clone(),
+                    backlog: AtomicBool::new(false),
+                    stop: shutdown.clone(),
+                    jobs,
+                });
+                self.queue.add_intake(intake.clone());
+                (Some(intake), Some(rx))
+            };
         let worker = Worker {
             store: store.clone(),
             queues: self.queues.clone(),
@@ -425,7 +461,7 @@ impl Workers {
             wake: self.queue.subscribe(),
             tracker: tracker.clone(),
             claimed: Arc::new(AtomicU64::new(0)),
-            slots: Arc::new(Semaphore::new(self.concurrency)),
+            slots,
             panic_after: self.panic_after,
             panicked: AtomicBool::new(false),
             completions: completions.clone(),
@@ -433,6 +469,7 @@ impl Workers {
             report: completer.report.clone(),
             queue_states,
             queue_slots,
+            intake: intake.clone(),
         };
         tracing::info!(
             target: "lightjobs::supervisor",
@@ -444,15 +481,37 @@ impl Workers {
         );
         let grace = self.shutdown_timeout;
         let stop = shutdown.clone();
+        let queue = self.queue.clone();
         let task = actix_rt::spawn(async move {
             let completer = actix_rt::spawn(async move {
                 let rx = Mutex::new(rx);
                 supervise("completer", None, || completer.run(&rx)).await;
                 completer.report.get()
             });
-            let exit = supervise("worker", Some(&stop), || worker.run())
-                .await
-                .unwrap_or(Exit::Stopped);
+            let accept = async {
+                if let Some(rx) = handoffs.as_mut() {
+                    while let Some(handoff) = rx.recv().await {
+                        worker.accept(handoff);
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
+            let exit = tokio::select! {
+                exit = supervise("worker", Some(&stop), || worker.run()) => exit,
+                () = accept => None,
+            }
+            .unwrap_or(Exit::Stopped);
+            // Dispatches that find no intake from here on go through the table; those
+            // already on their way are run (or, once the channel is closed, released).
+            if let Some(intake) = &intake {
+                queue.remove_intake(intake);
+            }
+            if let Some(mut rx) = handoffs {
+                rx.close();
+                while let Ok(handoff) = rx.try_recv() {
+                    worker.accept(handoff);
+                }
+            }
             drop(worker);
             tracker.close();
             // No more claims to fold successes into: from here the completer writes them,

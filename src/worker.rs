@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::completer::{emit, Completions, EventHook, Report};
 use crate::executor::{Executor, JobEvent, JobOutcome};
+use crate::intake::{Handoff, Intake, Permits};
 use crate::scheduler::QueueStates;
 use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
 
@@ -62,6 +63,8 @@ pub(crate) struct Worker {
     pub queue_states: QueueStates,
     /// Per-queue limits of this process, where set.
     pub queue_slots: HashMap<String, Arc<Semaphore>>,
+    /// Where dispatches of this process hand jobs over, when they may.
+    pub intake: Option<Arc<Intake>>,
 }
 
 impl Worker {
@@ -179,6 +182,9 @@ impl Worker {
             };
             drop(permits);
             saturated = got == asked;
+            if let Some(intake) = &self.intake {
+                intake.backlog.store(saturated, Ordering::Relaxed);
+            }
             if saturated {
                 idle.reset();
                 last_work = Instant::now();
@@ -330,7 +336,13 @@ impl Worker {
         }
     }
 
-    fn spawn(&self, job: ClaimedJob, permit: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>)) {
+    /// Runs a job a dispatch of this process inserted already claimed by this worker.
+    pub(crate) fn accept(&self, handoff: Handoff) {
+        self.claimed.fetch_add(1, Ordering::Relaxed);
+        self.spawn(handoff.job, handoff.permits);
+    }
+
+    fn spawn(&self, job: ClaimedJob, permit: Permits) {
         let executor = self.executor.clone();
         let results = self.results.clone();
         let completions = self.completions.clone();

@@ -1,0 +1,175 @@
+//! The in-process handoff against the real server: a dispatch while a local worker has a
+//! free slot is inserted already claimed and run without a claim; everything that must
+//! wait its turn still goes through the table; a shutdown racing dispatches loses none.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Record, Sleep, TestDb};
+use lightjobs::{JobQueue, Workers};
+
+fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
+    Workers::new(queue.clone())
+        .register::<Record>()
+        .register::<Sleep>()
+        .data(db.pool.clone())
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
+}
+
+/// (status, attempts, claim token set) of a job.
+async fn row(db: &TestDb, id: u64) -> (String, u32, bool) {
+    let (status, attempts, _) = db.job(id).await;
+    let token: bool = db
+        .scalar(&format!(
+            "SELECT claim_token IS NOT NULL FROM jobs WHERE id = {id}"
+        ))
+        .await;
+    (status, attempts, token)
+}
+
+async fn wait_status(db: &TestDb, id: u64, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.job(id).await.0 != status {
+        assert!(Instant::now() < deadline, "job {id} never became {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_dispatch_to_an_idle_local_worker_is_handed_over() {
+    let db = TestDb::new("handoff_idle").await;
+    let queue = db.migrated().await;
+    let handle = workers(&db, &queue).start().await.unwrap();
+    let id = queue.dispatch(Record { tag: "a".into() }).await.unwrap();
+    wait_status(&db, id, "processed").await;
+    handle.shutdown().await;
+    assert_eq!(row(&db, id).await, ("processed".into(), 1, true));
+    let runs: u64 = db
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM runs WHERE job_id = {id} AND tag = 'a'"
+        ))
+        .await;
+    assert_eq!(runs, 1);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn without_local_handoff_every_job_is_claimed_from_the_table() {
+    let db = TestDb::new("handoff_off").await;
+    let queue = db.migrated().await;
+    let handle = workers(&db, &queue)
+        .local_handoff(false)
+        .start()
+        .await
+        .unwrap();
+    let id = queue.dispatch(Record { tag: "a".into() }).await.unwrap();
+    wait_status(&db, id, "processed").await;
+    handle.shutdown().await;
+    assert_eq!(row(&db, id).await, ("processed".into(), 1, false));
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn jobs_that_must_wait_their_turn_go_through_the_table() {
+    let db = TestDb::new("handoff_refused").await;
+    let queue = db.migrated().await;
+    queue.pause("paused").await.unwrap();
+    let handle = workers(&db, &queue)
+        .queues(["default", "paused"])
+        .start()
+        .await
+        .unwrap();
+    let later = queue
+        .dispatch(Record {
+            tag: "later".into(),
+        })
+        .delay(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let elsewhere = queue
+        .dispatch(Record {
+            tag: "elsewhere".into(),
+        })
+        .on_queue("other")
+        .await
+        .unwrap();
+    let paused = queue
+        .dispatch(Record {
+            tag: "paused".into(),
+        })
+        .on_queue("paused")
+        .await
+        .unwrap();
+    let unique = queue
+        .dispatch(Record {
+            tag: "unique".into(),
+        })
+        .unique("k")
+        .await
+        .unwrap();
+    wait_status(&db, unique, "processed").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handle.shutdown().await;
+    assert_eq!(row(&db, later).await, ("scheduled".into(), 0, false));
+    assert_eq!(row(&db, elsewhere).await, ("pending".into(), 0, false));
+    assert_eq!(row(&db, paused).await, ("pending".into(), 0, false));
+    assert_eq!(row(&db, unique).await, ("processed".into(), 1, false));
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_busy_worker_takes_no_handoff() {
+    let db = TestDb::new("handoff_busy").await;
+    let queue = db.migrated().await;
+    let handle = workers(&db, &queue).concurrency(1).start().await.unwrap();
+    let slow = queue.dispatch(Sleep { millis: 200 }).await.unwrap();
+    // The only slot is taken by the first job: the second waits in the table.
+    let next = queue.dispatch(Record { tag: "next".into() }).await.unwrap();
+    assert_eq!(row(&db, next).await, ("pending".into(), 0, false));
+    wait_status(&db, next, "processed").await;
+    handle.shutdown().await;
+    assert_eq!(row(&db, slow).await, ("processed".into(), 1, true));
+    assert_eq!(row(&db, next).await, ("processed".into(), 1, false));
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
+    let db = TestDb::new("handoff_shutdown").await;
+    let queue = db.migrated().await;
+    let handle = workers(&db, &queue)
+        .concurrency(4)
+        .shutdown_timeout(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    let dispatcher = {
+        let queue = queue.clone();
+        actix_rt::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                ids.push(queue.dispatch(Sleep { millis: i % 3 }).await.unwrap());
+            }
+            ids
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = handle.shutdown().await;
+    let ids = dispatcher.await.unwrap();
+    assert_eq!(db.count("running").await, 0, "a job was left running");
+    let processed = db.count("processed").await;
+    let pending = db.count("pending").await;
+    assert_eq!(processed + pending, ids.len() as u64);
+    assert_eq!(report.processed, processed);
+    let runs: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
+    assert_eq!(
+        runs, processed,
+        "a job ran twice or ran without being recorded"
+    );
+    let handed: u64 = db
+        .scalar("SELECT COUNT(*) FROM jobs WHERE claim_token IS NOT NULL")
+        .await;
+    assert!(handed > 0, "no dispatch was handed over");
+    db.drop_db().await;
+}
