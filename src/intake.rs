@@ -61,6 +61,7 @@ impl Intake {
     /// Takes a free slot for `job` if this intake can run it now.
     pub(crate) fn reserve(self: &Arc<Self>, job: &NewJob) -> Option<Reservation> {
         if self.stop.is_cancelled()
+            || self.jobs.is_closed()
             || self.backlog.load(Ordering::Relaxed)
             || job.unique.is_some()
             || job.when != When::After(Duration::ZERO)
@@ -151,6 +152,7 @@ fn release_in_background(store: Store, queue: String, worker: String, token: u64
                 Ok(0) => answered_for += pause,
                 Ok(_) => {
                     tracing::warn!(target: "lightjobs::queue", queue, "a dispatched job could not be handed to its worker; released it to the queue");
+                    crate::queue::wake_workers();
                     return;
                 }
                 Err(error) => {

@@ -39,6 +39,11 @@ static GLOBAL: OnceCell<JobQueue> = OnceCell::new();
 /// one `JobQueue` are woken by dispatches through another on the same database.
 static WAKE: Lazy<watch::Sender<u64>> = Lazy::new(|| watch::Sender::new(0));
 
+/// Wakes every fetch loop of this process.
+pub(crate) fn wake_workers() {
+    WAKE.send_modify(|n| *n = n.wrapping_add(1));
+}
+
 /// A cheap, cloneable handle to the `jobs` table: dispatches jobs and inspects them.
 ///
 /// Dispatching wakes the workers of the same process at once, so a job dispatched from a
@@ -209,7 +214,7 @@ impl JobQueue {
     /// Wakes this process's workers, e.g. after committing a transaction that dispatched
     /// jobs with [`Dispatch::within`].
     pub fn notify_workers(&self) {
-        WAKE.send_modify(|n| *n = n.wrapping_add(1));
+        wake_workers();
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).

@@ -508,7 +508,9 @@ impl Workers {
             }
             if let Some(mut rx) = handoffs {
                 rx.close();
-                while let Ok(handoff) = rx.try_recv() {
+                // Not `try_recv`: it can report empty while a send from another thread is
+                // half done, and that job would be dropped with the channel.
+                while let Some(handoff) = rx.recv().await {
                     worker.accept(handoff);
                 }
             }

@@ -207,15 +207,36 @@ impl Worker {
             } else {
                 idle.jittered()
             };
-            let completed = self.completions.notify.notified();
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return Exit::Stopped,
-                // Successes are written by the next claim: do not let them wait for a poll.
-                () = completed => {}
-                stopped = sleep(&mut wake, wait, &stop, true) => if stopped {
-                    return Exit::Stopped;
-                },
+            let next_poll = Instant::now() + wait;
+            loop {
+                let completed = self.completions.notify.notified();
+                let left = next_poll.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Exit::Stopped,
+                    // Successes are written by the next claim: do not let them wait for a
+                    // poll.
+                    () = completed => {}
+                    stopped = sleep(&mut wake, left, &stop, true) => if stopped {
+                        return Exit::Stopped;
+                    } else {
+                        break;
+                    },
+                }
+                if self.intake.is_none() {
+                    break;
+                }
+                // The queues were drained at the last claim, so write the successes alone,
+                // without taking the free slots for a claim: dispatches of this process
+                // can go on handing jobs over meanwhile. The poll keeps its schedule.
+                if let Err(error) = self
+                    .claim(&mut conn, &mut Vec::new(), &mut next_queue)
+                    .await
+                {
+                    conn = None;
+                    tracing::debug!(target: "lightjobs::worker", %error, "writing completions failed; claiming instead");
+                    break;
+                }
             }
         }
     }

@@ -175,13 +175,19 @@ fn fastrand_f64() -> f64 {
 }
 
 /// (a) In-process: an idle worker in this process, one dispatch at a time from this
-/// process; the job records the `Instant` it starts.
-pub async fn latency_in_process(server: &str, opts: LatencyOpts) -> AnyResult<LatencyResult> {
+/// process; the job records the `Instant` it starts. With `handoff` (the default) the
+/// dispatch hands the job to the idle worker; without, it wakes the worker, which claims.
+pub async fn latency_in_process(
+    server: &str,
+    opts: LatencyOpts,
+    handoff: bool,
+) -> AnyResult<LatencyResult> {
     let queue = fresh_queue(server, DB).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let workers = Workers::new(queue.clone())
         .register::<Probe>()
         .data(ProbeSink(tx))
+        .local_handoff(handoff)
         .start()
         .await?;
     // Warm the dispatch path (connection, readiness check), then let the worker go idle.
@@ -216,10 +222,17 @@ pub async fn latency_in_process(server: &str, opts: LatencyOpts) -> AnyResult<La
     total.sort_by(f64::total_cmp);
     call.sort_by(f64::total_cmp);
     Ok(LatencyResult {
-        label: format!(
-            "in-process (the dispatch wakes the worker), pauses {:?}",
-            opts.pause
-        ),
+        label: if handoff {
+            format!(
+                "in-process (default: handed to the idle worker), pauses {:?}",
+                opts.pause
+            )
+        } else {
+            format!(
+                "in-process, `local_handoff(false)` (the dispatch wakes the worker, which claims), pauses {:?}",
+                opts.pause
+            )
+        },
         total_ms: total,
         dispatch_call_ms: call,
     })

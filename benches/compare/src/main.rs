@@ -515,8 +515,10 @@ fn latency(cli: &Cli, actix: &actix_rt::SystemRunner) -> AnyResult<Vec<lj::Laten
         pause: Duration::from_millis(cli.latency_pause_ms),
     };
     let mut results = Vec::new();
-    eprintln!("latency: in-process …");
-    results.push(actix.block_on(lj::latency_in_process(&cli.url, opts))?);
+    for handoff in [true, false] {
+        eprintln!("latency: in-process, handoff {handoff} …");
+        results.push(actix.block_on(lj::latency_in_process(&cli.url, opts, handoff))?);
+    }
     let idle = lj::LatencyOpts {
         samples: cli.latency_idle_samples,
         pause: Duration::from_millis(cli.latency_idle_pause_ms),
