@@ -138,6 +138,15 @@ impl Worker {
             // Anything dispatched from now on must wake the next wait.
             wake.borrow_and_update();
             let asked = permits.len();
+            if saturated {
+                // Under a backlog the successes go to the completer, whose connection writes
+                // them while this claim runs: two server threads at work instead of one
+                // longer transaction (+15% jobs/s at concurrency 100 on two cores, where
+                // the server's CPU is the limit). Otherwise they share the claim's commit.
+                for event in self.completions.take() {
+                    let _ = self.results.send(event);
+                }
+            }
             let result = self.claim(&mut conn, &mut permits, &mut next_queue).await;
             let got = match result {
                 Ok(n) => {
