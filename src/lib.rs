@@ -46,7 +46,7 @@
 //! - **Poll 50 ms … 1 s** ([`DEFAULT_POLL_MIN`], [`DEFAULT_POLL_MAX`]): while jobs keep
 //!   coming a worker polls every 50 ms, so jobs dispatched by other processes start within
 //!   that; after 30 quiet seconds it backs off to about one query a second. A dispatch in
-//!   the same process wakes the workers at once.
+//!   the same process hands the job to an idle worker directly, or wakes the workers.
 //! - **3 attempts** ([`DEFAULT_MAX_ATTEMPTS`]), exponential [`Backoff`] from 1 s with ±25%
 //!   jitter. The retry time is stored in the row, never slept in memory.
 //! - **Job timeout 15 min** ([`DEFAULT_JOB_TIMEOUT`]) so a hung job cannot hold a slot forever.

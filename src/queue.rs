@@ -46,8 +46,10 @@ pub(crate) fn wake_workers() {
 
 /// A cheap, cloneable handle to the `jobs` table: dispatches jobs and inspects them.
 ///
-/// Dispatching wakes the workers of the same process at once, so a job dispatched from a
-/// handler starts within a millisecond or two when a worker has a free slot.
+/// A job dispatched while a worker of the same process (started on this queue) has a free
+/// slot is inserted already claimed and handed to it, so it starts as the INSERT returns
+/// (see [`Workers::local_handoff`](crate::Workers::local_handoff)); otherwise the dispatch
+/// wakes the workers of the process at once.
 #[derive(Clone, Debug)]
 pub struct JobQueue {
     inner: Arc<Inner>,
