@@ -398,12 +398,7 @@ impl Store {
 
     /// Gives back a handed-off job that never reached its worker: `pending`, attempt
     /// returned. Matches nothing if the INSERT never happened or the job has moved on.
-    pub(crate) async fn release_handoff(
-        &self,
-        queue: &str,
-        worker: &str,
-        token: u64,
-    ) -> Result<u64> {
+    pub async fn release_handoff(&self, queue: &str, worker: &str, token: u64) -> Result<u64> {
         let mut conn = self.pool.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \

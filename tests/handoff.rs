@@ -199,3 +199,53 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
     assert!(handed > 0, "no dispatch was handed over");
     db.drop_db().await;
 }
+
+/// Claims what is pending as worker `worker`; returns how many jobs it got.
+async fn claim_as(db: &TestDb, worker: &str) -> usize {
+    let mut conn = db.pool.get_conn().await.unwrap();
+    let (jobs, _) = lightjobs::__private::claim_and_complete(&mut conn, "default", 10, worker, &[])
+        .await
+        .unwrap();
+    jobs.len()
+}
+
+/// The in-doubt release (a handoff whose INSERT reply was lost, or whose worker had gone),
+/// driven directly: it frees exactly the handed-off row, once, and never a row a claim has
+/// taken since.
+#[actix_rt::test]
+async fn an_in_doubt_handoff_is_released_by_its_token_and_only_once() {
+    let db = TestDb::new("handoff_release").await;
+    let _queue = db.migrated().await;
+    // As a committed handoff leaves it.
+    db.exec(
+        "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+         scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
+         VALUES ('record', '{\"tag\":\"x\"}', 'running', 'default', 0, 3, UTC_TIMESTAMP(6), \
+         UTC_TIMESTAMP(6), 1, 'w1', UTC_TIMESTAMP(6), 42)",
+    )
+    .await;
+    let id: u64 = db.scalar("SELECT MAX(id) FROM jobs").await;
+    let store = lightjobs::__private::Store::new(db.pool.clone());
+    assert_eq!(store.release_handoff("default", "w2", 42).await.unwrap(), 0);
+    assert_eq!(store.release_handoff("default", "w1", 7).await.unwrap(), 0);
+    assert_eq!(store.release_handoff("default", "w1", 42).await.unwrap(), 1);
+    assert_eq!(row(&db, id).await, ("pending".into(), 0, false));
+    // Claimed again by the same worker: a late release of the old token is a no-op.
+    assert_eq!(claim_as(&db, "w1").await, 1);
+    assert_eq!(store.release_handoff("default", "w1", 42).await.unwrap(), 0);
+    assert_eq!(row(&db, id).await, ("running".into(), 1, false));
+    // A row that went back to the queue with its token still set (a rescue keeps it, a
+    // snooze gives the attempt back) and is claimed by the same worker: the claim clears
+    // the token, so a stale release cannot free a job that is running.
+    db.exec(
+        "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+         scheduled_at, created_at, attempts, claim_token) VALUES ('record', '{\"tag\":\"y\"}', \
+         'pending', 'default', 0, 3, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 0, 43)",
+    )
+    .await;
+    let again: u64 = db.scalar("SELECT MAX(id) FROM jobs").await;
+    assert_eq!(claim_as(&db, "w1").await, 1);
+    assert_eq!(store.release_handoff("default", "w1", 43).await.unwrap(), 0);
+    assert_eq!(row(&db, again).await, ("running".into(), 1, false));
+    db.drop_db().await;
+}
