@@ -254,7 +254,7 @@ pub fn format_event(event: &JobEvent) -> Option<String> {
             event.id,
             delay.as_secs_f64()
         )),
-        JobOutcome::Released => None,
+        JobOutcome::Released | JobOutcome::Lost => None,
     }
 }
 
@@ -346,6 +346,7 @@ mod tests {
     fn seed_lines() {
         let mut e = JobEvent {
             id: 123,
+            token: 1,
             name: "send_mail".into(),
             queue: "default".into(),
             attempt: 3,

@@ -1,10 +1,11 @@
 //! Writes job results back to the table in batches, and keeps them until they are written.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,8 @@ use crate::store::{Guarded, Held, Store};
 const MAX_BATCH: usize = 500;
 /// Longest pause between two tries of a write that failed.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// How often a write that keeps failing is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) type EventHook = Arc<dyn Fn(&JobEvent) + Send + Sync>;
 
@@ -32,10 +35,11 @@ pub struct Report {
     pub released: u64,
     /// Runs that snoozed (rescheduled without spending an attempt).
     pub snoozed: u64,
-    /// Results not written because the job was no longer ours (rescued or edited).
+    /// Results not written because the job was no longer ours (rescued, or edited by
+    /// hand), including runs stopped because this process learned it had lost the claim.
     pub lost: u64,
-    /// Results that could not be written before the deadline (the jobs stay `running`
-    /// until a rescuer returns them to `pending`).
+    /// Results that could not be written before the shutdown deadline (the jobs stay
+    /// `running` until a rescuer returns them to `pending`).
     pub unwritten: u64,
 }
 
@@ -97,7 +101,7 @@ pub(crate) struct Completer {
     pub store: Store,
     pub worker_id: String,
     pub hook: Option<EventHook>,
-    /// Once cancelled, failed writes are no longer retried forever.
+    /// The shutdown deadline: once cancelled, a write that fails is not tried again.
     pub give_up: CancellationToken,
     /// Kept outside `run` so that a restarted completer goes on counting; shared with the
     /// fetch loop, which writes most successes.
@@ -108,139 +112,179 @@ impl Completer {
     /// Runs until every sender is gone and everything received is written (or given up).
     /// The receiver lives outside, so a supervisor can restart a completer that panicked
     /// without losing the results still queued.
+    /// Writes results as they come, until every sender is gone and everything received is
+    /// written (or given up). The receiver lives outside, so a supervisor can restart a
+    /// completer that panicked without losing the results still queued.
+    ///
+    /// While the process lives, a result is never given up: an outage, a read-only server
+    /// during a failover, a node that left the cluster are all waited out, trying again
+    /// what failed with a pause growing to [`MAX_RETRY_DELAY`], while results that arrive
+    /// meanwhile are tried too (one stuck write holds up no other). A guarded write that
+    /// finds the row no longer ours is done: it is counted as lost. Only once `give_up`
+    /// fires (the shutdown deadline) is a write that still fails left behind; its job
+    /// stays `running` until the rescuer of another process takes it, which the removal
+    /// (or staleness) of this process's heartbeat row allows.
     pub(crate) async fn run(&self, rx: &Mutex<mpsc::UnboundedReceiver<JobEvent>>) {
         let mut rx = rx.lock().await;
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pending: Vec<JobEvent> = Vec::with_capacity(MAX_BATCH);
+        let mut delay = Duration::from_millis(50);
+        let mut failing_since: Option<Instant> = None;
+        let mut last_log = Instant::now();
+        loop {
+            if pending.is_empty() {
+                if rx.recv_many(&mut pending, MAX_BATCH).await == 0 {
+                    return;
+                }
+            } else {
+                while pending.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(event) => pending.push(event),
+                        Err(_) => break,
+                    }
+                }
+            }
             // Counted apart and merged after the writes: the fetch loop updates the same
             // counts while this task awaits the database.
             let mut delta = Report::default();
-            self.write(&mut batch, &mut delta).await;
+            let (failed, error) = self
+                .write_once(std::mem::take(&mut pending), &mut delta)
+                .await;
             self.report.set(self.report.get() + delta);
-            batch.clear();
+            let Some(error) = error else {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(target: "lightjobs::completer", failed_for = ?since.elapsed(), "job results written again");
+                }
+                delay = Duration::from_millis(50);
+                continue;
+            };
+            if self.give_up.is_cancelled() {
+                self.report.set(
+                    self.report.get()
+                        + Report {
+                            unwritten: failed.len() as u64,
+                            ..Report::default()
+                        },
+                );
+                tracing::error!(target: "lightjobs::completer", %error, jobs = failed.len(), "shutdown deadline passed while writing job results; the jobs stay running until another process rescues them");
+                continue;
+            }
+            match failing_since {
+                None => {
+                    failing_since = Some(Instant::now());
+                    last_log = Instant::now();
+                    tracing::warn!(target: "lightjobs::completer", %error, jobs = failed.len(), "writing job results failed; retrying until it succeeds");
+                }
+                Some(since) if last_log.elapsed() >= LOG_EVERY => {
+                    last_log = Instant::now();
+                    tracing::warn!(target: "lightjobs::completer", %error, jobs = failed.len(), failing_for = ?since.elapsed(), "still retrying job result writes");
+                }
+                Some(_) => {}
+            }
+            pending = failed;
+            let jittered = delay.mul_f64(0.5 + fastrand::f64());
+            tokio::select! {
+                () = tokio::time::sleep(jittered) => {}
+                () = self.give_up.cancelled() => {}
+            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
 
-    async fn write(&self, batch: &mut [JobEvent], report: &mut Report) {
-        let done: Vec<Held> = batch
-            .iter()
-            .filter(|e| e.outcome == JobOutcome::Processed)
-            .map(JobEvent::held)
-            .collect();
+    /// Tries every write of `batch` once: successes in one statement, releases in
+    /// another, the other results one by one. Returns the events whose write failed, with
+    /// the last error.
+    async fn write_once(
+        &self,
+        batch: Vec<JobEvent>,
+        report: &mut Report,
+    ) -> (Vec<JobEvent>, Option<crate::Error>) {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        let (done, rest): (Vec<JobEvent>, Vec<JobEvent>) = batch
+            .into_iter()
+            .partition(|e| e.outcome == JobOutcome::Processed);
         if !done.is_empty() {
-            let written = self
-                .retrying("mark_completed", || {
-                    self.store.mark_completed(&done, &self.worker_id)
-                })
-                .await;
-            match written {
-                Some(n) => {
-                    report.processed += n;
-                    report.lost += done.len() as u64 - n;
-                    if n < done.len() as u64 {
-                        tracing::warn!(target: "lightjobs::completer", lost = done.len() as u64 - n, "completed jobs were no longer ours");
+            let held: Vec<Held> = done.iter().map(JobEvent::held).collect();
+            match self.store.mark_completed(&held).await {
+                Ok(ids) => {
+                    let written: HashSet<u64> = ids.into_iter().collect();
+                    let (ours, lost): (Vec<JobEvent>, Vec<JobEvent>) =
+                        done.into_iter().partition(|e| written.contains(&e.id));
+                    report.processed += ours.len() as u64;
+                    report.lost += lost.len() as u64;
+                    if !lost.is_empty() {
+                        tracing::warn!(target: "lightjobs::completer", lost = lost.len(), "completed jobs were no longer ours");
                     }
-                    self.emit(batch.iter().filter(|e| e.outcome == JobOutcome::Processed));
+                    self.emit(ours.iter());
                 }
-                None => report.unwritten += done.len() as u64,
+                Err(error) => {
+                    failed.extend(done);
+                    last_error = Some(error);
+                }
             }
         }
-        let released: Vec<Held> = batch
-            .iter()
-            .filter(|e| e.outcome == JobOutcome::Released)
-            .map(JobEvent::held)
-            .collect();
+        let (released, rest): (Vec<JobEvent>, Vec<JobEvent>) = rest
+            .into_iter()
+            .partition(|e| e.outcome == JobOutcome::Released);
         if !released.is_empty() {
-            match self
-                .retrying("release_jobs", || {
-                    self.store.release_jobs(&released, &self.worker_id)
-                })
-                .await
-            {
-                Some(n) => report.released += n,
-                None => report.unwritten += released.len() as u64,
+            let held: Vec<Held> = released.iter().map(JobEvent::held).collect();
+            match self.store.release_jobs(&held, &self.worker_id).await {
+                Ok(n) => {
+                    report.released += n;
+                    self.emit(released.iter());
+                }
+                Err(error) => {
+                    failed.extend(released);
+                    last_error = Some(error);
+                }
             }
-            self.emit(batch.iter().filter(|e| e.outcome == JobOutcome::Released));
         }
-        for event in batch.iter() {
+        for event in rest {
             let written = match &event.outcome {
                 JobOutcome::Retrying { error, delay } => {
-                    self.retrying("mark_retry", || {
-                        self.store
-                            .mark_retry(event.held(), &self.worker_id, error, *delay)
-                    })
-                    .await
+                    self.store
+                        .mark_retry(event.held(), &self.worker_id, error, *delay)
+                        .await
                 }
                 JobOutcome::Snoozed { delay } => {
-                    self.retrying("mark_snoozed", || {
-                        self.store
-                            .mark_snoozed(event.held(), &self.worker_id, *delay)
-                    })
-                    .await
+                    self.store
+                        .mark_snoozed(event.held(), &self.worker_id, *delay)
+                        .await
                 }
                 JobOutcome::Failed { error } => {
-                    self.retrying("mark_failed", || {
-                        self.store.mark_failed(event.held(), &self.worker_id, error)
-                    })
-                    .await
+                    self.store
+                        .mark_failed(event.held(), &self.worker_id, error)
+                        .await
+                }
+                JobOutcome::Lost => {
+                    report.lost += 1;
+                    continue;
                 }
                 _ => continue,
             };
             match written {
-                Some(Guarded::Applied) => {
+                Ok(Guarded::Applied) => {
                     match event.outcome {
                         JobOutcome::Failed { .. } => report.failed += 1,
                         JobOutcome::Snoozed { .. } => report.snoozed += 1,
                         _ => report.retried += 1,
                     }
-                    self.emit(std::iter::once(event));
+                    self.emit(std::iter::once(&event));
                 }
-                Some(Guarded::Lost) => {
+                Ok(Guarded::Lost) => {
                     report.lost += 1;
                     tracing::warn!(target: "lightjobs::completer", id = event.id, "result not written: the job is no longer held by this worker");
                 }
-                None => report.unwritten += 1,
+                Err(error) => {
+                    failed.push(event);
+                    last_error = Some(error);
+                }
             }
         }
+        (failed, last_error)
     }
 
     fn emit<'a>(&self, events: impl Iterator<Item = &'a JobEvent>) {
         emit(&self.hook, events);
-    }
-
-    /// Tries `op` until it succeeds. A database outage is waited out (results are never
-    /// dropped because the database blinked); after `give_up`, or on an error that repeating
-    /// cannot fix, it stops and the job is left for the rescuer.
-    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = crate::Result<T>>,
-    {
-        let mut delay = Duration::from_millis(50);
-        let mut tries = 0u32;
-        loop {
-            let error = match op().await {
-                Ok(v) => return Some(v),
-                Err(e) => e,
-            };
-            tries += 1;
-            let transient = match &error {
-                crate::Error::Database(e) => crate::error::is_transient(e),
-                _ => false,
-            };
-            if tries >= 3 && (!transient || self.give_up.is_cancelled()) {
-                tracing::error!(target: "lightjobs::completer", %error, what, "giving up on writing job results; the jobs stay running until rescued");
-                return None;
-            }
-            if tries == 1 {
-                tracing::warn!(target: "lightjobs::completer", %error, what, "writing job results failed; retrying");
-            }
-            let jittered = delay.mul_f64(0.5 + fastrand::f64());
-            tokio::select! {
-                () = tokio::time::sleep(jittered) => {}
-                () = self.give_up.cancelled(), if !self.give_up.is_cancelled() => {}
-            }
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
-        }
     }
 }

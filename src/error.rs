@@ -126,16 +126,6 @@ pub(crate) fn is_unavailable(e: &mysql_async::Error) -> bool {
     }
 }
 
-/// Errors after which the same statement should simply be tried again:
-/// deadlock (1213), lock wait timeout (1205), Galera certification conflict (1180 with
-/// "Deadlock found" is reported as 1213 too), MySQL Group Replication rollback (3101).
-pub(crate) fn is_transient(e: &mysql_async::Error) -> bool {
-    match e {
-        mysql_async::Error::Server(s) => matches!(s.code, 1213 | 1205 | 3101),
-        _ => is_unavailable(e),
-    }
-}
-
 /// Lets `?` work on lightjobs calls inside actix's `fn main() -> std::io::Result<()>`.
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {

@@ -37,6 +37,10 @@ pub enum JobOutcome {
         /// How long until it runs again.
         delay: Duration,
     },
+    /// This process lost the job's claim while running it (it stalled or lost the
+    /// database for longer than its staleness, and another process rescued the job): the
+    /// run was stopped and nothing is written, since the job is no longer ours.
+    Lost,
 }
 
 /// What the workers report after each run, once the result is written to the table.
@@ -44,6 +48,8 @@ pub enum JobOutcome {
 pub struct JobEvent {
     /// `jobs.id`.
     pub id: u64,
+    /// The claim this run belonged to (`jobs.claim_token`).
+    pub(crate) token: u64,
     /// The job's name.
     pub name: String,
     /// Its queue.
@@ -59,7 +65,7 @@ pub struct JobEvent {
 impl JobEvent {
     /// The claim this result belongs to.
     pub(crate) fn held(&self) -> crate::store::Held {
-        (self.id, self.attempt)
+        (self.id, self.token)
     }
 }
 
@@ -76,7 +82,8 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    pub(crate) async fn run(&self, job: &ClaimedJob) -> JobEvent {
+    /// Runs `job`; `lost` fires when this process learns the claim is no longer its own.
+    pub(crate) async fn run(&self, job: &ClaimedJob, lost: &CancellationToken) -> JobEvent {
         let span = tracing::info_span!(
             "job",
             id = job.id,
@@ -88,7 +95,11 @@ impl Executor {
         );
         let started = Instant::now();
         crate::metrics::record_start(&job.queue, job.waited);
-        let outcome = self.run_inner(job).instrument(span.clone()).await;
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.run_inner(job).instrument(span.clone()) => outcome,
+            () = lost.cancelled() => JobOutcome::Lost,
+        };
         let duration = started.elapsed();
         crate::metrics::record_outcome(&job.queue, &outcome, duration);
         span.record("duration_ms", duration.as_secs_f64() * 1000.0);
@@ -114,9 +125,14 @@ impl Executor {
                 span.record("outcome", "released");
                 tracing::warn!(target: "lightjobs::executor", ?duration, "job cut short by shutdown, released");
             }
+            JobOutcome::Lost => {
+                span.record("outcome", "lost");
+                tracing::warn!(target: "lightjobs::executor", ?duration, "job stopped: this process lost its claim (stalled past the staleness) and another process took it over");
+            }
         }
         JobEvent {
             id: job.id,
+            token: job.token,
             name: job.name.clone(),
             queue: job.queue.clone(),
             attempt: job.attempt,
@@ -203,6 +219,7 @@ mod tests {
     fn job(attempt: u32, max_attempts: u32) -> ClaimedJob {
         ClaimedJob {
             id: 1,
+            token: 1,
             name: "x".into(),
             payload: "{}".into(),
             queue: "default".into(),

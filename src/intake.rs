@@ -84,9 +84,9 @@ impl Intake {
         Some(Reservation {
             intake: self.clone(),
             permits: (slot, queue_slot),
-            // Any value will do as long as two in-doubt dispatches of this worker do not
-            // share it; zero is left out so a token is never mistaken for a default.
-            token: fastrand::u64(1..),
+            // The claim's token, as a claim by the fetch loop would set it: the release of
+            // an in-doubt dispatch and every later write are guarded by it.
+            token: crate::store::new_token(),
         })
     }
 }
@@ -120,6 +120,7 @@ impl Reservation {
         let handoff = Handoff {
             job: ClaimedJob {
                 id,
+                token: self.token,
                 name: job.name.to_owned(),
                 payload: job.payload,
                 queue: job.queue,

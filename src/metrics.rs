@@ -68,6 +68,7 @@ pub(crate) fn record_outcome(queue: &str, outcome: &JobOutcome, took: Duration) 
         JobOutcome::Retrying { .. } => "retried",
         JobOutcome::Failed { .. } => "failed",
         JobOutcome::Released => "released",
+        JobOutcome::Lost => "lost",
         JobOutcome::Snoozed { .. } => "snoozed",
     };
     with(|m| {

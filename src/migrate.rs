@@ -87,6 +87,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_unique_and_queues.sql"),
     migration!(7, "0007_queue_limits.sql"),
     migration!(8, "0008_claim_token.sql"),
+    migration!(9, "0009_worker_liveness.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -30,7 +30,7 @@ impl Pruner {
             .await
     }
 
-    pub(crate) async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(&self, stop: CancellationToken) {
         loop {
             if crate::worker::pause(self.interval, &stop).await {
                 return;

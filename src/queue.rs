@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::intake::{Intake, Reservation};
 use crate::io_thread::IoThread;
 use crate::job::Job;
+use crate::scheduler::{QueueState, QueueStates};
 use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
 
 /// Largest payload accepted by default (1 MiB): big inputs belong in a table or a bucket,
@@ -65,6 +66,9 @@ struct Inner {
     /// Workers of this process started on this queue, which take jobs handed to them at
     /// dispatch (see [`intake`](crate::intake)).
     intakes: std::sync::RwLock<Vec<Arc<Intake>>>,
+    /// The queue settings as the workers of this process on this queue see them: a pause
+    /// or a limit set through this queue applies to them at once, not at their next read.
+    local_states: std::sync::RwLock<Vec<QueueStates>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +146,7 @@ impl JobQueueBuilder {
                 max_payload: self.max_payload,
                 server: tokio::sync::OnceCell::new(),
                 intakes: std::sync::RwLock::default(),
+                local_states: std::sync::RwLock::default(),
             }),
         })
     }
@@ -321,7 +326,7 @@ impl JobQueue {
         let id = self
             .on_io(move |store| async move {
                 let mut conn = store.pool().get_conn().await?;
-                Store::insert_job(&mut conn, &job).await
+                Store::insert_job_own(&mut conn, &job).await
             })
             .await?;
         self.notify_workers();
@@ -482,9 +487,46 @@ impl JobQueue {
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         validate_queue_name(queue)?;
-        let queue = queue.to_owned();
-        self.on_io(move |store| async move { store.set_paused(&queue, paused).await })
-            .await
+        let name = queue.to_owned();
+        self.on_io(move |store| async move { store.set_paused(&name, paused).await })
+            .await?;
+        self.apply_locally(|state| {
+            if paused {
+                state.paused.insert(queue.to_owned());
+            } else {
+                state.paused.remove(queue);
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies a change just written to `lightjobs_queues` to this process's workers.
+    fn apply_locally(&self, change: impl Fn(&mut QueueState)) {
+        let states = self
+            .inner
+            .local_states
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        for state in states.iter() {
+            change(&mut state.write().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Lets changes made through this queue reach `states` at once.
+    pub(crate) fn add_local_states(&self, states: QueueStates) {
+        self.inner
+            .local_states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(states);
+    }
+
+    pub(crate) fn remove_local_states(&self, states: &QueueStates) {
+        self.inner
+            .local_states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, states));
     }
 
     /// Limits `queue` to `limit` running jobs across every process (`None` lifts it).
@@ -492,9 +534,17 @@ impl JobQueue {
     /// need it (a rate-limited API), not for every queue.
     pub async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
         validate_queue_name(queue)?;
-        let queue = queue.to_owned();
-        self.on_io(move |store| async move { store.set_global_limit(&queue, limit).await })
-            .await
+        let name = queue.to_owned();
+        self.on_io(move |store| async move { store.set_global_limit(&name, limit).await })
+            .await?;
+        self.apply_locally(|state| {
+            if limit.is_some() {
+                state.limited.insert(queue.to_owned());
+            } else {
+                state.limited.remove(queue);
+            }
+        });
+        Ok(())
     }
 
     /// The paused queues.

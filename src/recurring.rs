@@ -1,6 +1,8 @@
 //! Recurring jobs: each tick of a cron schedule is dispatched once, however many processes
 //! run the schedule, because the dispatch is unique on (job, tick).
 
+use std::cell::RefCell;
+use std::hash::Hasher;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -39,6 +41,35 @@ impl RecurringJob {
         Ok(RecurringJob { schedule, job })
     }
 
+    /// The unique key of one tick. It names the job and fingerprints the schedule, the
+    /// queue and the payload, so that two registrations of one job type (other payloads,
+    /// other schedules) whose ticks coincide are two jobs, while every process running the
+    /// same registration computes the same key.
+    pub(crate) fn key(&self, tick: DateTime<Utc>) -> String {
+        format!(
+            "cron:{}:{:016x}:{}",
+            self.job.name,
+            self.fingerprint(),
+            tick.timestamp()
+        )
+    }
+
+    /// What tells two registrations of one job type apart.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        let mut hasher = Fnv64::default();
+        for part in [
+            self.schedule.source().as_bytes(),
+            self.job.queue.as_bytes(),
+            self.job.payload.as_bytes(),
+            &self.job.priority.to_le_bytes(),
+        ] {
+            hasher.write(part);
+            // A separator, so ("ab", "c") and ("a", "bc") differ.
+            hasher.write(&[0xff]);
+        }
+        hasher.finish()
+    }
+
     /// The latest tick at or before `now`, and the gap to the tick after it.
     fn latest_tick(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, Duration)> {
         let just_after = now + chrono::Duration::milliseconds(1);
@@ -53,43 +84,40 @@ pub(crate) struct Recurring {
     pub queue: JobQueue,
     pub jobs: Vec<RecurringJob>,
     /// The last tick dispatched (or found already dispatched) per job.
-    pub last: Vec<Option<DateTime<Utc>>>,
+    pub last: RefCell<Vec<Option<DateTime<Utc>>>>,
 }
 
 impl Recurring {
     pub(crate) fn new(queue: JobQueue, jobs: Vec<RecurringJob>) -> Self {
-        let last = vec![None; jobs.len()];
+        let last = RefCell::new(vec![None; jobs.len()]);
         Recurring { queue, jobs, last }
     }
 
     /// Dispatches the latest tick of each schedule if this process has not yet. A tick
     /// missed while nothing ran is caught up once; older missed ticks are skipped, never
     /// replayed in a flood. Returns how many dispatches were made (new or already there).
-    pub(crate) async fn run_once(&mut self, now: DateTime<Utc>) -> crate::Result<u64> {
+    pub(crate) async fn run_once(&self, now: DateTime<Utc>) -> crate::Result<u64> {
         let mut made = 0;
         for (i, recurring) in self.jobs.iter().enumerate() {
             let Some((tick, gap)) = recurring.latest_tick(now) else {
                 continue;
             };
-            if self.last[i] == Some(tick) {
+            if self.last.borrow()[i] == Some(tick) {
                 continue;
             }
             let mut job = recurring.job.clone();
             // The key stays taken until the next tick, so a process that starts later in
             // the same period finds this tick done rather than running it again.
-            job.unique = Some((
-                format!("cron:{}:{}", job.name, tick.timestamp()),
-                gap + Duration::from_secs(1),
-            ));
+            job.unique = Some((recurring.key(tick), gap + Duration::from_secs(1)));
             job.when = When::After(Duration::ZERO);
             self.queue.insert(job).await?;
-            self.last[i] = Some(tick);
+            self.last.borrow_mut()[i] = Some(tick);
             made += 1;
         }
         Ok(made)
     }
 
-    pub(crate) async fn run(mut self, stop: CancellationToken) {
+    pub(crate) async fn run(&self, stop: CancellationToken) {
         if self.jobs.is_empty() {
             return;
         }
@@ -101,6 +129,29 @@ impl Recurring {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(CHECK_INTERVAL) => {}
             }
+        }
+    }
+}
+
+/// FNV-1a: a hash that is the same in every process and every build (std's
+/// `DefaultHasher` makes no such promise), so processes agree on a tick's key.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
 }
@@ -131,6 +182,34 @@ mod tests {
         assert_eq!(gap, Duration::from_secs(300));
         let on_tick = Utc.with_ymd_and_hms(2026, 11, 28, 10, 10, 0).unwrap();
         assert_eq!(r.latest_tick(on_tick).unwrap().0, on_tick);
+    }
+
+    #[test]
+    fn tick_keys_tell_registrations_apart() {
+        let tick = Utc.with_ymd_and_hms(2026, 11, 28, 10, 5, 0).unwrap();
+        let a = RecurringJob::new("0 */5 * * * *", job()).unwrap();
+        let same = RecurringJob::new("0 */5 * * * *", job()).unwrap();
+        assert_eq!(
+            a.key(tick),
+            same.key(tick),
+            "every process computes one key"
+        );
+        let mut other_payload = job();
+        other_payload.payload = r#"{"kind":"weekly"}"#.into();
+        let b = RecurringJob::new("0 */5 * * * *", other_payload).unwrap();
+        let c = RecurringJob::new("0 */10 * * * *", job()).unwrap();
+        assert_ne!(a.key(tick), b.key(tick));
+        assert_ne!(a.key(tick), c.key(tick));
+        assert!(a.key(tick).starts_with("cron:report:"));
+        assert!(a.key(tick).ends_with(&format!(":{}", tick.timestamp())));
+        // Pinned: a key must not change between builds, or a rolling deploy would run a
+        // tick once per version.
+        assert_eq!(
+            RecurringJob::new("0 0 * * * *", job())
+                .unwrap()
+                .fingerprint(),
+            0x6bba_6d4c_9533_2ac4
+        );
     }
 
     #[test]

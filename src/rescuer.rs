@@ -1,10 +1,16 @@
 //! Returns jobs held by dead worker processes (stale heartbeat) to `pending`. Every worker
 //! process runs one; a MySQL `GET_LOCK` lets one at a time do the work.
+//!
+//! A process is judged by its own staleness (stored with its heartbeat), and only by a
+//! rescuer that has itself been writing heartbeats for that long: after an outage of the
+//! database (or of this process) every heartbeat is stale, and the live processes need a
+//! full staleness period to beat again before anyone may call them dead.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::heartbeat::{connected_for, Liveness};
 use crate::store::Store;
 
 /// Most jobs moved by one statement.
@@ -19,20 +25,28 @@ pub(crate) struct Rescued {
 
 pub(crate) struct Rescuer {
     pub store: Store,
-    /// A holder whose heartbeat is older than this is dead.
+    /// This process's staleness: the one used for holders whose row does not say.
     pub stale_after: Duration,
     pub interval: Duration,
+    pub liveness: Liveness,
 }
 
 impl Rescuer {
     /// One pass; `None` when another process holds the rescuer lock.
     pub(crate) async fn run_once(&self) -> crate::Result<Option<Rescued>> {
+        if connected_for(&self.liveness) < self.stale_after {
+            return Ok(Some(Rescued::default()));
+        }
         self.store
             .with_lock("lightjobs.rescuer.", || async {
                 let mut total = Rescued::default();
                 loop {
-                    let (pending, failed) =
-                        self.store.rescue_stuck(self.stale_after, BATCH).await?;
+                    // Read again for each batch: it must hold at the moment of the UPDATE.
+                    let connected = connected_for(&self.liveness);
+                    let (pending, failed) = self
+                        .store
+                        .rescue_stuck(self.stale_after, connected, BATCH)
+                        .await?;
                     total.pending += pending;
                     total.failed += failed;
                     if pending + failed < BATCH {
@@ -43,7 +57,7 @@ impl Rescuer {
             .await
     }
 
-    pub(crate) async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(&self, stop: CancellationToken) {
         loop {
             if crate::worker::pause(self.interval, &stop).await {
                 return;

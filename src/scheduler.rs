@@ -76,7 +76,7 @@ impl Scheduler {
         Ok(())
     }
 
-    pub(crate) async fn run(self, stop: CancellationToken) {
+    pub(crate) async fn run(&self, stop: CancellationToken) {
         let mut tick = 0u32;
         loop {
             if tick % SETTINGS_EVERY == 0 {

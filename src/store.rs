@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Pool, TxOpts, Value};
+use mysql_async::{Conn, Pool, QueryResult, TextProtocol, TxOpts, Value};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -18,6 +18,9 @@ pub(crate) mod status {
     pub const PROCESSED: &str = "processed";
     pub const FAILED: &str = "failed";
 }
+
+/// How long a unique dispatch that loses a lock race is tried again.
+const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// Columns a claim reads, in this order.
 /// The claim's locking read (the EXPLAIN test reads its plan). `pending` means due (jobs
@@ -38,25 +41,38 @@ pub fn claim_sql(queue: &str, limit: usize) -> String {
 /// in so that they share its commit:
 ///
 /// 1. `START TRANSACTION; SELECT … FOR UPDATE SKIP LOCKED`
-/// 2. `UPDATE … 'running' WHERE id IN (claimed); UPDATE … 'processed' WHERE id IN (done)
-///    AND <still ours>; SELECT ROW_COUNT(); COMMIT`
+/// 2. `UPDATE … 'running', claim_token = <new> WHERE id IN (claimed); UPDATE … 'processed'
+///    WHERE <done, still ours>; SELECT ROW_COUNT(); COMMIT`
 ///
-/// Returns the claimed jobs and how many of `done` were still ours. On error the
-/// transaction is rolled back if the connection still answers; a caller should not reuse a
-/// connection that failed.
+/// Returns the claimed jobs and which of `done` were written. On error the transaction is
+/// rolled back if the connection still answers; a caller should not reuse a connection
+/// that failed.
 pub async fn claim_and_complete(
     conn: &mut Conn,
     queue: &str,
     limit: usize,
     worker: &str,
     done: &[Held],
-) -> Result<(Vec<ClaimedJob>, u64)> {
+) -> Result<Claim> {
     claim_and_complete_or_report(conn, queue, limit, false, worker, done, &mut Vec::new()).await
 }
 
-/// [`claim_and_complete`], and on an error after the COMMIT was sent (the reply lost: it
-/// may or may not have happened), the claims in doubt in `in_doubt`: the caller must give
-/// them back, or they would stay `running` under a live worker that never runs them.
+/// What a claim transaction did.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The jobs now held, each under the claim's token.
+    pub jobs: Vec<ClaimedJob>,
+    /// Ids of the folded successes that are written (`processed` under their claim).
+    /// `None` when the commit succeeded but the follow-up read that tells which ones failed:
+    /// the caller writes them again (a no-op for those already written) to find out.
+    pub completed: Option<Vec<u64>>,
+}
+
+/// [`claim_and_complete`], and on an error that leaves the outcome unknown (the connection
+/// failed after the COMMIT may have been sent), the claims in doubt in `in_doubt`: the
+/// caller must give them back, or they would stay `running` under a live worker that never
+/// runs them. A statement the server refused (any of them, COMMIT included: the
+/// multi-statement stops at the first error) committed nothing, so nothing is in doubt.
 ///
 /// With `limited`, the queue has a limit across processes: the claim locks the queue's row
 /// in `lightjobs_queues` (so claimers of that queue take turns), counts its running jobs
@@ -69,14 +85,26 @@ pub(crate) async fn claim_and_complete_or_report(
     worker: &str,
     done: &[Held],
     in_doubt: &mut Vec<Held>,
-) -> Result<(Vec<ClaimedJob>, u64)> {
+) -> Result<Claim> {
     let result = claim_transaction(conn, queue, limit, limited, worker, done, in_doubt).await;
-    if result.is_err() {
-        let _ = conn.query_drop("ROLLBACK").await;
-    } else {
-        in_doubt.clear();
+    match &result {
+        Err(error) => {
+            if error.is_server_refusal() {
+                in_doubt.clear();
+            }
+            let _ = conn.query_drop("ROLLBACK").await;
+        }
+        Ok(_) => in_doubt.clear(),
     }
-    result
+    let (jobs, written) = result?;
+    let completed = if written == done.len() as u64 {
+        Some(done.iter().map(|h| h.0).collect())
+    } else {
+        // Some were no longer ours, or an earlier try of this write committed although its
+        // reply was lost: read which ones are processed under our claims.
+        written_successes(conn, done).await.ok()
+    };
+    Ok(Claim { jobs, completed })
 }
 
 async fn claim_transaction(
@@ -92,7 +120,7 @@ async fn claim_transaction(
     let mut rows: Vec<Claimed> = Vec::new();
     if limited && limit > 0 {
         let q = sql_string(queue);
-        let mut result = conn
+        let result = conn
             .query_iter(format!(
                 "START TRANSACTION; \
                  SELECT global_limit, (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_claim) \
@@ -100,39 +128,36 @@ async fn claim_transaction(
                  FROM lightjobs_queues WHERE queue = {q} FOR UPDATE"
             ))
             .await?;
-        let mut allowed: Option<usize> = None;
-        while !result.is_empty() {
-            let set: Vec<(Option<u64>, u64)> = result.collect().await?;
-            if let Some(&(global, running)) = set.first() {
-                allowed = global
-                    .map(|g| usize::try_from(g.saturating_sub(running)).unwrap_or(usize::MAX));
-            }
-        }
-        drop(result);
+        let sets: Vec<Vec<(Option<u64>, u64)>> = read_sets(result).await?;
+        let allowed = sets.iter().flatten().next().and_then(|&(global, running)| {
+            global.map(|g| usize::try_from(g.saturating_sub(running)).unwrap_or(usize::MAX))
+        });
         limit = limit.min(allowed.unwrap_or(usize::MAX));
         if limit > 0 {
             rows = conn.query(claim_sql(queue, limit)).await?;
         }
     } else if limit > 0 {
-        let mut result = conn
+        let result = conn
             .query_iter(format!("START TRANSACTION; {}", claim_sql(queue, limit)))
             .await?;
-        while !result.is_empty() {
-            let set: Vec<Claimed> = result.collect().await?;
-            if !set.is_empty() {
-                rows = set;
-            }
-        }
+        rows = read_sets::<Claimed>(result)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
     } else {
         conn.query_drop("START TRANSACTION").await?;
     }
-    let me = sql_string(worker);
+    // Every claim has a token of its own: each later write matches (id, token), so it can
+    // never touch a newer claim of the same job, whatever happened to `attempts` meanwhile.
+    let token = new_token();
     let mut second = String::new();
     if !rows.is_empty() {
         let _ = write!(
             second,
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {me}, \
-             reserved_at = UTC_TIMESTAMP(6), claim_token = NULL WHERE id IN ({}); ",
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {}, \
+             reserved_at = UTC_TIMESTAMP(6), claim_token = {token} WHERE id IN ({}); ",
+            sql_string(worker),
             id_list(rows.iter().map(|r| r.0))
         );
     }
@@ -141,25 +166,24 @@ async fn claim_transaction(
             second,
             "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}; \
              SELECT ROW_COUNT(); ",
-            claim_guard(done, worker)
+            success_guard(done)
         );
     }
     second.push_str("COMMIT");
-    in_doubt.extend(rows.iter().map(|r| (r.0, r.3 + 1)));
-    let mut completed = 0;
-    let mut result = conn.query_iter(second).await?;
-    while !result.is_empty() {
-        let set: Vec<i64> = result.collect().await?;
-        if let Some(&n) = set.first() {
-            completed = u64::try_from(n).unwrap_or(0);
-        }
-    }
-    drop(result);
+    in_doubt.extend(rows.iter().map(|r| (r.0, token)));
+    let result = conn.query_iter(second).await?;
+    let completed = read_sets::<i64>(result)
+        .await?
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
     let claimed = rows
         .into_iter()
         .map(
             |(id, name, payload, attempts, max_attempts, waited_us)| ClaimedJob {
                 id,
+                token,
                 name,
                 payload,
                 queue: queue.to_owned(),
@@ -172,24 +196,83 @@ async fn claim_transaction(
     Ok((claimed, completed))
 }
 
-/// A claim: the job's id and the attempt it is running.
-pub type Held = (u64, u32);
+/// Reads every result of a multi-statement and returns the rows of each set.
+///
+/// An error of the second or a later statement is only reported when its result is read:
+/// mysql_async keeps it pending and `is_empty()` turns true, so a reader that stops there
+/// takes a failed statement (and the COMMIT after it, which never ran) for a success.
+pub(crate) async fn read_sets<T: FromRow + Send + 'static>(
+    mut result: QueryResult<'_, '_, TextProtocol>,
+) -> Result<Vec<Vec<T>>> {
+    let mut sets = Vec::new();
+    loop {
+        sets.push(result.collect::<T>().await?);
+        if result.is_empty() {
+            break;
+        }
+    }
+    // Surfaces an error that is still pending after the last set.
+    result.drop_result().await?;
+    Ok(sets)
+}
 
-/// The guard on every write after a claim: the row is still running, held by this worker,
-/// in the attempt this worker claimed. The attempt matters when a write is retried after a
-/// lost reply: by then this same process may hold the job again, in a later attempt.
-fn claim_guard(held: &[Held], worker: &str) -> String {
+/// Which of `done` are `processed` under their claim (written by this write or by an
+/// earlier try of it whose reply was lost).
+async fn written_successes(conn: &mut Conn, done: &[Held]) -> Result<Vec<u64>> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(conn
+        .query(format!(
+            "SELECT id FROM jobs WHERE {} AND status = 'processed'",
+            token_match(done)
+        ))
+        .await?)
+}
+
+/// A claim: the job's id and the claim's token.
+pub type Held = (u64, u64);
+
+/// A fresh claim token; never zero, so it is never mistaken for a default.
+pub(crate) fn new_token() -> u64 {
+    fastrand::u64(1..)
+}
+
+/// `id IN (…) AND (id, claim_token) IN (…)`: the id list lets the optimizer use the
+/// primary key; the pairs pin each row to one claim.
+fn token_match(held: &[Held]) -> String {
     let mut pairs = String::new();
-    for (i, (id, attempt)) in held.iter().enumerate() {
+    for (i, (id, token)) in held.iter().enumerate() {
         if i > 0 {
             pairs.push(',');
         }
-        let _ = write!(pairs, "({id},{attempt})");
+        let _ = write!(pairs, "({id},{token})");
     }
     format!(
-        "id IN ({}) AND (id, attempts) IN ({pairs}) AND reserved_by = {} AND status = 'running'",
-        id_list(held.iter().map(|h| h.0)),
+        "id IN ({}) AND (id, claim_token) IN ({pairs})",
+        id_list(held.iter().map(|h| h.0))
+    )
+}
+
+/// The guard on every write after a claim but a success: the row is still running under
+/// this very claim. A late write (a retry after a lost reply, a process that stalled)
+/// can never change a newer claim of the same job, not even this process's own.
+fn claim_guard(held: &[Held], worker: &str) -> String {
+    format!(
+        "{} AND reserved_by = {} AND status = 'running'",
+        token_match(held),
         sql_string(worker)
+    )
+}
+
+/// The guard on a success: the row is still under this claim, or was taken from it by a
+/// rescuer (which keeps the token) and has not been claimed since. A run that finished
+/// after its process stalled past the staleness did succeed; recording it keeps a job the
+/// rescuer failed or queued again from running (or staying failed) for nothing.
+fn success_guard(held: &[Held]) -> String {
+    format!(
+        "{} AND status IN ('running', 'pending', 'failed')",
+        token_match(held)
     )
 }
 
@@ -234,6 +317,8 @@ pub(crate) enum When {
 pub struct ClaimedJob {
     /// `jobs.id`.
     pub id: u64,
+    /// This claim's token (`jobs.claim_token`): every later write is guarded by it.
+    pub token: u64,
     /// `jobs.name`.
     pub name: String,
     /// The JSON payload.
@@ -283,6 +368,10 @@ pub(crate) struct WorkerInfo {
     pub pid: u32,
     /// The queues, as a JSON array.
     pub queues: String,
+    /// How often it beats.
+    pub interval: Duration,
+    /// After how long without a beat it counts as dead.
+    pub stale_after: Duration,
 }
 
 /// Counts for one queue and status.
@@ -354,18 +443,63 @@ impl Store {
         params.extend([key.as_str().into(), micros(*period).into()]);
         // On a duplicate key nothing is written and LAST_INSERT_ID() becomes the holder's id:
         // the unique index, not a check-then-insert, decides between racing processes.
-        insert_one(
-            conn,
-            format!(
-                "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
-                 scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
-                 UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
-                 ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
-                INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
-            ),
-            params,
-        )
-        .await
+        let result = conn
+            .exec_iter(
+                format!(
+                    "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+                     scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
+                     UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+                     ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+                    INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
+                ),
+                params,
+            )
+            .await?;
+        let id = result.last_insert_id().filter(|id| *id > 0);
+        result.drop_result().await?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+        // A trigger on `jobs` (an audit trigger of the application's) can keep the server
+        // from reporting the holder's id; the key still names it.
+        let holder: Option<u64> = conn
+            .exec_first("SELECT id FROM jobs WHERE unique_key = ?", (key.as_str(),))
+            .await?;
+        holder.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+    }
+
+    /// Inserts one job through a connection of ours (not the caller's transaction).
+    ///
+    /// A unique dispatch gives up a finished holder's key and takes it in one transaction,
+    /// so no other dispatch sees the key free in between; a deadlock or lock wait timeout
+    /// (two dispatches racing for one key) refused the whole transaction, so it is run
+    /// again, for up to [`RACE_RETRY_FOR`], and the loser then finds the winner's id.
+    pub(crate) async fn insert_job_own(conn: &mut Conn, job: &NewJob) -> Result<u64> {
+        if job.unique.is_none() {
+            return Self::insert_job(conn, job).await;
+        }
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let attempt: Result<u64> = async {
+                conn.query_drop("START TRANSACTION").await?;
+                let id = Self::insert_job(conn, job).await?;
+                conn.query_drop("COMMIT").await?;
+                Ok(id)
+            }
+            .await;
+            match attempt {
+                Ok(id) => return Ok(id),
+                Err(error) => {
+                    let _ = conn.query_drop("ROLLBACK").await;
+                    if !error.is_lock_conflict() || started.elapsed() >= RACE_RETRY_FOR {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// Inserts one job already claimed by `worker` (the in-process handoff): `running`, its
@@ -459,21 +593,39 @@ impl Store {
         let mut conn = self.pool.get_conn().await?;
         Ok(claim_and_complete(&mut conn, queue, limit, worker, &[])
             .await?
-            .0)
+            .jobs)
     }
 
-    /// Marks jobs `processed`; returns how many were still held by these claims.
-    pub async fn mark_completed(&self, held: &[Held], worker: &str) -> Result<u64> {
+    /// Marks jobs `processed`; returns the ids written (still held by these claims, or
+    /// taken by a rescuer and not claimed since).
+    pub async fn mark_completed(&self, held: &[Held]) -> Result<Vec<u64>> {
         if held.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let mut conn = self.pool.get_conn().await?;
         conn.query_drop(format!(
             "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}",
-            claim_guard(held, worker)
+            success_guard(held)
         ))
         .await?;
-        Ok(conn.affected_rows())
+        if conn.affected_rows() == held.len() as u64 {
+            return Ok(held.iter().map(|h| h.0).collect());
+        }
+        written_successes(&mut conn, held).await
+    }
+
+    /// Ids of `held` still `running` under these very claims.
+    pub(crate) async fn still_held(&self, held: &[Held]) -> Result<Vec<u64>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get_conn().await?;
+        Ok(conn
+            .query(format!(
+                "SELECT id FROM jobs WHERE {} AND status = 'running'",
+                token_match(held)
+            ))
+            .await?)
     }
 
     /// Back to `pending` (or `scheduled`, when `delay` is not zero), keeping the error.
@@ -541,7 +693,7 @@ impl Store {
 
     /// Back to `pending` at once without spending the attempt (shutdown, or a claim whose
     /// commit may or may not have happened).
-    pub(crate) async fn release_jobs(&self, held: &[Held], worker: &str) -> Result<u64> {
+    pub async fn release_jobs(&self, held: &[Held], worker: &str) -> Result<u64> {
         if held.is_empty() {
             return Ok(0);
         }
@@ -578,14 +730,23 @@ impl Store {
         })
     }
 
-    /// Registers or refreshes this process's row in `lightjobs_workers`.
+    /// Registers or refreshes this process's row in `lightjobs_workers`, with the
+    /// heartbeat interval and staleness every rescuer judges it by.
     pub(crate) async fn beat_worker(&self, worker: &WorkerInfo) -> Result<()> {
         let mut conn = self.pool.get_conn().await?;
         conn.exec_drop(
-            "INSERT INTO lightjobs_workers (id, host, pid, queues, started_at, heartbeat_at) \
-             VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6)) \
+            "INSERT INTO lightjobs_workers (id, host, pid, queues, started_at, heartbeat_at, \
+             heartbeat_us, stale_after_us) \
+             VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), ?, ?) \
              ON DUPLICATE KEY UPDATE heartbeat_at = VALUES(heartbeat_at)",
-            (&worker.id, &worker.host, worker.pid, &worker.queues),
+            (
+                &worker.id,
+                &worker.host,
+                worker.pid,
+                &worker.queues,
+                micros(worker.interval),
+                micros(worker.stale_after),
+            ),
         )
         .await?;
         Ok(())
@@ -603,16 +764,34 @@ impl Store {
         Ok(())
     }
 
-    /// Returns jobs held by processes whose heartbeat is older than `stale` to `pending`
-    /// (or `failed` when that was their last attempt). Returns (to pending, to failed).
-    pub(crate) async fn rescue_stuck(&self, stale: Duration, limit: u64) -> Result<(u64, u64)> {
-        // A holder is alive while its heartbeat is fresh; a job claimed moments ago by a
-        // process that has not beaten yet is left alone by the reserved_at condition.
-        let us = micros(stale);
+    /// Returns jobs held by dead processes to `pending` (or `failed` when that was their
+    /// last attempt). Returns (to pending, to failed).
+    ///
+    /// A holder is dead when its heartbeat is older than its own staleness (`stale` for
+    /// rows that do not say, and for holders with no row at all). No holder is judged
+    /// from heartbeats nobody could have written: one whose staleness is longer than
+    /// `connected_for` (how long this process has been writing its own heartbeat without a
+    /// break) counts as alive, so after an outage live processes get a full staleness
+    /// period to beat again before anyone calls them dead.
+    pub async fn rescue_stuck(
+        &self,
+        stale: Duration,
+        connected_for: Duration,
+        limit: u64,
+    ) -> Result<(u64, u64)> {
+        let own = micros(stale);
+        let connected = micros(connected_for);
+        if connected < own {
+            return Ok((0, 0));
+        }
+        // A job claimed moments ago by a process that has not beaten yet is left alone by
+        // the reserved_at condition.
         let dead_holder = format!(
-            "status = 'running' AND reserved_at < UTC_TIMESTAMP(6) - INTERVAL {us} MICROSECOND \
+            "status = 'running' AND reserved_at < UTC_TIMESTAMP(6) - INTERVAL {own} MICROSECOND \
              AND NOT EXISTS (SELECT 1 FROM lightjobs_workers w WHERE w.id = jobs.reserved_by \
-                 AND w.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL {us} MICROSECOND)"
+                 AND (w.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL \
+                      COALESCE(w.stale_after_us, {own}) MICROSECOND \
+                      OR COALESCE(w.stale_after_us, {own}) > {connected}))"
         );
         let mut conn = self.pool.get_conn().await?;
         let ids: Vec<u64> = conn
@@ -624,11 +803,10 @@ impl Store {
             return Ok((0, 0));
         }
         let ids = id_list(ids.into_iter());
-        let died = format!(
-            "CONCAT('worker ', COALESCE(reserved_by, '?'), ' died (no heartbeat for {} s) \
-             while running this job",
-            stale.as_secs_f64()
-        );
+        let died = "CONCAT('worker ', COALESCE(reserved_by, '?'), ' stopped heartbeating \
+             while running this job";
+        // The token stays: a run that still finishes (its process had stalled, not died)
+        // can record its success while the job has not been claimed again.
         conn.query_drop(format!(
             "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
              last_error = {died}, its last attempt') \
@@ -703,7 +881,7 @@ impl Store {
         let mut conn = self.pool.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
-             reserved_by = NULL, reserved_at = NULL, finished_at = NULL \
+             reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL \
              WHERE status = 'failed' AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)",
             (id, id, queue, queue),
         )
@@ -712,7 +890,9 @@ impl Store {
     }
 
     /// Deletes finished jobs older than the given ages, in batches of `batch` rows so no
-    /// statement holds locks for long. Returns how many rows went.
+    /// statement holds locks for long. A row whose unique key is still taken (its period
+    /// has not passed) stays until it has: deleting it would free the key early. Returns
+    /// how many rows went.
     pub(crate) async fn prune_finished(
         &self,
         processed_age: Duration,
@@ -735,6 +915,7 @@ impl Store {
                     .exec(
                         "SELECT id FROM jobs FORCE INDEX (jobs_finished) WHERE status = ? \
                          AND finished_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+                         AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6)) \
                          ORDER BY finished_at LIMIT ?",
                         (status, micros(age), batch),
                     )
@@ -743,7 +924,8 @@ impl Store {
                     break;
                 }
                 conn.query_drop(format!(
-                    "DELETE FROM jobs WHERE id IN ({}) AND status = '{status}'",
+                    "DELETE FROM jobs WHERE id IN ({}) AND status = '{status}' \
+                     AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))",
                     id_list(ids.iter().copied())
                 ))
                 .await?;
@@ -806,16 +988,25 @@ impl Store {
     /// (queue, paused, global limit) of every queue with settings.
     pub(crate) async fn queue_settings(&self) -> Result<Vec<(String, bool, Option<u32>)>> {
         let mut conn = self.pool.get_conn().await?;
-        Ok(conn
-            .query("SELECT queue, paused, global_limit FROM lightjobs_queues")
-            .await?)
+        // Read as wide integers: a value written by hand (paused = 2, a negative limit)
+        // must not make the decoding panic in the maintenance thread.
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = conn
+            .query("SELECT queue, paused + 0, global_limit + 0 FROM lightjobs_queues")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(queue, paused, limit)| {
+                let limit = limit.map(|l| u32::try_from(l.max(0)).unwrap_or(u32::MAX));
+                (queue, paused.unwrap_or(0) != 0, limit)
+            })
+            .collect())
     }
 
     /// The paused queues.
     pub(crate) async fn paused_queues(&self) -> Result<Vec<String>> {
         let mut conn = self.pool.get_conn().await?;
         Ok(conn
-            .query("SELECT queue FROM lightjobs_queues WHERE paused = 1 ORDER BY queue")
+            .query("SELECT queue FROM lightjobs_queues WHERE paused <> 0 ORDER BY queue")
             .await?)
     }
 

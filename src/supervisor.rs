@@ -13,14 +13,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::RwLock;
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::completer::{Completer, Completions, EventHook, Report};
 use crate::error::{Error, Result};
 use crate::executor::{panic_message, Executor, JobEvent};
-use crate::heartbeat::Heartbeat;
+use crate::heartbeat::{Heartbeat, Liveness};
 use crate::intake::Intake;
 use crate::job::{DataMap, Job};
 use crate::pruner::Pruner;
@@ -41,6 +41,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 /// beats, so a slow database or a busy host does not look like a death, while a crashed
 /// process's jobs run again within seconds.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// At shutdown, the least time result writes still get after the last job ended (they
+/// get the rest of the grace period if that is longer).
+const FLUSH_GRACE: Duration = Duration::from_secs(3);
 
 /// How long `processed` (and `cancelled`) jobs are kept before the pruner deletes them.
 pub const DEFAULT_PROCESSED_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -352,6 +356,19 @@ impl Workers {
         if self.job_timeout.is_zero() {
             return Err(Error::invalid("job_timeout", "must be non-zero"));
         }
+        let mut registrations = std::collections::HashSet::new();
+        for r in &self.recurring {
+            if !registrations.insert((r.job.name, r.fingerprint())) {
+                return Err(Error::invalid(
+                    "recurring",
+                    format!(
+                        "job `{}` is registered twice with the same schedule, queue and \
+                         payload: each tick would run once, not twice",
+                        r.job.name
+                    ),
+                ));
+            }
+        }
         if self.registry.names().is_empty() {
             return Err(Error::invalid(
                 "registry",
@@ -381,6 +398,8 @@ impl Workers {
             host: host_name(),
             pid: std::process::id(),
             queues: serde_json::to_string(&self.queues)?,
+            interval: self.heartbeat_interval,
+            stale_after: self.stale_after,
         };
         // Registered before the first claim, so no rescuer can take our jobs for a dead
         // process's.
@@ -390,14 +409,13 @@ impl Workers {
         let queue_states: QueueStates = Arc::new(RwLock::new(QueueState::from_rows(
             store.queue_settings().await?,
         )));
+        let (lapses, mut lapsed) = watch::channel(0u64);
+        self.queue.add_local_states(queue_states.clone());
+        let local_states = queue_states.clone();
         let maintenance = start_maintenance(
             &self.queue,
-            Heartbeat {
-                store: store.clone(),
-                info,
-                interval: self.heartbeat_interval,
-            },
-            self.stale_after,
+            info,
+            lapses,
             queue_states.clone(),
             self.retention,
             std::mem::take(&mut self.recurring),
@@ -405,12 +423,13 @@ impl Workers {
         )?;
         let shutdown = CancellationToken::new();
         let abort = CancellationToken::new();
+        let give_up = CancellationToken::new();
         let (results, rx) = mpsc::unbounded_channel();
         let completer = Completer {
             store: store.clone(),
             worker_id: worker_id.clone(),
             hook: self.hook.clone(),
-            give_up: abort.clone(),
+            give_up: give_up.clone(),
             report: Rc::new(Cell::new(Report::default())),
         };
         let completions = Rc::new(Completions::default());
@@ -470,6 +489,7 @@ impl Workers {
             queue_states,
             queue_slots,
             intake: intake.clone(),
+            inflight: Rc::default(),
         };
         tracing::info!(
             target: "lightjobs::supervisor",
@@ -496,9 +516,16 @@ impl Workers {
                 }
                 std::future::pending::<()>().await;
             };
+            let check_claims = async {
+                while lapsed.changed().await.is_ok() {
+                    worker.check_claims().await;
+                }
+                std::future::pending::<()>().await;
+            };
             let exit = tokio::select! {
                 exit = supervise("worker", Some(&stop), || worker.run()) => exit,
                 () = accept => None,
+                () = check_claims => None,
             }
             .unwrap_or(Exit::Stopped);
             // Dispatches that find no intake from here on go through the table; those
@@ -506,6 +533,7 @@ impl Workers {
             if let Some(intake) = &intake {
                 queue.remove_intake(intake);
             }
+            queue.remove_local_states(&local_states);
             if let Some(mut rx) = handoffs {
                 rx.close();
                 // Not `try_recv`: it can report empty while a send from another thread is
@@ -523,10 +551,14 @@ impl Workers {
                     let _ = flush.send(event);
                 }
             };
+            let stopped_at = Cell::new(stop.is_cancelled().then(tokio::time::Instant::now));
             let drain = async {
                 tokio::select! {
                     () = tracker.wait() => {}
                     () = stop.cancelled() => {
+                        if stopped_at.get().is_none() {
+                            stopped_at.set(Some(tokio::time::Instant::now()));
+                        }
                         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
                             tracing::warn!(target: "lightjobs::supervisor", "grace period over; releasing jobs still running");
                             abort.cancel();
@@ -545,10 +577,25 @@ impl Workers {
             }
             hand_over();
             drop(flush);
-            // Every executor has sent its result; the completer drains and ends. Past this
-            // point a write that keeps failing is abandoned after a few tries.
+            // Every executor has sent its result; the completer drains and ends. Its writes
+            // are retried until the shutdown deadline (the grace period from the signal, and
+            // never less than FLUSH_GRACE from now); a write still failing then is left
+            // to the rescuer of another process, which the removal of our heartbeat allows.
             abort.cancel();
-            let report = completer.await.unwrap_or_default();
+            let now = tokio::time::Instant::now();
+            let deadline = stopped_at
+                .get()
+                .map_or(now, |at| at + grace)
+                .max(now + FLUSH_GRACE);
+            let mut completer = completer;
+            let report = tokio::select! {
+                report = &mut completer => report,
+                () = tokio::time::sleep_until(deadline) => {
+                    give_up.cancel();
+                    completer.await
+                }
+            }
+            .unwrap_or_default();
             maintenance_stop.cancel();
             let _ = maintenance.await;
             let _ = store.pool().clone().disconnect().await;
@@ -720,11 +767,13 @@ where
 
 /// Runs the heartbeat and the rescuer on a thread and runtime of their own, with their own
 /// connections: a job that blocks the workers' thread cannot silence the heartbeat and get
-/// itself rescued (and run twice) while it is still running.
+/// itself rescued (and run twice) while it is still running. Each loop is supervised: a
+/// panic in one (a bug, a value that does not decode) restarts it and never stops the
+/// heartbeat.
 fn start_maintenance(
     queue: &JobQueue,
-    heartbeat: Heartbeat,
-    stale_after: Duration,
+    info: WorkerInfo,
+    lapses: watch::Sender<u64>,
     queue_states: QueueStates,
     retention: (Duration, Option<Duration>),
     recurring: Vec<RecurringJob>,
@@ -732,7 +781,6 @@ fn start_maintenance(
 ) -> Result<oneshot::Receiver<()>> {
     let queue = queue.clone();
     let (done, finished) = oneshot::channel();
-    let interval = heartbeat.interval;
     std::thread::Builder::new()
         .name("lightjobs-maintenance".into())
         .spawn(move || {
@@ -748,14 +796,18 @@ fn start_maintenance(
             };
             runtime.block_on(async move {
                 let store = Store::new(queue.new_pool(6));
-                let heartbeat = Heartbeat {
-                    store: store.clone(),
-                    ..heartbeat
-                };
+                let liveness = Liveness::default();
                 let rescuer = Rescuer {
                     store: store.clone(),
-                    stale_after,
-                    interval,
+                    stale_after: info.stale_after,
+                    interval: info.interval,
+                    liveness: liveness.clone(),
+                };
+                let heartbeat = Heartbeat {
+                    store: store.clone(),
+                    info,
+                    liveness,
+                    lapses,
                 };
                 let recurring = Recurring::new(queue.clone(), recurring);
                 let scheduler = Scheduler {
@@ -770,12 +822,13 @@ fn start_maintenance(
                     failed: retention.1,
                     interval: PRUNE_INTERVAL,
                 };
+                let s = &stop;
                 tokio::join!(
-                    heartbeat.run(stop.clone()),
-                    rescuer.run(stop.clone()),
-                    scheduler.run(stop.clone()),
-                    pruner.run(stop.clone()),
-                    recurring.run(stop)
+                    supervise("heartbeat", None, || heartbeat.run(s.clone())),
+                    supervise("rescuer", Some(s), || rescuer.run(s.clone())),
+                    supervise("scheduler", Some(s), || scheduler.run(s.clone())),
+                    supervise("pruner", Some(s), || pruner.run(s.clone())),
+                    supervise("recurring", Some(s), || recurring.run(s.clone())),
                 );
                 let _ = store.pool().clone().disconnect().await;
             });

@@ -1,8 +1,8 @@
 //! The fetch loop: claims as many jobs as there are free slots, hands each to an executor
 //! task, and polls with a growing interval when the queues are idle.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +65,9 @@ pub(crate) struct Worker {
     pub queue_slots: HashMap<String, Arc<Semaphore>>,
     /// Where dispatches of this process hand jobs over, when they may.
     pub intake: Option<Arc<Intake>>,
+    /// The jobs running now: their claim, and the signal that stops one whose claim this
+    /// process has lost.
+    pub inflight: Rc<RefCell<HashMap<u64, (u64, CancellationToken)>>>,
 }
 
 impl Worker {
@@ -313,7 +316,7 @@ impl Worker {
                 &mut in_doubt,
             )
             .await;
-            let (jobs, completed) = match claimed {
+            let claim = match claimed {
                 Ok(r) => r,
                 Err(e) => {
                     self.completions.put_back(done);
@@ -322,20 +325,14 @@ impl Worker {
                 }
             };
             if !done.is_empty() {
-                self.report.set(
-                    self.report.get()
-                        + Report {
-                            processed: completed,
-                            lost: ids.len() as u64 - completed,
-                            ..Report::default()
-                        },
-                );
-                if completed < ids.len() as u64 {
-                    tracing::warn!(target: "lightjobs::worker", lost = ids.len() as u64 - completed, "completed jobs were no longer ours");
+                match claim.completed {
+                    Some(written) => self.completed(std::mem::take(&mut done), &written),
+                    // Committed, but which ones were ours is unknown: written again with
+                    // the next claim (a no-op for those already written) to find out.
+                    None => self.completions.put_back(std::mem::take(&mut done)),
                 }
-                emit(&self.hook, done.iter());
-                done.clear();
             }
+            let jobs = claim.jobs;
             self.claimed.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             got += jobs.len();
             for job in jobs {
@@ -347,6 +344,70 @@ impl Worker {
         Ok(got)
     }
 
+    /// Counts and reports the successes of `done` found written; the others were no longer
+    /// ours and are neither counted nor reported as processed.
+    fn completed(&self, done: Vec<JobEvent>, written: &[u64]) {
+        let written: HashSet<u64> = written.iter().copied().collect();
+        let (ours, lost): (Vec<JobEvent>, Vec<JobEvent>) =
+            done.into_iter().partition(|e| written.contains(&e.id));
+        self.report.set(
+            self.report.get()
+                + Report {
+                    processed: ours.len() as u64,
+                    lost: lost.len() as u64,
+                    ..Report::default()
+                },
+        );
+        if !lost.is_empty() {
+            tracing::warn!(target: "lightjobs::worker", lost = lost.len(), "completed jobs were no longer ours");
+        }
+        emit(&self.hook, ours.iter());
+    }
+
+    /// After this process could not beat for longer than its staleness (it stalled, or lost
+    /// the database), another process may have rescued its jobs: reads which claims are
+    /// still ours and stops the runs of the others, so that a job does not go on running
+    /// here while it runs elsewhere. Retried until the database answers.
+    pub(crate) async fn check_claims(&self) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let held: Vec<Held> = self
+                .inflight
+                .borrow()
+                .iter()
+                .map(|(id, (token, _))| (*id, *token))
+                .collect();
+            if held.is_empty() {
+                return;
+            }
+            match self.store.still_held(&held).await {
+                Ok(ours) => {
+                    let ours: HashSet<u64> = ours.into_iter().collect();
+                    let inflight = self.inflight.borrow();
+                    let mut lost = 0;
+                    for (id, token) in &held {
+                        match inflight.get(id) {
+                            Some((t, stop)) if t == token && !ours.contains(id) => {
+                                stop.cancel();
+                                lost += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if lost > 0 {
+                        tracing::warn!(target: "lightjobs::worker", lost, "this process stalled past its staleness and other processes took over some of its jobs; stopping them here");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(target: "lightjobs::worker", %error, "checking which claims are still ours failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// Claims whose commit may have happened are handed to the completer as releases: it
     /// retries until the database answers, and the guard makes them no-ops if the claim
     /// did not commit after all.
@@ -354,14 +415,15 @@ impl Worker {
         if !in_doubt.is_empty() {
             tracing::warn!(target: "lightjobs::worker", jobs = in_doubt.len(), "claim commit outcome unknown; releasing the jobs");
         }
-        for (id, attempt) in in_doubt {
+        for (id, token) in in_doubt {
             let _ = self.results.send(JobEvent {
                 id,
                 name: String::new(),
                 queue: queue.to_owned(),
-                attempt,
+                attempt: 0,
                 duration: Duration::ZERO,
                 outcome: JobOutcome::Released,
+                token,
             });
         }
     }
@@ -376,8 +438,19 @@ impl Worker {
         let executor = self.executor.clone();
         let results = self.results.clone();
         let completions = self.completions.clone();
+        let inflight = self.inflight.clone();
+        let lost = CancellationToken::new();
+        inflight
+            .borrow_mut()
+            .insert(job.id, (job.token, lost.clone()));
         self.tracker.spawn_local(async move {
-            let event = executor.run(&job).await;
+            let event = executor.run(&job, &lost).await;
+            {
+                let mut inflight = inflight.borrow_mut();
+                if inflight.get(&job.id).is_some_and(|(t, _)| *t == job.token) {
+                    inflight.remove(&job.id);
+                }
+            }
             if event.outcome == JobOutcome::Processed {
                 completions.push(event);
             } else {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::audit::{audit, runs_from_file};
 use common::server::PrivateServer;
 use common::TestDb;
 use lightjobs::JobQueue;
@@ -429,5 +430,220 @@ async fn two_processes_scheduling_the_same_tick_make_one_job() {
         "a tick was enqueued twice: {per_tick:?}"
     );
     assert_eq!(duplicates(&db).await, 0, "a tick ran twice");
+    db.drop_db().await;
+}
+
+fn audit_file(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("lightjobs-audit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.display().to_string()
+}
+
+fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Child {
+    Command::new(bin)
+        .arg("process:jobs")
+        .args(args)
+        .env("LIGHTJOBS_DATABASE_URL", url)
+        .env("LIGHTJOBS_TEST_AUDIT", audit)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fault_worker starts")
+}
+
+async fn count_on(url: &str, sql: &str) -> Option<u64> {
+    use mysql_async::prelude::*;
+    let pool = mysql_async::Pool::new(url);
+    let n = match pool.get_conn().await {
+        Ok(mut c) => c.query_first(sql).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let _ = pool.disconnect().await;
+    n
+}
+
+async fn wait_count(url: &str, sql: &str, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = count_on(url, sql).await;
+        if got.is_some_and(|got| got >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n}: {sql} (have {got:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The database is killed and comes back after longer than the staleness, while two live
+/// worker processes run long jobs: every heartbeat is stale when it returns, yet no live
+/// process is judged dead (a rescuer first has to have been connected for a whole
+/// staleness itself), so every job runs once and none fails.
+#[actix_rt::test]
+async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
+    const JOBS: u64 = 8;
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let mut server = PrivateServer::start("outage");
+    let admin = mysql_async::Pool::new(server.url("mysql").as_str());
+    {
+        use mysql_async::prelude::*;
+        let mut conn = admin.get_conn().await.unwrap();
+        conn.query_drop("CREATE DATABASE app").await.unwrap();
+    }
+    admin.disconnect().await.unwrap();
+    let url = server.url("app");
+    let queue = JobQueue::connect(&url).unwrap();
+    queue.migrate().await.unwrap();
+    queue
+        .dispatch_many((0..JOBS).map(|_| Work { millis: 6_000 }))
+        .await
+        .unwrap();
+    let single: Vec<u64> = {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            ids.push(
+                queue
+                    .dispatch(Work { millis: 6_000 })
+                    .max_attempts(1)
+                    .await
+                    .unwrap(),
+            );
+        }
+        ids
+    };
+    let log = audit_file("outage");
+    let fast = [
+        "--concurrency",
+        "5",
+        "--heartbeat",
+        "0.2",
+        "--stale-after",
+        "1",
+    ];
+    let mut workers: Vec<Child> = (0..2)
+        .map(|_| start_audited(&bin, &url, &log, &fast))
+        .collect();
+    wait_count(
+        &url,
+        "SELECT COUNT(*) FROM jobs WHERE status = 'running'",
+        JOBS + 2,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    server.stop("-KILL");
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.start_again();
+    let outage = down.elapsed();
+    wait_count(
+        &url,
+        "SELECT COUNT(*) FROM jobs WHERE status IN ('processed', 'failed')",
+        JOBS + 2,
+        Duration::from_secs(60),
+    )
+    .await;
+    for w in &mut workers {
+        signal(w, "-TERM");
+        assert!(wait_exit(w, Duration::from_secs(30)).await.success());
+    }
+    let runs = runs_from_file(&log);
+    let verdict = audit(&url, &runs, &[], |_| false).await;
+    eprintln!(
+        "database killed for {:.1}s (staleness 1 s) under 2 live processes with 6 s jobs \
+         (2 of them single-attempt {single:?})",
+        outage.as_secs_f64()
+    );
+    verdict.assert_clean("database down longer than the staleness");
+    assert_eq!(verdict.runs, JOBS + 2, "every job ran once");
+    let _ = std::fs::remove_file(&log);
+    drop(queue);
+    drop(server);
+}
+
+/// A worker process is stopped (SIGSTOP, as a VM freeze or a long pause would) for longer
+/// than its staleness: another process rescues its jobs and runs them (the ones on their
+/// last attempt end `failed`). When it continues, its heartbeat shows the lapse, it checks
+/// which claims are still its own and stops the runs it lost at once: none of them
+/// finishes there, nothing is left running, nothing runs to completion twice.
+#[actix_rt::test]
+async fn a_stalled_process_learns_it_lost_its_jobs_and_stops_them() {
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let db = TestDb::new("fault_sigstop").await;
+    let queue = db.migrated().await;
+    let retried = queue
+        .dispatch_many((0..4).map(|_| Work { millis: 6_000 }))
+        .await
+        .unwrap();
+    let mut single = Vec::new();
+    for _ in 0..4 {
+        single.push(
+            queue
+                .dispatch(Work { millis: 6_000 })
+                .max_attempts(1)
+                .await
+                .unwrap(),
+        );
+    }
+    let log = audit_file("sigstop");
+    let fast = [
+        "--concurrency",
+        "8",
+        "--heartbeat",
+        "0.2",
+        "--stale-after",
+        "1",
+    ];
+    let mut stalled = start_audited(&bin, &db.url, &log, &fast);
+    db.wait_for("running", 8, Duration::from_secs(20)).await;
+    let mut rescuer = start_audited(&bin, &db.url, &log, &fast);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&stalled, "-STOP");
+    // Rescued: the single-attempt jobs fail, the others run in the rescuer process.
+    db.wait_for("failed", 4, Duration::from_secs(20)).await;
+    let stalled_for = Duration::from_secs(3);
+    tokio::time::sleep(stalled_for).await;
+    signal(&stalled, "-CONT");
+    let resumed = Instant::now();
+    db.wait_for("processed", 4, Duration::from_secs(30)).await;
+    for w in [&mut stalled, &mut rescuer] {
+        signal(w, "-TERM");
+        assert!(wait_exit(w, Duration::from_secs(30)).await.success());
+    }
+    let runs = runs_from_file(&log);
+    let pid = stalled.id().to_string();
+    let verdict = audit(&db.url, &runs, std::slice::from_ref(&pid), |id| {
+        single.contains(&id)
+    })
+    .await;
+    verdict.assert_clean("a worker process stopped for 3 s (staleness 1 s)");
+    let finished_in_stalled = runs
+        .iter()
+        .filter(|r| r.worker == pid && r.ended.is_some())
+        .count();
+    eprintln!(
+        "SIGSTOP past the staleness: {} runs in the stalled process, {finished_in_stalled} \
+         of them finished after it continued; all done {:.1}s after it continued",
+        runs.iter().filter(|r| r.worker == pid).count(),
+        resumed.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        finished_in_stalled, 0,
+        "a lost run went on to the end in the stalled process"
+    );
+    for id in &retried {
+        assert_eq!(db.job(*id).await.0, "processed");
+    }
+    for id in &single {
+        let (status, _, error) = db.job(*id).await;
+        assert_eq!(status, "failed");
+        assert!(error.unwrap().contains("stopped heartbeating"));
+    }
+    let _ = std::fs::remove_file(&log);
     db.drop_db().await;
 }

@@ -18,14 +18,17 @@ fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
 }
 
 /// (status, attempts, claim token set) of a job.
+/// (status, attempts, handed off) of a job. A handed-off row was inserted already claimed,
+/// in one statement, so its claim time is its creation time; a claim comes later, and a
+/// release clears it.
 async fn row(db: &TestDb, id: u64) -> (String, u32, bool) {
     let (status, attempts, _) = db.job(id).await;
-    let token: bool = db
+    let handed: bool = db
         .scalar(&format!(
-            "SELECT claim_token IS NOT NULL FROM jobs WHERE id = {id}"
+            "SELECT COALESCE(reserved_at = created_at, 0) FROM jobs WHERE id = {id}"
         ))
         .await;
-    (status, attempts, token)
+    (status, attempts, handed)
 }
 
 async fn wait_status(db: &TestDb, id: u64, status: &str) {
@@ -194,7 +197,7 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
         "a job ran twice or ran without being recorded"
     );
     let handed: u64 = db
-        .scalar("SELECT COUNT(*) FROM jobs WHERE claim_token IS NOT NULL")
+        .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
         .await;
     assert!(handed > 0, "no dispatch was handed over");
     db.drop_db().await;
@@ -203,10 +206,10 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
 /// Claims what is pending as worker `worker`; returns how many jobs it got.
 async fn claim_as(db: &TestDb, worker: &str) -> usize {
     let mut conn = db.pool.get_conn().await.unwrap();
-    let (jobs, _) = lightjobs::__private::claim_and_complete(&mut conn, "default", 10, worker, &[])
+    let claim = lightjobs::__private::claim_and_complete(&mut conn, "default", 10, worker, &[])
         .await
         .unwrap();
-    jobs.len()
+    claim.jobs.len()
 }
 
 /// The in-doubt release (a handoff whose INSERT reply was lost, or whose worker had gone),
@@ -235,7 +238,7 @@ async fn an_in_doubt_handoff_is_released_by_its_token_and_only_once() {
     assert_eq!(store.release_handoff("default", "w1", 42).await.unwrap(), 0);
     assert_eq!(row(&db, id).await, ("running".into(), 1, false));
     // A row that went back to the queue with its token still set (a rescue keeps it, a
-    // snooze gives the attempt back) and is claimed by the same worker: the claim clears
+    // snooze gives the attempt back) and is claimed by the same worker: the claim replaces
     // the token, so a stale release cannot free a job that is running.
     db.exec(
         "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \

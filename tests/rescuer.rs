@@ -61,7 +61,7 @@ async fn jobs_of_a_dead_process_are_rescued_and_run() {
         );
         let error = error.unwrap();
         assert!(
-            error.starts_with("worker deadhost:4242:0000beef died (no heartbeat for 0.5 s)"),
+            error.starts_with("worker deadhost:4242:0000beef stopped heartbeating"),
             "{error}"
         );
     }

@@ -1,6 +1,8 @@
 //! Shared test helpers: a private database per test on the real server, and test jobs.
 #![allow(dead_code)]
 
+pub mod audit;
+pub mod faults;
 pub mod server;
 
 use std::time::Duration;
@@ -299,7 +301,8 @@ impl Job for Stolen {
             .ok_or_else(|| JobError::fail("no pool"))?;
         let mut conn = pool.get_conn().await?;
         conn.exec_drop(
-            "UPDATE jobs SET reserved_by = 'another-worker' WHERE id = ?",
+            "UPDATE jobs SET reserved_by = 'another-worker', claim_token = claim_token + 1 \
+             WHERE id = ?",
             (ctx.id(),),
         )
         .await?;

@@ -97,6 +97,11 @@ impl PrivateServer {
         }
     }
 
+    /// Starts the server again after [`stop`](Self::stop), on the same datadir and port.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         self.stop("-TERM");
         self.spawn();

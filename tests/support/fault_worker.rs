@@ -23,6 +23,24 @@ impl Job for Work {
     }
 
     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        // With an audit file, every run is recorded there (start, and end once it finished)
+        // rather than in the database, so that an outage cannot lose or fail the record.
+        if let Ok(path) = std::env::var("LIGHTJOBS_TEST_AUDIT") {
+            let run = fastrand_run_id();
+            audit_line(
+                &path,
+                &format!(
+                    "start {run} {} {} {} {}",
+                    ctx.id(),
+                    ctx.attempt(),
+                    std::process::id(),
+                    now_us()
+                ),
+            );
+            tokio::time::sleep(Duration::from_millis(self.millis)).await;
+            audit_line(&path, &format!("end {run} {}", now_us()));
+            return Ok(());
+        }
         if self.millis > 0 {
             tokio::time::sleep(Duration::from_millis(self.millis)).await;
         }
@@ -36,6 +54,32 @@ impl Job for Work {
         )
         .await?;
         Ok(())
+    }
+}
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+fn fastrand_run_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now_us());
+    h.finish()
+}
+
+/// One line, appended with one write (O_APPEND): processes can share the file.
+fn audit_line(path: &str, line: &str) {
+    use std::io::Write as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    if let Ok(mut file) = file {
+        let _ = file.write_all(format!("{line}\n").as_bytes());
     }
 }
 

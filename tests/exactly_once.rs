@@ -1,0 +1,574 @@
+//! A job runs once unless a process dies, nothing is lost, nothing is left `running`: each
+//! error path of the claim, the result writes and the rescue, with the error injected by
+//! the real server (a trigger that `SIGNAL`s it) and every run audited.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::audit::{audit, Audit, Audited};
+use common::faults::{self, Fault};
+use common::{Block, Flaky, Record, Stolen, TestDb};
+use lightjobs::__private::{claim_and_complete, Store};
+use lightjobs::{JobEvent, JobOutcome, JobQueue, Workers};
+
+fn workers(db: &TestDb, queue: &JobQueue, audit: &Audit) -> Workers {
+    Workers::new(queue.clone())
+        .register::<Audited>()
+        .register::<Flaky>()
+        .register::<Block>()
+        .register::<Record>()
+        .register::<Stolen>()
+        .data(audit.clone())
+        .data(db.pool.clone())
+        .concurrency(8)
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+/// Waits until no job is waiting or running, or panics after `timeout`.
+async fn settle(db: &TestDb, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open: u64 = db
+            .scalar("SELECT COUNT(*) FROM jobs WHERE status IN ('pending', 'scheduled', 'running')")
+            .await;
+        if open == 0 {
+            return;
+        }
+        let running = db.count("running").await;
+        assert!(
+            Instant::now() < deadline,
+            "{open} jobs still open ({running} running) after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn session(db: &TestDb) -> mysql_async::Conn {
+    use mysql_async::prelude::*;
+    let mut conn = db.pool.get_conn().await.unwrap();
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .unwrap();
+    conn
+}
+
+/// The folded success write of a claim fails (read-only server, as in a failover): the
+/// claim must fail as a whole, commit nothing and report nothing in doubt. Read to its
+/// first result only, the multi-statement looked like a success while its COMMIT never ran.
+#[actix_rt::test]
+async fn an_error_in_a_later_statement_of_the_claim_fails_the_claim() {
+    let db = TestDb::new("once_claim_error").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    let first = queue.dispatch(Record { tag: "a".into() }).await.unwrap();
+    let second = queue.dispatch(Record { tag: "b".into() }).await.unwrap();
+    let mut conn = session(&db).await;
+    let claim = claim_and_complete(&mut conn, "default", 1, "w", &[])
+        .await
+        .unwrap();
+    assert_eq!(claim.jobs[0].id, first);
+    let held = (first, claim.jobs[0].token);
+
+    let rule = faults::inject(
+        &db,
+        Fault::update("running", "processed", 1290, Duration::from_secs(60)),
+    )
+    .await;
+    let error = claim_and_complete(&mut conn, "default", 1, "w", &[held])
+        .await
+        .expect_err("the refused success write fails the claim");
+    assert!(error.to_string().contains("1290"), "{error}");
+    assert_eq!(faults::fired(&db, rule).await, 1);
+    drop(conn);
+    // Nothing of the transaction committed: the other job was not claimed, the first is
+    // still ours and running.
+    assert_eq!(db.job(second).await.0, "pending");
+    assert_eq!(db.job(first).await.0, "running");
+
+    faults::clear(&db).await;
+    let mut conn = session(&db).await;
+    let claim = claim_and_complete(&mut conn, "default", 1, "w", &[held])
+        .await
+        .unwrap();
+    assert_eq!(claim.completed, Some(vec![first]));
+    assert_eq!(claim.jobs[0].id, second);
+    assert_eq!(db.job(first).await.0, "processed");
+    drop(conn);
+    db.drop_db().await;
+}
+
+/// Writes of successes refused for three seconds under live workers (the failover window
+/// of the issue): every job ends processed, once, and none is left running.
+#[actix_rt::test]
+async fn successes_refused_for_a_while_are_written_later_and_nothing_runs_twice() {
+    const JOBS: usize = 1500;
+    let db = TestDb::new("once_success_window").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    for _ in 0..JOBS / 500 {
+        queue
+            .dispatch_many((0..500).map(|_| Audited { millis: 1 }))
+            .await
+            .unwrap();
+    }
+    let audit_log = Audit::default();
+    let rule = faults::inject(
+        &db,
+        Fault::update("running", "processed", 1290, Duration::from_secs(3)),
+    )
+    .await;
+    let handle = workers(&db, &queue, &audit_log).start().await.unwrap();
+    settle(&db, Duration::from_secs(90)).await;
+    let report = handle.shutdown().await;
+    let fired = faults::fired(&db, rule).await;
+    assert!(fired > 0, "the fault never fired");
+    let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
+    verdict.assert_clean("1290 on running→processed for 3 s");
+    assert_eq!(verdict.runs, JOBS as u64, "every job ran exactly once");
+    assert_eq!(db.count("processed").await, JOBS as u64);
+    assert_eq!(report.processed, JOBS as u64, "{report:?}");
+    eprintln!("success writes refused {fired} times; {report:?}");
+    db.drop_db().await;
+}
+
+/// Failure and retry writes refused for longer than a few tries (1290 read-only, 1047 a
+/// node that left the cluster): the completer keeps trying while the process lives, so no
+/// job is left running and each job runs exactly the attempts it should.
+#[actix_rt::test]
+async fn failure_and_retry_writes_are_retried_until_they_land() {
+    let db = TestDb::new("once_result_writes").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    let failing = queue
+        .dispatch_many((0..40).map(|i| Flaky {
+            message: format!("bad input {i}"),
+            succeed_on: 99,
+            permanent: true,
+        }))
+        .await
+        .unwrap();
+    let retried = queue
+        .dispatch_many((0..40).map(|i| Flaky {
+            message: format!("flaky {i}"),
+            succeed_on: 2,
+            permanent: false,
+        }))
+        .await
+        .unwrap();
+    let window = Duration::from_millis(2500);
+    let to_failed = faults::inject(&db, Fault::update("running", "failed", 1290, window)).await;
+    let to_retry = faults::inject(&db, Fault::update("running", "scheduled", 1047, window)).await;
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log).start().await.unwrap();
+    settle(&db, Duration::from_secs(60)).await;
+    let report = handle.shutdown().await;
+    let (fired_failed, fired_retry) = (
+        faults::fired(&db, to_failed).await,
+        faults::fired(&db, to_retry).await,
+    );
+    eprintln!(
+        "failed writes refused {fired_failed} times, retry writes {fired_retry} times; {report:?}"
+    );
+    assert!(fired_failed > 0 && fired_retry > 0);
+    for id in failing {
+        let (status, attempts, error) = db.job(id).await;
+        assert_eq!((status.as_str(), attempts), ("failed", 1));
+        assert!(error.unwrap().starts_with("bad input"));
+    }
+    for id in retried {
+        assert_eq!(db.job(id).await.0, "processed");
+        assert_eq!(db.job(id).await.1, 2, "one failed attempt, one success");
+    }
+    assert_eq!(
+        (report.failed, report.retried, report.processed),
+        (40, 40, 40)
+    );
+    assert_eq!((report.lost, report.unwritten), (0, 0));
+    db.drop_db().await;
+}
+
+/// The release of jobs still running at the shutdown deadline is refused for a while: it is
+/// retried until it lands, within the shutdown deadline, and nothing is left running.
+#[actix_rt::test]
+async fn a_release_at_shutdown_is_retried_past_a_short_refusal() {
+    let db = TestDb::new("once_release").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    queue
+        .dispatch_many((0..4).map(|_| Block {
+            millis: 30_000,
+            cooperative: false,
+        }))
+        .await
+        .unwrap();
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log)
+        .shutdown_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    db.wait_for("running", 4, Duration::from_secs(10)).await;
+    let rule = faults::inject(
+        &db,
+        Fault::update("running", "pending", 1290, Duration::from_millis(1500)),
+    )
+    .await;
+    let started = Instant::now();
+    let report = handle.shutdown().await;
+    eprintln!(
+        "shutdown with releases refused {} times took {:?}: {report:?}",
+        faults::fired(&db, rule).await,
+        started.elapsed()
+    );
+    assert!(faults::fired(&db, rule).await > 0);
+    assert_eq!(report.released, 4, "{report:?}");
+    assert_eq!(db.count("running").await, 0);
+    assert_eq!(db.count("pending").await, 4);
+    db.drop_db().await;
+}
+
+/// A write of an earlier claim, retried after a lost reply, meets a newer claim of the
+/// same job by the same process (the attempt was given back in between, so `attempts` is
+/// the same again): the claim token tells them apart.
+#[actix_rt::test]
+async fn a_late_write_of_an_old_claim_never_touches_a_newer_claim() {
+    let db = TestDb::new("once_aba").await;
+    let queue = db.migrated().await;
+    let id = queue.dispatch(Record { tag: "x".into() }).await.unwrap();
+    let store = Store::new(db.pool.clone());
+    let mut conn = session(&db).await;
+    let old = claim_and_complete(&mut conn, "default", 1, "w", &[])
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    assert_eq!(
+        store.release_jobs(&[(id, old.token)], "w").await.unwrap(),
+        1
+    );
+    let new = claim_and_complete(&mut conn, "default", 1, "w", &[])
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    assert_eq!(
+        (new.id, new.attempt),
+        (old.id, old.attempt),
+        "same job, same attempt"
+    );
+    assert_ne!(new.token, old.token);
+    // The retried release of the old claim matches nothing; the new claim still runs.
+    assert_eq!(
+        store.release_jobs(&[(id, old.token)], "w").await.unwrap(),
+        0
+    );
+    assert!(store
+        .mark_completed(&[(id, old.token)])
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(db.job(id).await.0, "running");
+    assert_eq!(
+        store.mark_completed(&[(id, new.token)]).await.unwrap(),
+        vec![id]
+    );
+    drop(conn);
+    db.drop_db().await;
+}
+
+/// Claims of a process held as `w`, made `age` ago.
+async fn claim_aged(db: &TestDb, worker: &str, n: usize, age_secs: u32) -> Vec<(u64, u64)> {
+    let mut conn = session(db).await;
+    let jobs = claim_and_complete(&mut conn, "default", n, worker, &[])
+        .await
+        .unwrap()
+        .jobs;
+    db.exec(&format!(
+        "UPDATE jobs SET reserved_at = reserved_at - INTERVAL {age_secs} SECOND \
+         WHERE reserved_by = '{worker}'"
+    ))
+    .await;
+    jobs.iter().map(|j| (j.id, j.token)).collect()
+}
+
+async fn worker_row(db: &TestDb, id: &str, beat_secs_ago: u32, stale_secs: Option<u32>) {
+    let stale = stale_secs.map_or("NULL".to_owned(), |s| {
+        (u64::from(s) * 1_000_000).to_string()
+    });
+    db.exec(&format!(
+        "INSERT INTO lightjobs_workers (id, host, pid, queues, started_at, heartbeat_at, \
+         stale_after_us) VALUES ('{id}', 'h', 1, '[]', UTC_TIMESTAMP(6) - INTERVAL 1 HOUR, \
+         UTC_TIMESTAMP(6) - INTERVAL {beat_secs_ago} SECOND, {stale})"
+    ))
+    .await;
+}
+
+/// The rescuer's judgement: each holder by its own staleness, never from heartbeats this
+/// process could not have seen written (right after its own outage), and a run that
+/// finished after its process was judged dead still counts when nobody claimed it since.
+#[actix_rt::test]
+async fn the_rescuer_judges_each_holder_by_its_own_staleness_and_only_when_it_can_see() {
+    let db = TestDb::new("once_rescue_rules").await;
+    let queue = db.migrated().await;
+    let ids = queue
+        .dispatch_many((0..4).map(|i| Record {
+            tag: format!("{i}"),
+        }))
+        .await
+        .unwrap();
+    // The second job of each holder is on its last attempt.
+    db.exec(&format!(
+        "UPDATE jobs SET max_attempts = 1 WHERE id IN ({}, {})",
+        ids[1], ids[3]
+    ))
+    .await;
+    let store = Store::new(db.pool.clone());
+    let stale = Duration::from_secs(2);
+    let long = Duration::from_secs(3600);
+
+    // A holder silent for 5 s whose own staleness is 10 s is alive.
+    worker_row(&db, "slow", 5, Some(10)).await;
+    let slow = claim_aged(&db, "slow", 2, 60).await;
+    // A holder silent for 5 s with the default staleness is dead, but not to a rescuer
+    // that has itself been connected for less than that.
+    worker_row(&db, "gone", 5, None).await;
+    let gone = claim_aged(&db, "gone", 2, 60).await;
+    assert_eq!(
+        store
+            .rescue_stuck(stale, Duration::from_secs(1), 100)
+            .await
+            .unwrap(),
+        (0, 0),
+        "a rescuer just back from an outage judges nobody"
+    );
+    // Silent for a minute now, but a holder with a staleness of 10 s is not judged by a
+    // rescuer connected for only 5 s.
+    db.exec(
+        "UPDATE lightjobs_workers SET heartbeat_at = heartbeat_at - INTERVAL 60 SECOND \
+         WHERE id = 'slow'",
+    )
+    .await;
+    assert_eq!(
+        store
+            .rescue_stuck(stale, Duration::from_secs(5), 100)
+            .await
+            .unwrap(),
+        (1, 1),
+        "only the dead holder's two jobs; the one on its last attempt fails"
+    );
+    for (id, _) in &slow {
+        assert_eq!(db.job(*id).await.0, "running");
+    }
+    // Connected long enough, the silent one is judged by its own 10 s.
+    assert_eq!(store.rescue_stuck(stale, long, 100).await.unwrap(), (1, 1));
+    assert_eq!(store.rescue_stuck(stale, long, 100).await.unwrap(), (0, 0));
+    // The dead holder's runs finish after all (it had stalled): the one rescued to
+    // `failed` on its last attempt, not claimed since, records its success; the one
+    // queued again and claimed by another process does not.
+    let claimed_again = claim_aged(&db, "other", 1, 0).await;
+    assert_eq!(
+        claimed_again[0].0, gone[0].0,
+        "the first rescued job is claimed again"
+    );
+    assert!(store.mark_completed(&[gone[0]]).await.unwrap().is_empty());
+    assert_eq!(db.job(gone[0].0).await.0, "running");
+    assert_eq!(db.job(gone[1].0).await.0, "failed");
+    assert_eq!(
+        store.mark_completed(&[gone[1]]).await.unwrap(),
+        vec![gone[1].0]
+    );
+    assert_eq!(db.job(gone[1].0).await.0, "processed");
+    db.drop_db().await;
+}
+
+/// A value written into `lightjobs_queues` by hand that does not decode as the workers
+/// expect must not stop the heartbeat (it did: the maintenance loops ran in one `join!`
+/// with no supervision, so a panic in one took the heartbeat down with it).
+#[actix_rt::test]
+async fn a_bad_queue_setting_does_not_stop_the_heartbeat() {
+    let db = TestDb::new("once_bad_setting").await;
+    let queue = db.migrated().await;
+    db.exec(
+        "INSERT INTO lightjobs_queues (queue, paused, updated_at) \
+         VALUES ('other', 2, UTC_TIMESTAMP(6))",
+    )
+    .await;
+    let id = queue
+        .dispatch(Block {
+            millis: 1500,
+            cooperative: false,
+        })
+        .await
+        .unwrap();
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log)
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let age_us: i64 = db
+        .scalar(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, heartbeat_at, UTC_TIMESTAMP(6)) \
+             FROM lightjobs_workers",
+        )
+        .await;
+    assert!(age_us < 400_000, "heartbeat {age_us} µs old");
+    db.wait_for("processed", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        queue.paused_queues().await.unwrap(),
+        vec!["other".to_owned()]
+    );
+    handle.shutdown().await;
+    let runs: u64 = db
+        .scalar(&format!("SELECT COUNT(*) FROM runs WHERE job_id = {id}"))
+        .await;
+    assert_eq!(runs, 1, "never rescued while it ran");
+    db.drop_db().await;
+}
+
+/// A success that is not written (the job was taken over) is neither counted nor shown
+/// as processed: `process:jobs` prints its ✔ line from the same events.
+#[actix_rt::test]
+async fn only_written_results_are_reported() {
+    let db = TestDb::new("once_report").await;
+    let queue = db.migrated().await;
+    let stolen = queue.dispatch(Stolen).await.unwrap();
+    let fine = queue.dispatch(Record { tag: "ok".into() }).await.unwrap();
+    let events: Arc<Mutex<Vec<JobEvent>>> = Arc::default();
+    let seen = events.clone();
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log)
+        .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(20), handle.wait())
+        .await
+        .unwrap();
+    assert_eq!((report.processed, report.lost), (1, 1), "{report:?}");
+    let processed: Vec<u64> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.outcome == JobOutcome::Processed)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(processed, vec![fine], "no ✔ for {stolen}");
+    db.drop_db().await;
+}
+
+/// A pause through the queue applies to this process's workers at once: a dispatch right
+/// after it is not handed to a local worker.
+#[actix_rt::test]
+async fn a_pause_applies_to_local_workers_at_once() {
+    let db = TestDb::new("once_pause_local").await;
+    let queue = db.migrated().await;
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log).start().await.unwrap();
+    // Let the workers finish their first (empty) claim, so handoffs are allowed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    queue.pause("default").await.unwrap();
+    let id = queue.dispatch(Audited { millis: 0 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(db.job(id).await.0, "pending", "a paused queue's job ran");
+    queue.set_global_limit("default", Some(1)).await.unwrap();
+    queue.resume("default").await.unwrap();
+    db.wait_for("processed", 1, Duration::from_secs(10)).await;
+    // Limited across processes: not handed off either (the limit is counted in claims).
+    let limited = queue.dispatch(Audited { millis: 0 }).await.unwrap();
+    let handed: bool = db
+        .scalar(&format!(
+            "SELECT COALESCE(reserved_at = created_at, 0) FROM jobs WHERE id = {limited}"
+        ))
+        .await;
+    assert!(!handed, "a limited queue's job was handed off");
+    db.wait_for("processed", 2, Duration::from_secs(10)).await;
+    handle.shutdown().await;
+    assert_eq!(audit_log.runs().len(), 2);
+    db.drop_db().await;
+}
+
+/// Unique keys: a finished holder whose period has not passed is not pruned (that freed the
+/// key early), and a racing dispatch that loses a lock race gets the job, not an error.
+#[actix_rt::test]
+async fn unique_keys_outlive_pruning_and_survive_lock_races() {
+    let db = TestDb::new("once_unique").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    let id = queue
+        .dispatch(Record { tag: "u".into() })
+        .unique_for("weekly", Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    db.exec(
+        "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) - INTERVAL 2 DAY",
+    )
+    .await;
+    let pruned = queue
+        .prune(Duration::from_secs(3600), Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 0, "the key's holder is kept while its period runs");
+    let again = queue
+        .dispatch(Record { tag: "u".into() })
+        .unique_for("weekly", Duration::from_secs(7 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(again, id, "the key is still taken");
+
+    // The INSERT of a unique dispatch meets a deadlock for a moment: retried, not failed.
+    let rule = faults::inject(
+        &db,
+        Fault {
+            on: faults::On::Insert { status: "pending" },
+            errno: 1213,
+            probability: 1.0,
+            window: Duration::from_millis(300),
+        },
+    )
+    .await;
+    let other = queue
+        .dispatch(Record { tag: "v".into() })
+        .unique("other-key")
+        .await
+        .expect("a unique dispatch that lost a lock race is retried");
+    assert!(faults::fired(&db, rule).await > 0);
+    assert_ne!(other, id);
+    db.drop_db().await;
+}
+
+/// Two recurring registrations of one job type whose ticks coincide are two jobs per tick.
+#[actix_rt::test]
+async fn two_recurring_registrations_of_one_job_both_run() {
+    let db = TestDb::new("once_recurring_twice").await;
+    let queue = db.migrated().await;
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log)
+        .recurring("* * * * * *", Record { tag: "a".into() })
+        .recurring("* * * * * *", Record { tag: "b".into() })
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    handle.shutdown().await;
+    let a: u64 = db.scalar("SELECT COUNT(*) FROM runs WHERE tag = 'a'").await;
+    let b: u64 = db.scalar("SELECT COUNT(*) FROM runs WHERE tag = 'b'").await;
+    assert!(a >= 2 && b >= 2, "runs: a {a}, b {b}");
+    assert!((a as i64 - b as i64).abs() <= 1, "runs: a {a}, b {b}");
+    // The very same registration twice is refused: it would run once per tick anyway.
+    let refused = Workers::new(queue.clone())
+        .recurring("* * * * * *", Record { tag: "a".into() })
+        .recurring("* * * * * *", Record { tag: "a".into() })
+        .start()
+        .await
+        .expect_err("a duplicate registration is refused");
+    assert!(
+        refused.to_string().contains("registered twice"),
+        "{refused}"
+    );
+    db.drop_db().await;
+}
