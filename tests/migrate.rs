@@ -172,3 +172,37 @@ async fn unmigrated_database_gives_a_clear_error_at_dispatch() {
     );
     db.drop_db().await;
 }
+
+/// Several processes start with `migrate` at once (every process with `migrate(true)`, as
+/// the README shows): one applies, the others wait and find nothing to do; none fails,
+/// none reports a migration "dirty" that another is applying.
+#[actix_rt::test]
+async fn processes_migrating_at_once_all_succeed() {
+    let db = TestDb::new("migrate_processes").await;
+    let bin = env!("CARGO_BIN_EXE_lightjobs");
+    let children: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            std::process::Command::new(bin)
+                .args(["migrate", "--database-url", &db.url])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "migrate failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let applied: u64 = db
+        .scalar("SELECT COUNT(*) FROM lightjobs_migrations WHERE success = 1")
+        .await;
+    assert_eq!(applied, all_versions().len() as u64);
+    db.queue().check_ready().await.unwrap();
+    db.drop_db().await;
+}
