@@ -25,6 +25,8 @@ pub(crate) struct Rescued {
 
 pub(crate) struct Rescuer {
     pub store: Store,
+    /// This process's worker id: its own heartbeat must be fresh for it to judge others.
+    pub worker_id: String,
     /// This process's staleness: the one used for holders whose row does not say.
     pub stale_after: Duration,
     pub interval: Duration,
@@ -45,7 +47,7 @@ impl Rescuer {
                     let connected = connected_for(&self.liveness);
                     let (pending, failed) = self
                         .store
-                        .rescue_stuck(self.stale_after, connected, BATCH)
+                        .rescue_stuck(&self.worker_id, self.stale_after, connected, BATCH)
                         .await?;
                     total.pending += pending;
                     total.failed += failed;

@@ -773,8 +773,14 @@ impl Store {
     /// `connected_for` (how long this process has been writing its own heartbeat without a
     /// break) counts as alive, so after an outage live processes get a full staleness
     /// period to beat again before anyone calls them dead.
+    ///
+    /// `me` is the rescuing process: its own heartbeat must be fresh when the statement
+    /// runs (within two of its intervals), by the database's clock. So a statement that
+    /// waited out a stall of the database itself, during which nobody could beat, judges
+    /// nobody.
     pub async fn rescue_stuck(
         &self,
+        me: &str,
         stale: Duration,
         connected_for: Duration,
         limit: u64,
@@ -788,10 +794,14 @@ impl Store {
         // the reserved_at condition.
         let dead_holder = format!(
             "status = 'running' AND reserved_at < UTC_TIMESTAMP(6) - INTERVAL {own} MICROSECOND \
+             AND EXISTS (SELECT 1 FROM lightjobs_workers m WHERE m.id = {} \
+                 AND m.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL \
+                     2 * COALESCE(m.heartbeat_us, {own} / 2) MICROSECOND) \
              AND NOT EXISTS (SELECT 1 FROM lightjobs_workers w WHERE w.id = jobs.reserved_by \
                  AND (w.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL \
                       COALESCE(w.stale_after_us, {own}) MICROSECOND \
-                      OR COALESCE(w.stale_after_us, {own}) > {connected}))"
+                      OR COALESCE(w.stale_after_us, {own}) > {connected}))",
+            sql_string(me)
         );
         let mut conn = self.pool.get_conn().await?;
         let ids: Vec<u64> = conn

@@ -799,6 +799,7 @@ fn start_maintenance(
                 let liveness = Liveness::default();
                 let rescuer = Rescuer {
                     store: store.clone(),
+                    worker_id: info.id.clone(),
                     stale_after: info.stale_after,
                     interval: info.interval,
                     liveness: liveness.clone(),

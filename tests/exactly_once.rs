@@ -327,6 +327,11 @@ async fn the_rescuer_judges_each_holder_by_its_own_staleness_and_only_when_it_ca
     let store = Store::new(db.pool.clone());
     let stale = Duration::from_secs(2);
     let long = Duration::from_secs(3600);
+    // The rescuing process, beating every 30 s. Stale itself (the database stalled and
+    // nobody could beat), it judges nobody.
+    worker_row(&db, "me", 120, Some(90)).await;
+    db.exec("UPDATE lightjobs_workers SET heartbeat_us = 30000000 WHERE id = 'me'")
+        .await;
 
     // A holder silent for 5 s whose own staleness is 10 s is alive.
     worker_row(&db, "slow", 5, Some(10)).await;
@@ -336,8 +341,15 @@ async fn the_rescuer_judges_each_holder_by_its_own_staleness_and_only_when_it_ca
     worker_row(&db, "gone", 5, None).await;
     let gone = claim_aged(&db, "gone", 2, 60).await;
     assert_eq!(
+        store.rescue_stuck("me", stale, long, 100).await.unwrap(),
+        (0, 0),
+        "a rescuer whose own heartbeat is stale judges nobody"
+    );
+    db.exec("UPDATE lightjobs_workers SET heartbeat_at = UTC_TIMESTAMP(6) WHERE id = 'me'")
+        .await;
+    assert_eq!(
         store
-            .rescue_stuck(stale, Duration::from_secs(1), 100)
+            .rescue_stuck("me", stale, Duration::from_secs(1), 100)
             .await
             .unwrap(),
         (0, 0),
@@ -352,7 +364,7 @@ async fn the_rescuer_judges_each_holder_by_its_own_staleness_and_only_when_it_ca
     .await;
     assert_eq!(
         store
-            .rescue_stuck(stale, Duration::from_secs(5), 100)
+            .rescue_stuck("me", stale, Duration::from_secs(5), 100)
             .await
             .unwrap(),
         (1, 1),
@@ -362,8 +374,14 @@ async fn the_rescuer_judges_each_holder_by_its_own_staleness_and_only_when_it_ca
         assert_eq!(db.job(*id).await.0, "running");
     }
     // Connected long enough, the silent one is judged by its own 10 s.
-    assert_eq!(store.rescue_stuck(stale, long, 100).await.unwrap(), (1, 1));
-    assert_eq!(store.rescue_stuck(stale, long, 100).await.unwrap(), (0, 0));
+    assert_eq!(
+        store.rescue_stuck("me", stale, long, 100).await.unwrap(),
+        (1, 1)
+    );
+    assert_eq!(
+        store.rescue_stuck("me", stale, long, 100).await.unwrap(),
+        (0, 0)
+    );
     // The dead holder's runs finish after all (it had stalled): the one rescued to
     // `failed` on its last attempt, not claimed since, records its success; the one
     // queued again and claimed by another process does not.
