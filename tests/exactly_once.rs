@@ -590,3 +590,75 @@ async fn two_recurring_registrations_of_one_job_both_run() {
     );
     db.drop_db().await;
 }
+
+/// The server the tests use, as a socket address for the proxy.
+fn upstream(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.rsplit('@').next())
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:3306")
+    };
+    host.to_socket_addrs().unwrap().next().unwrap()
+}
+
+/// The reply to a claim's COMMIT is lost on the wire after the server committed: the
+/// claims are in doubt, so they are released by their token (not left `running` under a
+/// live worker that never runs them) and each job then runs once.
+#[actix_rt::test]
+async fn a_claim_whose_commit_reply_is_lost_is_released_and_runs_once() {
+    let db = TestDb::new("once_commit_lost").await;
+    db.migrated().await;
+    let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
+    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
+    queue
+        .dispatch_many((0..5).map(|_| Audited { millis: 0 }))
+        .await
+        .unwrap();
+    // Only the claim's second round trip ends with "; COMMIT".
+    proxy.drop_reply_after("; COMMIT", 1);
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log).start().await.unwrap();
+    settle(&db, Duration::from_secs(30)).await;
+    let report = handle.shutdown().await;
+    assert_eq!(proxy.fired(), 1, "the reply was dropped once");
+    let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
+    verdict.assert_clean("claim COMMIT reply lost");
+    assert_eq!(verdict.runs, 5);
+    assert_eq!(report.processed, 5, "{report:?}");
+    db.drop_db().await;
+}
+
+/// The reply to a local handoff's INSERT is lost after the row was committed `running`
+/// under this process's worker: the dispatch reports an error, the row is released by its
+/// token in the background, and the job runs once.
+#[actix_rt::test]
+async fn a_handoff_whose_insert_reply_is_lost_is_released_and_runs_once() {
+    let db = TestDb::new("once_handoff_lost").await;
+    db.migrated().await;
+    let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
+    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log).start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Only the handoff's INSERT names claim_token.
+    proxy.drop_reply_after("claim_token) VALUES", 1);
+    let dispatched = queue.dispatch(Audited { millis: 0 }).await;
+    assert!(
+        dispatched.is_err(),
+        "the lost reply is reported: {dispatched:?}"
+    );
+    assert_eq!(proxy.fired(), 1);
+    db.wait_for("processed", 1, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+    let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
+    verdict.assert_clean("handoff INSERT reply lost");
+    assert_eq!((verdict.jobs, verdict.runs), (1, 1));
+    db.drop_db().await;
+}

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod faults;
+pub mod proxy;
 pub mod server;
 
 use std::time::Duration;
