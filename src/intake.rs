@@ -5,8 +5,8 @@
 //! commits and a wake-up: the INSERT, then the fetch loop's claim transaction (two round
 //! trips). Handed off, it costs the INSERT alone, and the job starts as soon as the
 //! INSERT's reply arrives. The row is `running` under the worker's id from the start, so
-//! the usual guarantees hold: a crash leaves it to the rescuer, a completion is guarded
-//! by (id, attempts, worker).
+//! the usual guarantees hold: a crash leaves it to the rescuer, every later write is
+//! guarded by (id, claim token), the token the dispatch chose.
 //!
 //! A job is only handed off when nothing could have claimed it ahead of the ones already
 //! waiting: the worker's last claim found its queues drained, the queue is neither paused
@@ -142,8 +142,8 @@ impl Reservation {
 /// takes the row.
 ///
 /// A statement whose connection died may still be running on the server, so finding no
-/// row is not the end: the release is tried again for a minute. Claims clear the token,
-/// so a late attempt cannot touch the job once it has been claimed again.
+/// row is not the end: the release is tried again for a minute. A claim replaces the
+/// token, so a late attempt cannot touch the job once it has been claimed again.
 fn release_in_background(store: Store, queue: String, worker: String, token: u64) {
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(250);

@@ -662,3 +662,57 @@ async fn a_handoff_whose_insert_reply_is_lost_is_released_and_runs_once() {
     assert_eq!((verdict.jobs, verdict.runs), (1, 1));
     db.drop_db().await;
 }
+
+/// Result writes still refused at the shutdown deadline are left behind (the process is
+/// going away), and then the worker row is gone, so another process rescues the jobs at
+/// once rather than after a staleness of silence.
+#[actix_rt::test]
+async fn writes_left_at_the_shutdown_deadline_go_to_the_rescuer() {
+    let db = TestDb::new("once_left_behind").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    queue
+        .dispatch_many((0..3).map(|_| Block {
+            millis: 30_000,
+            cooperative: false,
+        }))
+        .await
+        .unwrap();
+    let audit_log = Audit::default();
+    let fast = (Duration::from_millis(100), Duration::from_millis(500));
+    let handle = workers(&db, &queue, &audit_log)
+        .heartbeat(fast.0, fast.1)
+        .shutdown_timeout(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    db.wait_for("running", 3, Duration::from_secs(10)).await;
+    let rule = faults::inject(
+        &db,
+        Fault::update("running", "pending", 1290, Duration::from_secs(120)),
+    )
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!((report.released, report.unwritten), (0, 3), "{report:?}");
+    assert!(faults::fired(&db, rule).await > 1, "tried more than once");
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM lightjobs_workers").await;
+    assert_eq!(rows, 0, "the stopped process's row is gone");
+    assert_eq!(db.count("running").await, 3, "left to the rescuer");
+
+    faults::clear(&db).await;
+    let rescuer = Workers::new(queue.clone())
+        .register::<Audited>()
+        .data(audit_log.clone())
+        .heartbeat(fast.0, fast.1)
+        .queues(["elsewhere"])
+        .start()
+        .await
+        .unwrap();
+    db.wait_for("pending", 3, Duration::from_secs(10)).await;
+    rescuer.shutdown().await;
+    let rescued: u64 = db
+        .scalar("SELECT COUNT(*) FROM jobs WHERE last_error LIKE '%stopped heartbeating%'")
+        .await;
+    assert_eq!(rescued, 3);
+    db.drop_db().await;
+}
