@@ -77,9 +77,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The server received the statement and refused it, so it did nothing (as opposed to
-    /// a connection that failed, after which a statement may or may not have run).
+    /// a connection that failed, after which a statement may or may not have run). An
+    /// error packet that reports the connection itself going away (killed, server
+    /// shutting down) does not count: the statement may have completed before it.
     pub(crate) fn is_server_refusal(&self) -> bool {
-        matches!(self, Error::Database(mysql_async::Error::Server(_)))
+        matches!(self, Error::Database(e @ mysql_async::Error::Server(_)) if !is_unavailable(e))
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl fmt::Display) -> Self {

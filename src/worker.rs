@@ -319,7 +319,9 @@ impl Worker {
             let claim = match claimed {
                 Ok(r) => r,
                 Err(e) => {
-                    self.completions.put_back(done);
+                    // The completer writes them on its own from now on: a success write the
+                    // server keeps refusing must not hold up the claims.
+                    self.to_completer(done);
                     self.release_in_doubt(queue, in_doubt);
                     return Err(e);
                 }
@@ -327,9 +329,9 @@ impl Worker {
             if !done.is_empty() {
                 match claim.completed {
                     Some(written) => self.completed(std::mem::take(&mut done), &written),
-                    // Committed, but which ones were ours is unknown: written again with
-                    // the next claim (a no-op for those already written) to find out.
-                    None => self.completions.put_back(std::mem::take(&mut done)),
+                    // Committed, but which ones were ours is unknown: the completer writes
+                    // them again (a no-op for those already written) and finds out.
+                    None => self.to_completer(std::mem::take(&mut done)),
                 }
             }
             let jobs = claim.jobs;
@@ -342,6 +344,14 @@ impl Worker {
             }
         }
         Ok(got)
+    }
+
+    fn to_completer(&self, events: Vec<JobEvent>) {
+        for event in events {
+            // The completer outlives the fetch loop; if it panicked, the rows stay
+            // `running` for the rescuer.
+            let _ = self.results.send(event);
+        }
     }
 
     /// Counts and reports the successes of `done` found written; the others were no longer
