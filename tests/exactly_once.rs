@@ -716,3 +716,48 @@ async fn writes_left_at_the_shutdown_deadline_go_to_the_rescuer() {
     assert_eq!(rescued, 3);
     db.drop_db().await;
 }
+
+/// The server refuses a local handoff's INSERT (read-only, as in a failover): nothing was
+/// written, so nothing is in doubt; the dispatch reports the error and the worker's slot is
+/// free again for the next dispatch, which is handed over and runs.
+#[actix_rt::test]
+async fn a_refused_handoff_insert_reports_the_error_and_frees_the_slot() {
+    let db = TestDb::new("once_handoff_refused").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log)
+        .concurrency(1)
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rule = faults::inject(
+        &db,
+        Fault {
+            on: faults::On::Insert { status: "running" },
+            errno: 1290,
+            probability: 1.0,
+            window: Duration::from_secs(60),
+        },
+    )
+    .await;
+    let refused = queue.dispatch(Audited { millis: 0 }).await;
+    let error = refused.expect_err("the refusal is reported");
+    assert!(error.to_string().contains("1290"), "{error}");
+    assert_eq!(faults::fired(&db, rule).await, 1);
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM jobs").await;
+    assert_eq!(rows, 0, "nothing was written");
+    faults::clear(&db).await;
+    let id = queue.dispatch(Audited { millis: 0 }).await.unwrap();
+    db.wait_for("processed", 1, Duration::from_secs(10)).await;
+    let handed: bool = db
+        .scalar(&format!(
+            "SELECT COALESCE(reserved_at = created_at, 0) FROM jobs WHERE id = {id}"
+        ))
+        .await;
+    assert!(handed, "the only slot was free again for a handoff");
+    handle.shutdown().await;
+    assert_eq!(audit_log.runs().len(), 1);
+    db.drop_db().await;
+}
