@@ -101,7 +101,7 @@ impl Reservation {
     pub(crate) async fn insert(self, store: Store, job: NewJob) -> Result<u64> {
         let worker = self.intake.worker_id.clone();
         let inserted = async {
-            let mut conn = store.pool().get_conn().await?;
+            let mut conn = store.nodes().get_conn().await?;
             Store::insert_claimed(&mut conn, &job, &worker, self.token).await
         }
         .await;

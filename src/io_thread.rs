@@ -10,10 +10,11 @@
 use std::future::Future;
 
 use futures::future::BoxFuture;
-use mysql_async::{Opts, Pool};
+use mysql_async::Opts;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
+use crate::nodes::Nodes;
 use crate::store::Store;
 
 type Task = Box<dyn FnOnce(Store) -> BoxFuture<'static, ()> + Send>;
@@ -25,7 +26,7 @@ pub(crate) struct IoThread {
 
 impl IoThread {
     /// Starts the thread; it ends, closing its connections, when the `IoThread` is dropped.
-    pub(crate) fn start(opts: Opts) -> Result<IoThread> {
+    pub(crate) fn start(nodes: Vec<Opts>) -> Result<IoThread> {
         let (tasks, mut rx) = mpsc::unbounded_channel::<Task>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -34,11 +35,11 @@ impl IoThread {
             .name("lightjobs-io".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let store = Store::new(Pool::new(opts));
+                    let store = Store::on(Nodes::new(nodes));
                     while let Some(task) = rx.recv().await {
                         tokio::spawn(task(store.clone()));
                     }
-                    let _ = store.pool().clone().disconnect().await;
+                    let _ = store.nodes().clone().disconnect().await;
                 });
             })?;
         Ok(IoThread { tasks })

@@ -76,6 +76,7 @@ mod io_thread;
 mod job;
 mod metrics;
 pub mod migrate;
+mod nodes;
 mod pruner;
 mod queue;
 mod recurring;
@@ -112,7 +113,10 @@ pub use web::init;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod __private {
-    pub use crate::store::{claim_and_complete, claim_sql, ClaimedJob, Guarded, Store};
+    pub use crate::store::{
+        acquire_lease, claim_and_complete, claim_sql, release_lease, ClaimedJob, Guarded, Store,
+        CREATE_LEASES,
+    };
 }
 
 /// The queue a job goes to unless it names another.

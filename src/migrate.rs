@@ -6,7 +6,11 @@
 //! later runs refuse to guess, naming the migration to repair.
 
 use mysql_async::prelude::*;
+use std::time::Duration;
+
 use mysql_async::{Conn, Pool};
+
+use crate::nodes::Nodes;
 
 /// Errors of the migration runner.
 #[derive(Debug, thiserror::Error)]
@@ -95,21 +99,57 @@ pub(crate) fn latest() -> &'static Migration {
     &MIGRATIONS[MIGRATIONS.len() - 1]
 }
 
-/// Applies every migration not yet applied; safe to call from many processes at once.
-/// Returns the versions it applied (empty when the schema was already current).
+/// How long the migration lease lasts without renewal: a migrator that died lets the
+/// others go on after this (they then find its migration dirty).
+const MIGRATE_LEASE: Duration = Duration::from_secs(60);
+/// How long a process waits for another one's migrations.
+const MIGRATE_WAIT: Duration = Duration::from_secs(600);
+
+/// Applies every migration not yet applied; safe to call from many processes at once, on
+/// one server or on any nodes of a Galera cluster: one process at a time holds the
+/// `migrate` lease (a row in `lightjobs_leases`, renewed while it works); the others wait,
+/// then find nothing to do. Returns the versions it applied (empty when the schema was
+/// already current).
 pub async fn run(pool: &Pool) -> Result<Vec<u32>, MigrateError> {
+    run_on(&Nodes::single(pool.clone())).await
+}
+
+/// [`run`] on the node in use of a queue's nodes.
+pub(crate) async fn run_on(pool: &Nodes) -> Result<Vec<u32>, MigrateError> {
     let mut conn = pool.get_conn().await?;
-    let lock: Option<Option<i64>> = conn
-        .query_first("SELECT GET_LOCK(CONCAT('lightjobs.migrate.', SHA1(DATABASE())), 60)")
-        .await?;
-    if lock.flatten() != Some(1) {
-        return Err(MigrateError::LockTimeout);
+    conn.query_drop(crate::store::CREATE_LEASES).await?;
+    let holder = format!("migrate:{}:{:016x}", std::process::id(), fastrand::u64(..));
+    let waited = std::time::Instant::now();
+    let mut pause = Duration::from_millis(20);
+    while !crate::store::acquire_lease(&mut conn, "migrate", &holder, MIGRATE_LEASE).await? {
+        if waited.elapsed() > MIGRATE_WAIT {
+            return Err(MigrateError::LockTimeout);
+        }
+        tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
-    let result = apply_pending(&mut conn).await;
-    // Released even when a migration failed; the connection closing would release it too.
-    let _ = conn
-        .query_drop("DO RELEASE_LOCK(CONCAT('lightjobs.migrate.', SHA1(DATABASE())))")
-        .await;
+    // Kept alive on a second connection while the migrations run (an ALTER of a large
+    // table can outlast the lease).
+    let renew = async {
+        let Ok(mut renew) = pool.get_conn().await else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::time::sleep(MIGRATE_LEASE / 4).await;
+            if let Err(error) =
+                crate::store::acquire_lease(&mut renew, "migrate", &holder, MIGRATE_LEASE).await
+            {
+                tracing::warn!(target: "lightjobs::migrate", %error, "renewing the migration lease failed");
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = apply_pending(&mut conn) => result,
+        // The renewal loop never ends; this arm is only there to drive it.
+        () = renew => Err(MigrateError::LockTimeout),
+    };
+    // Given back even when a migration failed; it would lapse anyway.
+    let _ = crate::store::release_lease(&mut conn, "migrate", &holder).await;
     result
 }
 

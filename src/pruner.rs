@@ -1,5 +1,5 @@
 //! Deletes finished jobs past their retention, in bounded batches; one process at a time
-//! (a MySQL `GET_LOCK`), every few minutes.
+//! (the `pruner` lease in `lightjobs_leases`), every few minutes.
 
 use std::time::Duration;
 
@@ -7,11 +7,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
+/// How long the pruner lease lasts if its holder dies during a pass.
+const LEASE: Duration = Duration::from_secs(600);
+
 /// Rows deleted per statement: short locks, short undo.
 const BATCH: u64 = 1000;
 
 pub(crate) struct Pruner {
     pub store: Store,
+    /// This process's worker id, the lease holder.
+    pub worker_id: String,
     /// `processed` and `cancelled` jobs older than this go.
     pub processed: Duration,
     /// `failed` jobs older than this go; `None` keeps them.
@@ -20,10 +25,10 @@ pub(crate) struct Pruner {
 }
 
 impl Pruner {
-    /// One pass; `None` when another process holds the pruner lock.
+    /// One pass; `None` when another process holds the pruner lease.
     pub(crate) async fn run_once(&self) -> crate::Result<Option<u64>> {
         self.store
-            .with_lock("lightjobs.pruner.", || {
+            .with_lease("pruner", &self.worker_id, LEASE, || {
                 self.store
                     .prune_finished(self.processed, self.failed, BATCH)
             })

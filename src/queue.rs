@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
 use once_cell::sync::{Lazy, OnceCell};
 use tokio::sync::watch;
 
@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::intake::{Intake, Reservation};
 use crate::io_thread::IoThread;
 use crate::job::Job;
+use crate::nodes::{split_urls, Nodes};
 use crate::scheduler::{QueueState, QueueStates};
 use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
 
@@ -58,8 +59,9 @@ pub struct JobQueue {
 
 #[derive(Debug)]
 struct Inner {
-    /// Kept so the workers can open a pool of their own (see `Workers::start`).
-    opts: Opts,
+    /// Each node's options, in order of preference; kept so the workers can open pools of
+    /// their own (see `Workers::start`).
+    nodes: Vec<Opts>,
     io: IoThread,
     max_payload: usize,
     server: tokio::sync::OnceCell<ServerInfo>,
@@ -111,7 +113,10 @@ impl JobQueueBuilder {
     /// Validates the settings and creates the pool. Connects lazily: nothing touches the
     /// network until the first dispatch or the workers start.
     pub fn build(self) -> Result<JobQueue> {
-        let opts = Opts::from_url(&self.url)?;
+        let urls = split_urls(&self.url);
+        if urls.is_empty() {
+            return Err(Error::NotConfigured);
+        }
         let constraints = PoolConstraints::new(0, self.pool_size)
             .ok_or_else(|| Error::invalid("pool_size", "must be at least 1"))?;
         if self.max_payload == 0 || self.max_payload > 16 * 1024 * 1024 - 1 {
@@ -120,29 +125,14 @@ impl JobQueueBuilder {
                 "must be between 1 and 16 MiB - 1 (the MEDIUMTEXT column)",
             ));
         }
-        let opts = OptsBuilder::from_opts(opts)
-            // Returning a connection to the pool would otherwise reset the session, drop its
-            // prepared statements and rerun the setup: three round trips per checkout.
-            // With mysql_async's default idle TTL of zero, a pool whose minimum is 0 closes
-            // every connection the moment it is returned, so each dispatch and each claim
-            // would open a new one (about 1.3 ms idle); idle connections are kept for a
-            // minute instead, then closed down to the minimum by the pool's TTL check.
-            .pool_opts(
-                PoolOpts::default()
-                    .with_constraints(constraints)
-                    .with_reset_connection(false)
-                    .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
-            )
-            // READ COMMITTED: the claim's locking read takes no gap locks, so claims and
-            // concurrent INSERTs do not deadlock (measured in DESIGN.md).
-            .setup(vec![
-                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-            ]);
-        let opts: Opts = opts.into();
+        let nodes = urls
+            .iter()
+            .map(|url| Ok(session_opts(Opts::from_url(url)?, constraints)))
+            .collect::<Result<Vec<Opts>>>()?;
         Ok(JobQueue {
             inner: Arc::new(Inner {
-                io: IoThread::start(opts.clone())?,
-                opts,
+                io: IoThread::start(nodes.clone())?,
+                nodes,
                 max_payload: self.max_payload,
                 server: tokio::sync::OnceCell::new(),
                 intakes: std::sync::RwLock::default(),
@@ -150,6 +140,29 @@ impl JobQueueBuilder {
             }),
         })
     }
+}
+
+/// A node's options with the queue's pool and session settings.
+fn session_opts(opts: Opts, constraints: PoolConstraints) -> Opts {
+    OptsBuilder::from_opts(opts)
+        // Returning a connection to the pool would otherwise reset the session, drop its
+        // prepared statements and rerun the setup: three round trips per checkout.
+        // With mysql_async's default idle TTL of zero, a pool whose minimum is 0 closes
+        // every connection the moment it is returned, so each dispatch and each claim
+        // would open a new one (about 1.3 ms idle); idle connections are kept for a
+        // minute instead, then closed down to the minimum by the pool's TTL check.
+        .pool_opts(
+            PoolOpts::default()
+                .with_constraints(constraints)
+                .with_reset_connection(false)
+                .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
+        )
+        // READ COMMITTED: the claim's locking read takes no gap locks, so claims and
+        // concurrent INSERTs do not deadlock (measured in DESIGN.md).
+        .setup(vec![
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        ])
+        .into()
 }
 
 impl JobQueue {
@@ -191,16 +204,18 @@ impl JobQueue {
 
     /// A new pool on the same database with the same session setup, of at most `size`
     /// connections.
-    pub(crate) fn new_pool(&self, size: usize) -> Pool {
+    pub(crate) fn new_pool(&self, size: usize) -> Nodes {
         let constraints = PoolConstraints::new(0, size.max(1)).unwrap_or_default();
-        Pool::new(
-            OptsBuilder::from_opts(self.inner.opts.clone()).pool_opts(
-                self.inner
-                    .opts
-                    .pool_opts()
-                    .clone()
-                    .with_constraints(constraints),
-            ),
+        Nodes::new(
+            self.inner
+                .nodes
+                .iter()
+                .map(|opts| {
+                    OptsBuilder::from_opts(opts.clone())
+                        .pool_opts(opts.pool_opts().clone().with_constraints(constraints))
+                        .into()
+                })
+                .collect(),
         )
     }
 
@@ -227,7 +242,7 @@ impl JobQueue {
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
     pub async fn migrate(&self) -> Result<Vec<u32>> {
         self.check_server().await?;
-        self.on_io(|store| async move { Ok(crate::migrate::run(store.pool()).await?) })
+        self.on_io(|store| async move { Ok(crate::migrate::run_on(store.nodes()).await?) })
             .await
     }
 
@@ -325,7 +340,7 @@ impl JobQueue {
         }
         let id = self
             .on_io(move |store| async move {
-                let mut conn = store.pool().get_conn().await?;
+                let mut conn = store.nodes().get_conn().await?;
                 Store::insert_job_own(&mut conn, &job).await
             })
             .await?;

@@ -1,5 +1,6 @@
 //! Returns jobs held by dead worker processes (stale heartbeat) to `pending`. Every worker
-//! process runs one; a MySQL `GET_LOCK` lets one at a time do the work.
+//! process runs one; the `rescuer` lease (a row in `lightjobs_leases`, which holds across
+//! the nodes of a cluster) lets one at a time do the work.
 //!
 //! A process is judged by its own staleness (stored with its heartbeat), and only by a
 //! rescuer that has itself been writing heartbeats for that long: after an outage of the
@@ -12,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::heartbeat::{connected_for, Liveness};
 use crate::store::Store;
+
+/// How long the rescuer lease lasts if its holder dies during a pass (it is given back at
+/// the end of each pass).
+const LEASE: Duration = Duration::from_secs(30);
 
 /// Most jobs moved by one statement.
 const BATCH: u64 = 1000;
@@ -34,13 +39,13 @@ pub(crate) struct Rescuer {
 }
 
 impl Rescuer {
-    /// One pass; `None` when another process holds the rescuer lock.
+    /// One pass; `None` when another process holds the rescuer lease.
     pub(crate) async fn run_once(&self) -> crate::Result<Option<Rescued>> {
         if connected_for(&self.liveness) < self.stale_after {
             return Ok(Some(Rescued::default()));
         }
         self.store
-            .with_lock("lightjobs.rescuer.", || async {
+            .with_lease("rescuer", &self.worker_id, LEASE, || async {
                 let mut total = Rescued::default();
                 loop {
                     // Read again for each batch: it must hold at the moment of the UPDATE.

@@ -11,12 +11,69 @@ use mysql_async::{Conn, Pool, QueryResult, TextProtocol, TxOpts, Value};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::nodes::Nodes;
 
 /// Statuses stored in `jobs.status` (besides `pending`, `scheduled`, `running`, and
 /// `cancelled`, which are only written inside SQL).
 pub(crate) mod status {
     pub const PROCESSED: &str = "processed";
     pub const FAILED: &str = "failed";
+}
+
+/// The table of leases: one row per role that one process at a time may play (the
+/// migrator, the rescuer, the pruner). A guarded UPDATE of a row certifies across every
+/// node of a Galera cluster, where `GET_LOCK` is local to the node it runs on. Created by
+/// the migration runner, which needs it before any migration runs.
+pub const CREATE_LEASES: &str = "CREATE TABLE IF NOT EXISTS lightjobs_leases (
+    name VARCHAR(191) NOT NULL,
+    holder VARCHAR(191) NOT NULL,
+    expires_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+/// Takes (or extends) the lease `name` for `holder` until `ttl` from now, unless another
+/// holder's lease has not expired. True when `holder` has it. A conflict with another
+/// taker (a deadlock, a Galera certification failure) means it did not get it.
+pub async fn acquire_lease(
+    conn: &mut Conn,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> mysql_async::Result<bool> {
+    // Assignments run left to right: `expires_at` sees the holder just decided.
+    let taken = conn
+        .exec_drop(
+            "INSERT INTO lightjobs_leases (name, holder, expires_at) \
+             VALUES (?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+             ON DUPLICATE KEY UPDATE \
+             holder = IF(expires_at < UTC_TIMESTAMP(6) OR holder = VALUES(holder), \
+                         VALUES(holder), holder), \
+             expires_at = IF(holder = VALUES(holder), VALUES(expires_at), expires_at)",
+            (name, holder, micros(ttl)),
+        )
+        .await;
+    match taken {
+        Ok(()) => {}
+        Err(mysql_async::Error::Server(e)) if matches!(e.code, 1213 | 1205) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let now: Option<String> = conn
+        .exec_first(
+            "SELECT holder FROM lightjobs_leases WHERE name = ?",
+            (name,),
+        )
+        .await?;
+    Ok(now.as_deref() == Some(holder))
+}
+
+/// Gives the lease back at once (if `holder` still has it).
+pub async fn release_lease(conn: &mut Conn, name: &str, holder: &str) -> mysql_async::Result<()> {
+    conn.exec_drop(
+        "UPDATE lightjobs_leases SET expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND \
+         WHERE name = ? AND holder = ?",
+        (name, holder),
+    )
+    .await
 }
 
 /// How long a unique dispatch that loses a lock race is tried again.
@@ -385,10 +442,10 @@ pub struct QueueCount {
     pub count: u64,
 }
 
-/// Access to the `jobs` table through one pool.
+/// Access to the `jobs` table through one pool (per database node).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: Pool,
+    nodes: Nodes,
 }
 
 /// A guarded write: only the worker that holds the claim may change the row.
@@ -403,16 +460,23 @@ pub enum Guarded {
 impl Store {
     /// A store on `pool`.
     pub fn new(pool: Pool) -> Self {
-        Store { pool }
+        Store {
+            nodes: Nodes::single(pool),
+        }
     }
 
-    pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
+    /// A store on the nodes of a cluster (or a single server).
+    pub(crate) fn on(nodes: Nodes) -> Self {
+        Store { nodes }
+    }
+
+    pub(crate) fn nodes(&self) -> &Nodes {
+        &self.nodes
     }
 
     /// `SELECT VERSION()` and the newest applied migration (None when the table is missing).
     pub(crate) async fn read_server_state(&self) -> Result<(String, Option<u32>)> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
         let applied: Result<Option<Option<u32>>, _> = conn
             .query_first("SELECT MAX(version) FROM lightjobs_migrations WHERE success = 1")
@@ -533,7 +597,7 @@ impl Store {
     /// Gives back a handed-off job that never reached its worker: `pending`, attempt
     /// returned. Matches nothing if the INSERT never happened or the job has moved on.
     pub async fn release_handoff(&self, queue: &str, worker: &str, token: u64) -> Result<u64> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \
              reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
@@ -553,7 +617,7 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
@@ -590,7 +654,7 @@ impl Store {
         limit: usize,
         worker: &str,
     ) -> Result<Vec<ClaimedJob>> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         Ok(claim_and_complete(&mut conn, queue, limit, worker, &[])
             .await?
             .jobs)
@@ -602,7 +666,7 @@ impl Store {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.query_drop(format!(
             "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}",
             success_guard(held)
@@ -619,7 +683,7 @@ impl Store {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         Ok(conn
             .query(format!(
                 "SELECT id FROM jobs WHERE {} AND status = 'running'",
@@ -697,7 +761,7 @@ impl Store {
         if held.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.query_drop(format!(
             "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts, 1) - 1, \
              reserved_by = NULL, reserved_at = NULL WHERE {}",
@@ -710,7 +774,7 @@ impl Store {
     /// Moves `scheduled` jobs that are due to `pending`, oldest first, at most `limit`.
     /// Served by the seed's `KEY status (status, scheduled_at)`: a range read of due rows.
     pub(crate) async fn promote_scheduled(&self, limit: u64) -> Result<u64> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' \
              AND scheduled_at <= UTC_TIMESTAMP(6) ORDER BY scheduled_at LIMIT ?",
@@ -721,7 +785,7 @@ impl Store {
     }
 
     async fn guarded(&self, sql: String, params: Vec<Value>) -> Result<Guarded> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(sql, params).await?;
         Ok(if conn.affected_rows() == 1 {
             Guarded::Applied
@@ -733,7 +797,7 @@ impl Store {
     /// Registers or refreshes this process's row in `lightjobs_workers`, with the
     /// heartbeat interval and staleness every rescuer judges it by.
     pub(crate) async fn beat_worker(&self, worker: &WorkerInfo) -> Result<()> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "INSERT INTO lightjobs_workers (id, host, pid, queues, started_at, heartbeat_at, \
              heartbeat_us, stale_after_us) \
@@ -754,7 +818,7 @@ impl Store {
 
     /// Removes this process's row (clean shutdown) and rows dead for longer than `forget`.
     pub(crate) async fn delete_worker(&self, id: &str, forget: Duration) -> Result<()> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "DELETE FROM lightjobs_workers WHERE id = ? \
              OR heartbeat_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
@@ -803,7 +867,7 @@ impl Store {
                       OR COALESCE(w.stale_after_us, {own}) > {connected}))",
             sql_string(me)
         );
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         let ids: Vec<u64> = conn
             .query(format!(
                 "SELECT id FROM jobs WHERE {dead_holder} ORDER BY id LIMIT {limit}"
@@ -833,29 +897,32 @@ impl Store {
         Ok((conn.affected_rows(), failed))
     }
 
-    /// Runs `f` only if this connection gets the named lock at once; `None` when another
-    /// process holds it.
-    pub(crate) async fn with_lock<T, F, Fut>(&self, name: &str, f: F) -> Result<Option<T>>
+    /// Runs `f` only if `holder` gets the lease `name` (one process at a time across every
+    /// node of a cluster); `None` when another process holds it. The lease is given back
+    /// when `f` ends, and lapses after `ttl` if this process dies meanwhile.
+    pub(crate) async fn with_lease<T, F, Fut>(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        f: F,
+    ) -> Result<Option<T>>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut conn = self.pool.get_conn().await?;
-        let got: Option<Option<i64>> = conn
-            .exec_first("SELECT GET_LOCK(CONCAT(?, SHA1(DATABASE())), 0)", (name,))
-            .await?;
-        if got.flatten() != Some(1) {
+        let mut conn = self.nodes.get_conn().await?;
+        if !acquire_lease(&mut conn, name, holder, ttl).await? {
             return Ok(None);
         }
         let result = f().await;
-        conn.exec_drop("DO RELEASE_LOCK(CONCAT(?, SHA1(DATABASE())))", (name,))
-            .await?;
+        release_lease(&mut conn, name, holder).await?;
         result.map(Some)
     }
 
     /// One job by id.
     pub(crate) async fn find_job(&self, id: u64) -> Result<Option<JobRecord>> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         let rows = conn
             .exec_map(
                 format!("{RECORD_SELECT} WHERE id = ?"),
@@ -873,7 +940,7 @@ impl Store {
         queue: Option<&str>,
         limit: u64,
     ) -> Result<Vec<JobRecord>> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         Ok(conn
             .exec_map(
                 format!(
@@ -888,7 +955,7 @@ impl Store {
 
     /// `failed` → `pending` with a fresh set of attempts; `id` None retries all (of `queue`).
     pub(crate) async fn retry_failed(&self, id: Option<u64>, queue: Option<&str>) -> Result<u64> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
              reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL \
@@ -910,7 +977,7 @@ impl Store {
         batch: u64,
     ) -> Result<u64> {
         let mut total = 0;
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         let targets = [
             (status::PROCESSED, Some(processed_age)),
             ("cancelled", Some(processed_age)),
@@ -950,7 +1017,7 @@ impl Store {
 
     /// `pending`/`scheduled` → `cancelled`. True when the job was waiting.
     pub(crate) async fn cancel_job(&self, id: u64) -> Result<bool> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs SET status = 'cancelled', finished_at = UTC_TIMESTAMP(6), \
              last_error = COALESCE(last_error, 'cancelled') \
@@ -963,7 +1030,7 @@ impl Store {
 
     /// Deletes a `failed` job. True when there was one.
     pub(crate) async fn discard_failed(&self, id: u64) -> Result<bool> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop("DELETE FROM jobs WHERE id = ? AND status = 'failed'", (id,))
             .await?;
         Ok(conn.affected_rows() == 1)
@@ -971,7 +1038,7 @@ impl Store {
 
     /// Pauses or resumes a queue for every process.
     pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "INSERT INTO lightjobs_queues (queue, paused, updated_at) \
              VALUES (?, ?, UTC_TIMESTAMP(6)) \
@@ -984,7 +1051,7 @@ impl Store {
 
     /// Sets or clears a queue's limit across processes.
     pub(crate) async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "INSERT INTO lightjobs_queues (queue, paused, global_limit, updated_at) \
              VALUES (?, 0, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
@@ -997,7 +1064,7 @@ impl Store {
 
     /// (queue, paused, global limit) of every queue with settings.
     pub(crate) async fn queue_settings(&self) -> Result<Vec<(String, bool, Option<u32>)>> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         // Read as wide integers: a value written by hand (paused = 2, a negative limit)
         // must not make the decoding panic in the maintenance thread.
         let rows: Vec<(String, Option<i64>, Option<i64>)> = conn
@@ -1014,7 +1081,7 @@ impl Store {
 
     /// The paused queues.
     pub(crate) async fn paused_queues(&self) -> Result<Vec<String>> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         Ok(conn
             .query("SELECT queue FROM lightjobs_queues WHERE paused <> 0 ORDER BY queue")
             .await?)
@@ -1022,7 +1089,7 @@ impl Store {
 
     /// Counts per queue and status.
     pub(crate) async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
-        let mut conn = self.pool.get_conn().await?;
+        let mut conn = self.nodes.get_conn().await?;
         Ok(conn
             .query_map(
                 "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status \

@@ -391,7 +391,7 @@ impl Workers {
 
         // A pool of the workers' own: connections live on this runtime, so they stay usable
         // after the HTTP workers' runtimes (which share the dispatch pool) have shut down.
-        let store = Store::new(self.queue.new_pool(WORKER_POOL_SIZE));
+        let store = Store::on(self.queue.new_pool(WORKER_POOL_SIZE));
         let worker_id = worker_id();
         let info = WorkerInfo {
             id: worker_id.clone(),
@@ -598,7 +598,7 @@ impl Workers {
             .unwrap_or_default();
             maintenance_stop.cancel();
             let _ = maintenance.await;
-            let _ = store.pool().clone().disconnect().await;
+            let _ = store.nodes().clone().disconnect().await;
             tracing::info!(target: "lightjobs::supervisor", ?exit, ?report, "workers stopped");
             report
         });
@@ -795,7 +795,7 @@ fn start_maintenance(
                 }
             };
             runtime.block_on(async move {
-                let store = Store::new(queue.new_pool(6));
+                let store = Store::on(queue.new_pool(6));
                 let liveness = Liveness::default();
                 let rescuer = Rescuer {
                     store: store.clone(),
@@ -819,6 +819,7 @@ fn start_maintenance(
                 };
                 let pruner = Pruner {
                     store: store.clone(),
+                    worker_id: heartbeat.info.id.clone(),
                     processed: retention.0,
                     failed: retention.1,
                     interval: PRUNE_INTERVAL,
@@ -831,7 +832,7 @@ fn start_maintenance(
                     supervise("pruner", Some(s), || pruner.run(s.clone())),
                     supervise("recurring", Some(s), || recurring.run(s.clone())),
                 );
-                let _ = store.pool().clone().disconnect().await;
+                let _ = store.nodes().clone().disconnect().await;
             });
             let _ = done.send(());
         })?;

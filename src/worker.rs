@@ -296,7 +296,7 @@ impl Worker {
             }
             let c = match conn {
                 Some(c) => c,
-                None => match self.store.pool().get_conn().await {
+                None => match self.store.nodes().get_conn().await {
                     Ok(c) => conn.insert(c),
                     Err(e) => {
                         self.completions.put_back(done);

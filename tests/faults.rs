@@ -480,11 +480,13 @@ async fn wait_count(url: &str, sql: &str, n: u64, timeout: Duration) {
 
 /// The database is killed and comes back after longer than the staleness, while two live
 /// worker processes run long jobs: every heartbeat is stale when it returns, yet no live
-/// process is judged dead (a rescuer first has to have been connected for a whole
-/// staleness itself), so every job runs once and none fails.
+/// process is judged dead (a rescuer first has to have been connected for the other's whole
+/// staleness itself), so every job runs once and none fails. The processes beat at very
+/// different rates: the fast one is back (and its rescuer running) seconds before the slow
+/// one's next beat.
 #[actix_rt::test]
 async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
-    const JOBS: u64 = 8;
+    const JOBS: u64 = 10;
     let _serial = SERIAL.lock().await;
     let bin = worker_binary();
     let mut server = PrivateServer::start("outage");
@@ -498,23 +500,20 @@ async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
     let url = server.url("app");
     let queue = JobQueue::connect(&url).unwrap();
     queue.migrate().await.unwrap();
-    queue
-        .dispatch_many((0..JOBS).map(|_| Work { millis: 6_000 }))
-        .await
-        .unwrap();
-    let single: Vec<u64> = {
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            ids.push(
-                queue
-                    .dispatch(Work { millis: 6_000 })
-                    .max_attempts(1)
-                    .await
-                    .unwrap(),
-            );
+    let mut single = Vec::new();
+    for i in 0..JOBS {
+        let dispatch = queue.dispatch(Work { millis: 12_000 });
+        // Two of them (one per process) have a single attempt: a wrong rescue fails them.
+        let dispatch = if i % 5 == 0 {
+            dispatch.max_attempts(1)
+        } else {
+            dispatch
+        };
+        let id = dispatch.await.unwrap();
+        if i % 5 == 0 {
+            single.push(id);
         }
-        ids
-    };
+    }
     let log = audit_file("outage");
     let fast = [
         "--concurrency",
@@ -524,26 +523,29 @@ async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
         "--stale-after",
         "1",
     ];
-    let mut workers: Vec<Child> = (0..2)
-        .map(|_| start_audited(&bin, &url, &log, &fast))
-        .collect();
-    wait_count(
-        &url,
-        "SELECT COUNT(*) FROM jobs WHERE status = 'running'",
-        JOBS + 2,
-        Duration::from_secs(20),
-    )
-    .await;
+    let slow = [
+        "--concurrency",
+        "5",
+        "--heartbeat",
+        "2",
+        "--stale-after",
+        "5",
+    ];
+    let running = "SELECT COUNT(*) FROM jobs WHERE status = 'running'";
+    let mut workers = vec![start_audited(&bin, &url, &log, &fast)];
+    wait_count(&url, running, 5, Duration::from_secs(20)).await;
+    workers.push(start_audited(&bin, &url, &log, &slow));
+    wait_count(&url, running, JOBS, Duration::from_secs(20)).await;
 
     server.stop("-KILL");
     let down = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     server.start_again();
     let outage = down.elapsed();
     wait_count(
         &url,
         "SELECT COUNT(*) FROM jobs WHERE status IN ('processed', 'failed')",
-        JOBS + 2,
+        JOBS,
         Duration::from_secs(60),
     )
     .await;
@@ -554,12 +556,12 @@ async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
     let runs = runs_from_file(&log);
     let verdict = audit(&url, &runs, &[], |_| false).await;
     eprintln!(
-        "database killed for {:.1}s (staleness 1 s) under 2 live processes with 6 s jobs \
-         (2 of them single-attempt {single:?})",
+        "database killed for {:.1}s under 2 live processes (staleness 1 s and 5 s) with \
+         12 s jobs (single-attempt: {single:?})",
         outage.as_secs_f64()
     );
     verdict.assert_clean("database down longer than the staleness");
-    assert_eq!(verdict.runs, JOBS + 2, "every job ran once");
+    assert_eq!(verdict.runs, JOBS, "every job ran once");
     let _ = std::fs::remove_file(&log);
     drop(queue);
     drop(server);

@@ -260,3 +260,40 @@ async fn read_next(conn: &mut mysql_async::Conn) -> u64 {
         .unwrap();
     row.unwrap().1
 }
+
+/// The leases that let one process at a time migrate, rescue or prune: a guarded row, so
+/// they hold across the nodes of a cluster (where `GET_LOCK` is per node).
+#[actix_rt::test]
+async fn a_lease_has_one_holder_until_given_back_or_expired() {
+    use lightjobs::__private::{acquire_lease, release_lease, CREATE_LEASES};
+    let db = TestDb::new("store_lease").await;
+    let mut a = db.pool.get_conn().await.unwrap();
+    let mut b = db.pool.get_conn().await.unwrap();
+    a.query_drop(CREATE_LEASES).await.unwrap();
+    let long = std::time::Duration::from_secs(60);
+    assert!(acquire_lease(&mut a, "rescuer", "a", long).await.unwrap());
+    assert!(!acquire_lease(&mut b, "rescuer", "b", long).await.unwrap());
+    assert!(
+        acquire_lease(&mut a, "rescuer", "a", long).await.unwrap(),
+        "renewed"
+    );
+    assert!(
+        acquire_lease(&mut b, "pruner", "b", long).await.unwrap(),
+        "one per name"
+    );
+    release_lease(&mut b, "rescuer", "b").await.unwrap();
+    assert!(
+        !acquire_lease(&mut b, "rescuer", "b", long).await.unwrap(),
+        "not b's to give"
+    );
+    release_lease(&mut a, "rescuer", "a").await.unwrap();
+    assert!(acquire_lease(&mut b, "rescuer", "b", long).await.unwrap());
+    // An expired lease (its holder died) can be taken.
+    let short = std::time::Duration::from_millis(100);
+    assert!(acquire_lease(&mut a, "migrate", "a", short).await.unwrap());
+    assert!(!acquire_lease(&mut b, "migrate", "b", long).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(acquire_lease(&mut b, "migrate", "b", long).await.unwrap());
+    drop((a, b));
+    db.drop_db().await;
+}

@@ -25,6 +25,16 @@ pub struct Run {
     pub started: u128,
     /// When it finished successfully; `None` if it was cut short (killed, cancelled).
     pub ended: Option<u128>,
+    /// When it was cut short (its future dropped: cancelled, released); `None` if it
+    /// finished or its process was killed.
+    pub cut: Option<u128>,
+}
+
+impl Run {
+    /// The end of the interval it ran in, as far as known.
+    fn until(&self) -> u128 {
+        self.ended.or(self.cut).unwrap_or(self.started)
+    }
 }
 
 fn now_us() -> u128 {
@@ -47,12 +57,20 @@ impl Audit {
             worker: worker.to_owned(),
             started: now_us(),
             ended: None,
+            cut: None,
         });
         runs.len() - 1
     }
 
     pub fn end(&self, run: usize) {
         self.0.lock().unwrap()[run].ended = Some(now_us());
+    }
+
+    fn cut(&self, run: usize) {
+        let mut runs = self.0.lock().unwrap();
+        if runs[run].ended.is_none() {
+            runs[run].cut = Some(now_us());
+        }
     }
 
     pub fn runs(&self) -> Vec<Run> {
@@ -72,8 +90,8 @@ pub fn log_line(path: &str, line: &str) {
         .expect("audit line written");
 }
 
-/// The runs recorded in an audit file: `start RUN JOB ATTEMPT WORKER US` and
-/// `end RUN US` lines.
+/// The runs recorded in an audit file: `start RUN JOB ATTEMPT WORKER US`, `end RUN US`
+/// and `cut RUN US` lines.
 pub fn runs_from_file(path: &str) -> Vec<Run> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut runs: Vec<Run> = Vec::new();
@@ -89,11 +107,16 @@ pub fn runs_from_file(path: &str) -> Vec<Run> {
                     worker: (*worker).to_owned(),
                     started: at.parse().unwrap(),
                     ended: None,
+                    cut: None,
                 });
             }
             ["end", run, at] => {
                 let i = by_run[*run];
                 runs[i].ended = Some(at.parse().unwrap());
+            }
+            ["cut", run, at] => {
+                let i = by_run[*run];
+                runs[i].cut = Some(at.parse().unwrap());
             }
             _ => panic!("bad audit line {line:?}"),
         }
@@ -120,6 +143,14 @@ impl Job for Audited {
             .data::<Audit>()
             .ok_or_else(|| JobError::fail("no audit"))?;
         let run = audit.start(ctx, "local");
+        // Records when the run is cut short (its future dropped) rather than finished.
+        struct Cut<'a>(&'a Audit, usize);
+        impl Drop for Cut<'_> {
+            fn drop(&mut self) {
+                self.0.cut(self.1);
+            }
+        }
+        let _cut = Cut(audit, run);
         if self.millis > 0 {
             tokio::time::sleep(Duration::from_millis(self.millis)).await;
         }
@@ -135,7 +166,8 @@ pub struct Verdict {
     pub runs: u64,
     /// Jobs with more than one finished run, none of them in a disturbed process.
     pub twice: u64,
-    /// Pairs of runs of one job that overlapped in time, neither in a disturbed process.
+    /// Pairs of runs of one job that overlapped in time (a run cut short counts until it
+    /// was cut), neither in a disturbed process.
     pub overlaps: u64,
     /// Jobs not `processed`, `failed` or `cancelled`.
     pub unfinished: u64,
@@ -207,9 +239,7 @@ pub async fn audit(
         }
         for (i, a) in counted.iter().enumerate() {
             for b in &counted[i + 1..] {
-                let a_end = a.ended.unwrap_or(a.started);
-                let b_end = b.ended.unwrap_or(b.started);
-                if a.started < b_end && b.started < a_end {
+                if a.started < b.until() && b.started < a.until() {
                     verdict.overlaps += 1;
                 }
             }

@@ -37,7 +37,18 @@ impl Job for Work {
                     now_us()
                 ),
             );
+            // Records when the run is cut short (its future dropped) rather than finished.
+            struct Cut<'a>(&'a str, u64, bool);
+            impl Drop for Cut<'_> {
+                fn drop(&mut self) {
+                    if !self.2 {
+                        audit_line(self.0, &format!("cut {} {}", self.1, now_us()));
+                    }
+                }
+            }
+            let mut cut = Cut(&path, run, false);
             tokio::time::sleep(Duration::from_millis(self.millis)).await;
+            cut.2 = true;
             audit_line(&path, &format!("end {run} {}", now_us()));
             return Ok(());
         }
