@@ -67,29 +67,48 @@ impl Nodes {
         if pools.len() == 1 {
             return pools[0].get_conn().await;
         }
-        let due = {
-            let mut next = self
-                .inner
-                .next_check
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let due = Instant::now() >= *next;
-            if due {
-                *next = Instant::now() + CHECK_EVERY;
-            }
-            due
-        };
-        let current = self.current();
-        if !due {
-            match pools[current].get_conn().await {
+        if !self.take_due() {
+            match pools[self.current()].get_conn().await {
                 Ok(conn) => return Ok(conn),
                 Err(error) if !crate::error::is_unavailable(&error) => return Err(error),
                 Err(_) => {}
             }
         }
-        // Time to check, or the node in use failed: the first healthy node in order wins.
+        self.choose().await
+    }
+
+    /// True when the node in use is no longer `node` (checked when a check is due): a
+    /// connection kept from `node` is to be dropped, so that a long-lived connection
+    /// does not keep a second writer alive after every process moved.
+    pub(crate) async fn moved_from(&self, node: usize) -> bool {
+        if self.inner.pools.len() == 1 {
+            return false;
+        }
+        if self.take_due() {
+            let _ = self.choose().await;
+        }
+        self.current() != node
+    }
+
+    /// True (once) when the periodic check is due.
+    fn take_due(&self) -> bool {
+        let mut next = self
+            .inner
+            .next_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = Instant::now() >= *next;
+        if due {
+            *next = Instant::now() + CHECK_EVERY;
+        }
+        due
+    }
+
+    /// The first healthy node in order becomes the one in use; returns a connection to it.
+    async fn choose(&self) -> Result<Conn, mysql_async::Error> {
+        let current = self.current();
         let mut last_error = None;
-        for (i, pool) in pools.iter().enumerate() {
+        for (i, pool) in self.inner.pools.iter().enumerate() {
             match healthy(pool).await {
                 Ok(Some(conn)) => {
                     if i != current {

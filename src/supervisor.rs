@@ -490,6 +490,7 @@ impl Workers {
             queue_slots,
             intake: intake.clone(),
             inflight: Rc::default(),
+            conn_node: Cell::new(0),
         };
         tracing::info!(
             target: "lightjobs::supervisor",

@@ -68,6 +68,8 @@ pub(crate) struct Worker {
     /// The jobs running now: their claim, and the signal that stops one whose claim this
     /// process has lost.
     pub inflight: Rc<RefCell<HashMap<u64, (u64, CancellationToken)>>>,
+    /// The database node the fetch loop's kept connection goes to.
+    pub conn_node: Cell<usize>,
 }
 
 impl Worker {
@@ -294,10 +296,16 @@ impl Worker {
             if limit == 0 && done.is_empty() {
                 continue;
             }
+            if conn.is_some() && self.store.nodes().moved_from(self.conn_node.get()).await {
+                *conn = None;
+            }
             let c = match conn {
                 Some(c) => c,
                 None => match self.store.nodes().get_conn().await {
-                    Ok(c) => conn.insert(c),
+                    Ok(c) => {
+                        self.conn_node.set(self.store.nodes().current());
+                        conn.insert(c)
+                    }
                     Err(e) => {
                         self.completions.put_back(done);
                         return Err(e.into());

@@ -661,8 +661,14 @@ async fn a_handoff_whose_insert_reply_is_lost_is_released_and_runs_once() {
     let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
     let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
     let audit_log = Audit::default();
-    let handle = workers(&db, &queue, &audit_log).start().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A long poll: the fetch loop holds the free slots while it claims, so a dispatch is
+    // handed over only while it waits between polls.
+    let handle = workers(&db, &queue, &audit_log)
+        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // Only the handoff's INSERT names claim_token.
     proxy.drop_reply_after("claim_token) VALUES", 1);
     let dispatched = queue.dispatch(Audited { millis: 0 }).await;
@@ -742,12 +748,15 @@ async fn a_refused_handoff_insert_reports_the_error_and_frees_the_slot() {
     let queue = db.migrated().await;
     faults::install(&db).await;
     let audit_log = Audit::default();
+    // A long poll: the fetch loop holds the free slot while it claims, so a dispatch is
+    // handed over only while it waits between polls.
     let handle = workers(&db, &queue, &audit_log)
         .concurrency(1)
+        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
         .start()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let rule = faults::inject(
         &db,
         Fault {

@@ -1,0 +1,203 @@
+//! On a MariaDB Galera cluster: a private 3-node cluster on loopback (`.ci/galera`, started
+//! here when `LIGHTJOBS_TEST_GALERA_URLS` does not name one), lightjobs given the three
+//! node URLs. One node takes every write; when it is killed, every process moves to the
+//! next within seconds and nothing is lost or run twice; migrations started on every node
+//! at once apply once.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::audit::{audit, Audit, Audited};
+use lightjobs::{JobQueue, Workers};
+use mysql_async::prelude::*;
+
+/// One test at a time: they kill and restart nodes of the one cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn script() -> String {
+    format!("{}/.ci/galera", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cluster's node URLs (database `test`), starting it if needed.
+fn cluster() -> Vec<String> {
+    if let Ok(urls) = std::env::var("LIGHTJOBS_TEST_GALERA_URLS") {
+        return urls.split(',').map(str::to_owned).collect();
+    }
+    let out = Command::new("bash")
+        .args([script().as_str(), "start"])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "the Galera cluster did not start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn node(action: &str, n: usize) {
+    let mut args = vec![script(), action.to_owned(), n.to_string()];
+    // The cluster .ci/test started lives in a directory of its own.
+    if let Ok(dir) = std::env::var("LIGHTJOBS_TEST_GALERA_DIR") {
+        args.push(dir);
+    }
+    let status = Command::new("bash")
+        .args(&args)
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "galera {action} {n} failed");
+}
+
+/// `url` with its database replaced by `db`.
+fn with_db(url: &str, db: &str) -> String {
+    common::url_with_db(url, db)
+}
+
+async fn fresh_db(urls: &[String], name: &str) -> Vec<String> {
+    let pool = mysql_async::Pool::new(urls[0].as_str());
+    let mut conn = pool.get_conn().await.unwrap();
+    conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+        .await
+        .unwrap();
+    conn.query_drop(format!("CREATE DATABASE `{name}`"))
+        .await
+        .unwrap();
+    drop(conn);
+    pool.disconnect().await.unwrap();
+    urls.iter().map(|u| with_db(u, name)).collect()
+}
+
+async fn scalar(url: &str, sql: &str) -> Option<u64> {
+    let pool = mysql_async::Pool::new(url);
+    let n = match pool.get_conn().await {
+        Ok(mut c) => c.query_first(sql).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let _ = pool.disconnect().await;
+    n
+}
+
+/// Connections of the queue's database user on a node, other than this query's own.
+async fn sessions_on(url: &str, db: &str) -> u64 {
+    scalar(
+        url,
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = '{db}' AND ID <> CONNECTION_ID()"
+        ),
+    )
+    .await
+    .unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn one_node_takes_every_write_and_a_killed_node_fails_over() {
+    const JOBS: usize = 3000;
+    let _serial = SERIAL.lock().await;
+    let urls = fresh_db(&cluster(), "ljg_failover").await;
+    let queue = JobQueue::connect(&urls.join(",")).unwrap();
+    queue.migrate().await.unwrap();
+    for _ in 0..JOBS / 500 {
+        queue
+            .dispatch_many((0..500).map(|_| Audited { millis: 2 }))
+            .await
+            .unwrap();
+    }
+    let audit_log = Audit::default();
+    let workers = Workers::new(queue.clone())
+        .register::<Audited>()
+        .data(audit_log.clone())
+        .concurrency(16)
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let processed = "SELECT COUNT(*) FROM jobs WHERE status = 'processed'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scalar(&urls[1], processed).await.unwrap_or(0) < 500 {
+        assert!(Instant::now() < deadline, "no progress on the cluster");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Single writer: every connection of the process is on node 1.
+    let (on1, on2, on3) = (
+        sessions_on(&urls[0], "ljg_failover").await,
+        sessions_on(&urls[1], "ljg_failover").await,
+        sessions_on(&urls[2], "ljg_failover").await,
+    );
+    assert!(
+        on1 > 0 && on2 == 0 && on3 == 0,
+        "sessions per node: {on1} {on2} {on3}"
+    );
+
+    node("kill", 1);
+    let killed = Instant::now();
+    let before: u64 = scalar(&urls[1], processed).await.unwrap_or(0);
+    let mut resumed = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = scalar(&urls[1], processed).await.unwrap_or(0);
+        if resumed.is_none() && n > before + 50 {
+            resumed = Some(killed.elapsed());
+        }
+        if n >= JOBS as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processing did not finish after the failover ({n} of {JOBS})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on2 = sessions_on(&urls[1], "ljg_failover").await;
+    let on3 = sessions_on(&urls[2], "ljg_failover").await;
+    let report = workers.shutdown().await;
+    let verdict = audit(&urls[1], &audit_log.runs(), &[], |_| false).await;
+    eprintln!(
+        "galera: node 1 killed with 9; work resumed on node 2 after {:.1}s; sessions then \
+         on node 2: {on2}, node 3: {on3}; {report:?}",
+        resumed.unwrap_or_default().as_secs_f64()
+    );
+    node("restart", 1);
+    verdict.assert_clean("the writer node killed");
+    assert!(
+        on2 > 0 && on3 == 0,
+        "after the failover: {on2} on node 2, {on3} on node 3"
+    );
+    let running = scalar(
+        &urls[1],
+        "SELECT COUNT(*) FROM jobs WHERE status = 'running'",
+    )
+    .await;
+    assert_eq!(running, Some(0));
+}
+
+#[actix_rt::test]
+async fn migrations_started_on_every_node_at_once_apply_once() {
+    let _serial = SERIAL.lock().await;
+    let urls = fresh_db(&cluster(), "ljg_migrate").await;
+    let runs = urls.iter().map(|url| {
+        let url = url.clone();
+        actix_rt::spawn(async move { JobQueue::connect(&url).unwrap().migrate().await })
+    });
+    let results = futures::future::join_all(runs).await;
+    let mut applied = Vec::new();
+    for r in results {
+        applied.push(r.unwrap().expect("no node's migration fails").len());
+    }
+    applied.sort_unstable();
+    eprintln!("galera: migrations started on 3 nodes at once applied {applied:?}");
+    assert_eq!(applied[..2], [0, 0], "{applied:?}");
+    assert_eq!(applied[2], lightjobs::migrate::MIGRATIONS.len());
+    let dirty = scalar(
+        &urls[2],
+        "SELECT COUNT(*) FROM lightjobs_migrations WHERE success = 0",
+    )
+    .await;
+    assert_eq!(dirty, Some(0));
+}
