@@ -3,7 +3,11 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::procs::{
+    audit_file, count_on, example_binary, signal, start_audited, start_worker, wait_count,
+    wait_exit, worker_binary,
+};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,56 +34,6 @@ impl lightjobs::Job for Work {
 /// One fault test at a time: they start processes and measure recovery times, which
 /// other tests' load on two cores would blur.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn worker_binary() -> PathBuf {
-    example_binary("fault_worker")
-}
-
-/// Builds (if needed) and locates one of the test-support examples.
-fn example_binary(name: &str) -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", name])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the {name} example failed");
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lightjobs"));
-    bin.parent().unwrap().join("examples").join(name)
-}
-
-fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Child {
-    Command::new(bin)
-        .arg("process:jobs")
-        .args(args)
-        .env("LIGHTJOBS_DATABASE_URL", url)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fault_worker starts")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("worker process did not exit within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn duplicates(db: &TestDb) -> u64 {
     db.scalar(
@@ -275,19 +229,7 @@ async fn a_database_restart_mid_run_loses_nothing() {
     backlog(&queue, JOBS, 2).await;
     let mut worker = start_worker(&bin, &url, &["--concurrency", "8"]);
 
-    let count = |sql: &'static str| {
-        let url = url.clone();
-        async move {
-            use mysql_async::prelude::*;
-            let pool = mysql_async::Pool::new(url.as_str());
-            let n: Option<u64> = match pool.get_conn().await {
-                Ok(mut c) => c.query_first(sql).await.ok().flatten(),
-                Err(_) => None,
-            };
-            let _ = pool.disconnect().await;
-            n
-        }
-    };
+    let count = |sql: &'static str| count_on(&url, sql);
     let deadline = Instant::now() + Duration::from_secs(60);
     while count("SELECT COUNT(*) FROM runs").await.unwrap_or(0) < 500 {
         assert!(Instant::now() < deadline, "no progress before the restart");
@@ -431,51 +373,6 @@ async fn two_processes_scheduling_the_same_tick_make_one_job() {
     );
     assert_eq!(duplicates(&db).await, 0, "a tick ran twice");
     db.drop_db().await;
-}
-
-fn audit_file(name: &str) -> String {
-    let path = std::env::temp_dir().join(format!("lightjobs-audit-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path.display().to_string()
-}
-
-fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Child {
-    Command::new(bin)
-        .arg("process:jobs")
-        .args(args)
-        .env("LIGHTJOBS_DATABASE_URL", url)
-        .env("LIGHTJOBS_TEST_AUDIT", audit)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fault_worker starts")
-}
-
-async fn count_on(url: &str, sql: &str) -> Option<u64> {
-    use mysql_async::prelude::*;
-    let pool = mysql_async::Pool::new(url);
-    let n = match pool.get_conn().await {
-        Ok(mut c) => c.query_first(sql).await.ok().flatten(),
-        Err(_) => None,
-    };
-    let _ = pool.disconnect().await;
-    n
-}
-
-async fn wait_count(url: &str, sql: &str, n: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = count_on(url, sql).await;
-        if got.is_some_and(|got| got >= n) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {n}: {sql} (have {got:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The database is killed and comes back after longer than the staleness, while two live

@@ -9,7 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::audit::{audit, Audit, Audited};
+use common::audit::{audit, runs_from_file, Audit, Audited};
+use common::procs::{audit_file, start_audited, wait_exit, worker_binary};
 use lightjobs::{JobQueue, Workers};
 use mysql_async::prelude::*;
 
@@ -200,4 +201,94 @@ async fn migrations_started_on_every_node_at_once_apply_once() {
     )
     .await;
     assert_eq!(dirty, Some(0));
+}
+
+/// Worker processes on a 3-node cluster over the same backlog, in the two topologies: all
+/// given the three URLs in one order (one writer: node 1), and each given one node (three
+/// writers). Nothing may be lost or left running in either; one writer runs every job
+/// exactly once, while three writers are measured (Galera certifies at COMMIT and loses
+/// updates under concurrent writers, so they stay at-least-once) and reported.
+#[actix_rt::test]
+async fn one_writer_runs_each_job_once_and_three_writers_are_measured() {
+    const JOBS: usize = 3000;
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let nodes = cluster();
+    // The same workload on the single server of the other tests, in the same run.
+    let single = common::TestDb::new("galera_one_server").await;
+    for (topology, db) in [
+        ("one server (no Galera)", "ljg_one_server"),
+        ("one writer", "ljg_one_writer"),
+        ("three writers", "ljg_three_writers"),
+    ] {
+        let urls = if topology.starts_with("one server") {
+            vec![single.url.clone()]
+        } else {
+            fresh_db(&nodes, db).await
+        };
+        let queue = JobQueue::connect(&urls[0]).unwrap();
+        queue.migrate().await.unwrap();
+        for _ in 0..JOBS / 500 {
+            queue
+                .dispatch_many((0..500).map(|_| Work { millis: 0 }))
+                .await
+                .unwrap();
+        }
+        let log = audit_file(db);
+        let args = ["--concurrency", "8", "--stop-when-empty"];
+        let started = Instant::now();
+        let mut workers: Vec<_> = (0..3)
+            .map(|i| {
+                // Every process the same list in the same order, or each its own node.
+                let url = if topology == "three writers" {
+                    urls[i].clone()
+                } else {
+                    urls.join(",")
+                };
+                start_audited(&bin, &url, &log, &args)
+            })
+            .collect();
+        for w in &mut workers {
+            let status = wait_exit(w, Duration::from_secs(300)).await;
+            assert!(
+                status.success(),
+                "{topology}: a worker exited with {status}"
+            );
+        }
+        let took = started.elapsed();
+        let runs = runs_from_file(&log);
+        let verdict = audit(&urls[0], &runs, &[], |_| false).await;
+        eprintln!(
+            "galera, 3 processes x 8 slots, {topology}: {JOBS} jobs in {:.1}s ({:.0} jobs/s); \
+             {} runs, {} jobs ran twice, {} overlaps, {} unfinished",
+            took.as_secs_f64(),
+            JOBS as f64 / took.as_secs_f64(),
+            verdict.runs,
+            verdict.twice,
+            verdict.overlaps,
+            verdict.unfinished
+        );
+        assert_eq!(verdict.unfinished, 0, "{topology}: {verdict:?}");
+        assert_eq!(verdict.wrongly_failed, 0, "{topology}: {verdict:?}");
+        if topology != "three writers" {
+            verdict.assert_clean(topology);
+            assert_eq!(verdict.runs, JOBS as u64);
+        }
+        let _ = std::fs::remove_file(&log);
+    }
+    single.drop_db().await;
+}
+
+/// The job of the fault worker, for dispatching from here.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Work {
+    millis: u64,
+}
+
+impl lightjobs::Job for Work {
+    const NAME: &'static str = "work";
+    const MAX_ATTEMPTS: u32 = 5;
+    async fn execute(self, _: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
+        unreachable!("runs in the fault_worker process")
+    }
 }

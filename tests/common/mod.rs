@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod faults;
+pub mod procs;
 pub mod proxy;
 pub mod server;
 

@@ -99,7 +99,8 @@ fn main() -> ExitCode {
         eprintln!("set LIGHTJOBS_DATABASE_URL");
         return ExitCode::FAILURE;
     };
-    let pool = Pool::new(url.as_str());
+    // The jobs' own pool (for `runs`): the first node when several are given.
+    let pool = Pool::new(url.split(',').next().unwrap_or_default());
     // The recurring-job race test runs two of these with the same schedule.
     let recurring = std::env::var("LIGHTJOBS_TEST_RECURRING").ok();
     lightjobs::cli::run_with(Registry::new().register::<Work>(), move |w| {

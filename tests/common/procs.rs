@@ -1,0 +1,102 @@
+//! Worker processes for the fault and cluster tests: the `fault_worker` example built and
+//! started, signalled, waited for; and counts read over a fresh connection (the server
+//! may be down or just back).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn worker_binary() -> PathBuf {
+    example_binary("fault_worker")
+}
+
+/// Builds (if needed) and locates one of the test-support examples.
+pub fn example_binary(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the {name} example failed");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lightjobs"));
+    bin.parent().unwrap().join("examples").join(name)
+}
+
+pub fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Child {
+    Command::new(bin)
+        .arg("process:jobs")
+        .args(args)
+        .env("LIGHTJOBS_DATABASE_URL", url)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fault_worker starts")
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker process did not exit within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn audit_file(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("lightjobs-audit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.display().to_string()
+}
+
+pub fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Child {
+    Command::new(bin)
+        .arg("process:jobs")
+        .args(args)
+        .env("LIGHTJOBS_DATABASE_URL", url)
+        .env("LIGHTJOBS_TEST_AUDIT", audit)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fault_worker starts")
+}
+
+pub async fn count_on(url: &str, sql: &str) -> Option<u64> {
+    use mysql_async::prelude::*;
+    let pool = mysql_async::Pool::new(url);
+    let n = match pool.get_conn().await {
+        Ok(mut c) => c.query_first(sql).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let _ = pool.disconnect().await;
+    n
+}
+
+pub async fn wait_count(url: &str, sql: &str, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = count_on(url, sql).await;
+        if got.is_some_and(|got| got >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n}: {sql} (have {got:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
