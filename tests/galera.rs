@@ -292,3 +292,63 @@ impl lightjobs::Job for Work {
         unreachable!("runs in the fault_worker process")
     }
 }
+
+/// The maintenance leases taken on the three nodes at the same moment: exactly one process
+/// gets each (certification decides between nodes, where `GET_LOCK` would let all three
+/// through), and the others get it once it is given back.
+#[actix_rt::test]
+async fn a_lease_taken_on_every_node_at_once_has_one_holder() {
+    use lightjobs::__private::{acquire_lease, release_lease, CREATE_LEASES};
+    let _serial = SERIAL.lock().await;
+    let urls = fresh_db(&cluster(), "ljg_lease").await;
+    {
+        let pool = mysql_async::Pool::new(urls[0].as_str());
+        let mut conn = pool.get_conn().await.unwrap();
+        conn.query_drop(CREATE_LEASES).await.unwrap();
+        drop(conn);
+        pool.disconnect().await.unwrap();
+    }
+    let mut pools = Vec::new();
+    let mut conns = Vec::new();
+    for url in &urls {
+        let pool = mysql_async::Pool::new(url.as_str());
+        conns.push(pool.get_conn().await.unwrap());
+        pools.push(pool);
+    }
+    let ttl = Duration::from_secs(60);
+    for round in 0..20 {
+        let name = format!("rescuer-{round}");
+        let takes = conns.iter_mut().enumerate().map(|(i, conn)| {
+            let name = name.clone();
+            async move {
+                acquire_lease(conn, &name, &format!("node{i}"), ttl)
+                    .await
+                    .unwrap()
+            }
+        });
+        let got = futures::future::join_all(takes).await;
+        assert_eq!(
+            got.iter().filter(|g| **g).count(),
+            1,
+            "round {round}: holders {got:?}"
+        );
+        let holder = got.iter().position(|g| *g).unwrap();
+        release_lease(&mut conns[holder], &name, &format!("node{holder}"))
+            .await
+            .unwrap();
+        let next = (holder + 1) % 3;
+        // The release may take a moment to be applied on the other node.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !acquire_lease(&mut conns[next], &name, &format!("node{next}"), ttl)
+            .await
+            .unwrap()
+        {
+            assert!(Instant::now() < deadline, "round {round}: never given back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(conns);
+    for pool in pools {
+        pool.disconnect().await.unwrap();
+    }
+}
