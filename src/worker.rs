@@ -84,6 +84,8 @@ impl Worker {
         // checkout sits on the hot path. Replaced after any error.
         let mut conn: Option<Conn> = None;
         let mut saturated = false;
+        // Lock races lost in a row.
+        let mut conflicts = 0u32;
         let mut last_work = Instant::now();
         loop {
             if let Some(n) = self.panic_after {
@@ -155,17 +157,23 @@ impl Worker {
             let result = self.claim(&mut conn, &mut permits, &mut next_queue).await;
             let got = match result {
                 Ok(n) => {
+                    conflicts = 0;
                     if let Some(since) = outage.take() {
                         tracing::info!(target: "lightjobs::worker", down_for = ?since.elapsed(), "database reachable again");
                     }
                     n
                 }
                 Err(error) if error.is_lock_conflict() => {
-                    // Deadlock or lock wait timeout: another claimer won a race. Not an
-                    // outage; try again after a short pause.
+                    // Deadlock, lock wait timeout or a certification failure at COMMIT:
+                    // another claimer won a race and nothing of this claim committed. Not
+                    // an outage: the first retry goes at once, later ones after a pause.
                     drop(permits);
                     conn = None;
+                    conflicts += 1;
                     tracing::debug!(target: "lightjobs::worker", %error, "claim lost a lock race; retrying");
+                    if conflicts == 1 {
+                        continue;
+                    }
                     if sleep(
                         &mut wake,
                         jitter(self.poll.min, fastrand::f64()),
