@@ -167,6 +167,10 @@ fn session_opts(opts: Opts, constraints: PoolConstraints) -> Opts {
 
 impl JobQueue {
     /// A builder for a queue on the database at `url` (`mysql://user:pass@host:port/db`).
+    ///
+    /// Several URLs separated by commas name the nodes of a cluster, in order of
+    /// preference: every connection goes to the first healthy one (give every process the
+    /// same list in the same order, so the cluster has one writer).
     pub fn builder(url: impl Into<String>) -> JobQueueBuilder {
         JobQueueBuilder {
             url: url.into(),
