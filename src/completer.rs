@@ -55,6 +55,26 @@ pub(crate) fn emit<'a>(hook: &Option<EventHook>, events: impl Iterator<Item = &'
     }
 }
 
+/// Counts the successes of `done` found written (`written` ids) as processed and reports
+/// them to the hook; the others were no longer ours: counted as lost, never reported.
+/// Shared by the fetch loop (successes folded into a claim) and the completer.
+pub(crate) fn record_written(
+    done: Vec<JobEvent>,
+    written: &[u64],
+    report: &mut Report,
+    hook: &Option<EventHook>,
+) {
+    let written: HashSet<u64> = written.iter().copied().collect();
+    let (ours, lost): (Vec<JobEvent>, Vec<JobEvent>) =
+        done.into_iter().partition(|e| written.contains(&e.id));
+    report.processed += ours.len() as u64;
+    report.lost += lost.len() as u64;
+    if !lost.is_empty() {
+        tracing::warn!(target: "lightjobs::completer", lost = lost.len(), "completed jobs were no longer ours");
+    }
+    emit(hook, ours.iter());
+}
+
 /// Successes waiting for a transaction to write them: the fetch loop folds them into its
 /// next claim (one commit for both); at shutdown they go to the completer.
 #[derive(Default)]
@@ -206,17 +226,7 @@ impl Completer {
         if !done.is_empty() {
             let held: Vec<Held> = done.iter().map(JobEvent::held).collect();
             match self.store.mark_completed(&held).await {
-                Ok(ids) => {
-                    let written: HashSet<u64> = ids.into_iter().collect();
-                    let (ours, lost): (Vec<JobEvent>, Vec<JobEvent>) =
-                        done.into_iter().partition(|e| written.contains(&e.id));
-                    report.processed += ours.len() as u64;
-                    report.lost += lost.len() as u64;
-                    if !lost.is_empty() {
-                        tracing::warn!(target: "lightjobs::completer", lost = lost.len(), "completed jobs were no longer ours");
-                    }
-                    self.emit(ours.iter());
-                }
+                Ok(ids) => record_written(done, &ids, report, &self.hook),
                 Err(error) => {
                     failed.extend(done);
                     last_error = Some(error);

@@ -11,8 +11,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::procs::wait_exit;
 use common::TestDb;
 use jobs::{GenerateReport, SendMail};
 use lightjobs::{JobQueue, Workers};
@@ -145,22 +146,6 @@ async fn process_all(queue: &JobQueue) {
         .register::<SendMail>()
         .drain()
         .await;
-}
-
-/// Waits for `child` to exit; kills it and fails the test after `timeout`.
-async fn wait_for_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process {} did not exit within {timeout:?}", child.id());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn sigterm(child: &Child) {
@@ -495,7 +480,7 @@ async fn sigterm_lets_running_jobs_finish() {
         .unwrap();
     db.wait_for("running", 3, Duration::from_secs(20)).await;
     sigterm(&child);
-    let status = wait_for_exit(&mut child, Duration::from_secs(30)).await;
+    let status = wait_exit(&mut child, Duration::from_secs(30)).await;
     let (stdout, stderr) = read_output(&mut child);
     assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");
     assert_eq!(db.count("running").await, 0);
@@ -532,7 +517,7 @@ async fn sigterm_past_the_grace_period_releases_jobs_without_spending_attempts()
     .unwrap();
     db.wait_for("running", 2, Duration::from_secs(20)).await;
     sigterm(&child);
-    let status = wait_for_exit(&mut child, Duration::from_secs(20)).await;
+    let status = wait_exit(&mut child, Duration::from_secs(20)).await;
     let (stdout, stderr) = read_output(&mut child);
     assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");
     assert_eq!(db.count("running").await, 0);

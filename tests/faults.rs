@@ -5,7 +5,7 @@ mod common;
 
 use common::procs::{
     audit_file, count_on, example_binary, signal, start_audited, start_worker, wait_count,
-    wait_exit, worker_binary,
+    wait_exit, worker_binary, Work,
 };
 
 use std::process::{Child, Command, Stdio};
@@ -15,21 +15,6 @@ use common::audit::{audit, runs_from_file};
 use common::server::PrivateServer;
 use common::TestDb;
 use lightjobs::JobQueue;
-use serde::Serialize;
-
-/// The same shape as the fault worker's job, for dispatching from here.
-#[derive(Serialize, serde::Deserialize)]
-struct Work {
-    millis: u64,
-}
-
-impl lightjobs::Job for Work {
-    const NAME: &'static str = "work";
-    const MAX_ATTEMPTS: u32 = 5;
-    async fn execute(self, _: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
-        unreachable!("runs in the fault_worker process")
-    }
-}
 
 /// One fault test at a time: they start processes and measure recovery times, which
 /// other tests' load on two cores would blur.

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::audit::{audit, runs_from_file, Audit, Audited};
-use common::procs::{audit_file, start_audited, wait_exit, worker_binary};
+use common::procs::{audit_file, count_on, start_audited, wait_exit, worker_binary, Work};
 use lightjobs::{JobQueue, Workers};
 use mysql_async::prelude::*;
 
@@ -74,19 +74,9 @@ async fn fresh_db(urls: &[String], name: &str) -> Vec<String> {
     urls.iter().map(|u| with_db(u, name)).collect()
 }
 
-async fn scalar(url: &str, sql: &str) -> Option<u64> {
-    let pool = mysql_async::Pool::new(url);
-    let n = match pool.get_conn().await {
-        Ok(mut c) => c.query_first(sql).await.ok().flatten(),
-        Err(_) => None,
-    };
-    let _ = pool.disconnect().await;
-    n
-}
-
 /// Connections of the queue's database user on a node, other than this query's own.
 async fn sessions_on(url: &str, db: &str) -> u64 {
-    scalar(
+    count_on(
         url,
         &format!(
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
@@ -121,7 +111,7 @@ async fn one_node_takes_every_write_and_a_killed_node_fails_over() {
         .unwrap();
     let processed = "SELECT COUNT(*) FROM jobs WHERE status = 'processed'";
     let deadline = Instant::now() + Duration::from_secs(60);
-    while scalar(&urls[1], processed).await.unwrap_or(0) < 500 {
+    while count_on(&urls[1], processed).await.unwrap_or(0) < 500 {
         assert!(Instant::now() < deadline, "no progress on the cluster");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -138,11 +128,11 @@ async fn one_node_takes_every_write_and_a_killed_node_fails_over() {
 
     node("kill", 1);
     let killed = Instant::now();
-    let before: u64 = scalar(&urls[1], processed).await.unwrap_or(0);
+    let before: u64 = count_on(&urls[1], processed).await.unwrap_or(0);
     let mut resumed = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = scalar(&urls[1], processed).await.unwrap_or(0);
+        let n = count_on(&urls[1], processed).await.unwrap_or(0);
         if resumed.is_none() && n > before + 50 {
             resumed = Some(killed.elapsed());
         }
@@ -170,7 +160,7 @@ async fn one_node_takes_every_write_and_a_killed_node_fails_over() {
         on2 > 0 && on3 == 0,
         "after the failover: {on2} on node 2, {on3} on node 3"
     );
-    let running = scalar(
+    let running = count_on(
         &urls[1],
         "SELECT COUNT(*) FROM jobs WHERE status = 'running'",
     )
@@ -195,7 +185,7 @@ async fn migrations_started_on_every_node_at_once_apply_once() {
     eprintln!("galera: migrations started on 3 nodes at once applied {applied:?}");
     assert_eq!(applied[..2], [0, 0], "{applied:?}");
     assert_eq!(applied[2], lightjobs::migrate::MIGRATIONS.len());
-    let dirty = scalar(
+    let dirty = count_on(
         &urls[2],
         "SELECT COUNT(*) FROM lightjobs_migrations WHERE success = 0",
     )
@@ -277,20 +267,6 @@ async fn one_writer_runs_each_job_once_and_three_writers_are_measured() {
         let _ = std::fs::remove_file(&log);
     }
     single.drop_db().await;
-}
-
-/// The job of the fault worker, for dispatching from here.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Work {
-    millis: u64,
-}
-
-impl lightjobs::Job for Work {
-    const NAME: &'static str = "work";
-    const MAX_ATTEMPTS: u32 = 5;
-    async fn execute(self, _: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
-        unreachable!("runs in the fault_worker process")
-    }
 }
 
 /// The maintenance leases taken on the three nodes at the same moment: exactly one process

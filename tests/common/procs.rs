@@ -23,15 +23,27 @@ pub fn example_binary(name: &str) -> PathBuf {
 }
 
 pub fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Child {
-    Command::new(bin)
+    spawn_worker(bin, url, None, args)
+}
+
+/// A worker that records its runs in the audit file `audit` (see `audit::runs_from_file`).
+pub fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Child {
+    spawn_worker(bin, url, Some(audit), args)
+}
+
+fn spawn_worker(bin: &PathBuf, url: &str, audit: Option<&str>, args: &[&str]) -> Child {
+    let mut command = Command::new(bin);
+    command
         .arg("process:jobs")
         .args(args)
         .env("LIGHTJOBS_DATABASE_URL", url)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fault_worker starts")
+        .stderr(Stdio::null());
+    if let Some(audit) = audit {
+        command.env("LIGHTJOBS_TEST_AUDIT", audit);
+    }
+    command.spawn().expect("fault_worker starts")
 }
 
 pub fn signal(child: &Child, sig: &str) {
@@ -42,6 +54,7 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
+/// Waits for `child` to exit; kills it and fails the test after `timeout`.
 pub async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
@@ -50,7 +63,8 @@ pub async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::Ex
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("worker process did not exit within {timeout:?}");
+            let _ = child.wait();
+            panic!("process {} did not exit within {timeout:?}", child.id());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -60,19 +74,6 @@ pub fn audit_file(name: &str) -> String {
     let path = std::env::temp_dir().join(format!("lightjobs-audit-{name}-{}", std::process::id()));
     let _ = std::fs::remove_file(&path);
     path.display().to_string()
-}
-
-pub fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Child {
-    Command::new(bin)
-        .arg("process:jobs")
-        .args(args)
-        .env("LIGHTJOBS_DATABASE_URL", url)
-        .env("LIGHTJOBS_TEST_AUDIT", audit)
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fault_worker starts")
 }
 
 pub async fn count_on(url: &str, sql: &str) -> Option<u64> {
@@ -98,5 +99,19 @@ pub async fn wait_count(url: &str, sql: &str, n: u64, timeout: Duration) {
             "timed out waiting for {n}: {sql} (have {got:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The fault worker's job, for dispatching from the tests.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Work {
+    pub millis: u64,
+}
+
+impl lightjobs::Job for Work {
+    const NAME: &'static str = "work";
+    const MAX_ATTEMPTS: u32 = 5;
+    async fn execute(self, _: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
+        unreachable!("runs in the fault_worker process")
     }
 }
