@@ -3,21 +3,29 @@
 //! With one server this is a plain pool. With several (the nodes of a Galera cluster),
 //! every connection of the process goes to one node: the first in the list that is
 //! healthy (ready, synced, not a donor). Every process applies the same rule to the same
-//! list, so the cluster has one writer, which is what keeps claims exactly once: Galera
-//! certifies conflicting writes only at COMMIT, so writers on several nodes would turn
-//! `SKIP LOCKED` claims into certification failures and lost updates. When the node in
-//! use fails, the next healthy one takes over within seconds; when an earlier node is
-//! healthy again, every process moves back to it.
+//! list, at the same whole seconds of the wall clock, so the cluster has one writer, which
+//! is what keeps claims exactly once: Galera certifies conflicting writes only at COMMIT,
+//! so writers on several nodes would turn `SKIP LOCKED` claims into certification
+//! failures and lost updates. When the node in use fails, the next healthy one takes over
+//! within seconds; when an earlier node is healthy again, every process moves back to it.
+//! A move makes the new node catch up with the cluster before anything uses it, closes
+//! the pools of the node left, and holds claims back for a moment (see [`Nodes::settling`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, Pool};
+use once_cell::sync::Lazy;
 
 /// How often, with several nodes, the one in use is checked (and an earlier one tried).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long after a move to another node claims wait: two checks, by when every other
+/// process has made the same move and its claims in flight on the old node have ended.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// A pool per node; cheap to clone (shared).
 #[derive(Clone, Debug)]
@@ -27,49 +35,142 @@ pub(crate) struct Nodes {
 
 #[derive(Debug)]
 struct Inner {
-    pools: Vec<Pool>,
+    /// Each node's settings, to open a fresh pool when its old one is retired (empty for
+    /// a single server, which is never left).
+    opts: Vec<Opts>,
+    pools: Vec<Mutex<Pool>>,
+    choice: Arc<Choice>,
+}
+
+/// The node in use, shared by every `Nodes` of the process on the same list of nodes
+/// (the queue's connection thread, the workers, the maintenance thread): they move
+/// together, and a move closes the idle connections of all of them on the node left.
+#[derive(Debug)]
+struct Choice {
     current: AtomicUsize,
     next_check: Mutex<Instant>,
+    /// When the node in use last changed.
+    moved_at: Mutex<Option<Instant>>,
+    members: Mutex<Vec<Weak<Inner>>>,
+}
+
+impl Choice {
+    fn new() -> Arc<Choice> {
+        Arc::new(Choice {
+            current: AtomicUsize::new(0),
+            next_check: Mutex::new(Instant::now()),
+            moved_at: Mutex::new(None),
+            members: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The choice shared by every list of the same nodes in this process.
+    fn shared(opts: &[Opts]) -> Arc<Choice> {
+        static CHOICES: Lazy<Mutex<HashMap<String, Weak<Choice>>>> = Lazy::new(Default::default);
+        let key = opts
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}:{}/{}",
+                    o.ip_or_hostname(),
+                    o.tcp_port(),
+                    o.db_name().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut choices = lock(&CHOICES);
+        choices.retain(|_, c| c.strong_count() > 0);
+        if let Some(choice) = choices.get(&key).and_then(Weak::upgrade) {
+            return choice;
+        }
+        let choice = Choice::new();
+        choices.insert(key, Arc::downgrade(&choice));
+        choice
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The instant the next check is due: the next whole second of the wall clock. Every
+/// process checks at the same moments (to within the hosts' clock skew), so that when a
+/// node comes back the processes move to it together rather than up to a second apart,
+/// which would be a second with two writers.
+fn next_tick() -> Instant {
+    let into = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| Duration::from_nanos(u64::from(d.subsec_nanos())))
+        .unwrap_or_default();
+    Instant::now() + CHECK_EVERY.saturating_sub(into)
 }
 
 impl Nodes {
     /// One pool per node, in order of preference.
     pub(crate) fn new(opts: Vec<Opts>) -> Nodes {
-        Nodes {
-            inner: Arc::new(Inner {
-                pools: opts.into_iter().map(Pool::new).collect(),
-                current: AtomicUsize::new(0),
-                next_check: Mutex::new(Instant::now()),
-            }),
-        }
+        let choice = if opts.len() > 1 {
+            Choice::shared(&opts)
+        } else {
+            Choice::new()
+        };
+        let inner = Arc::new(Inner {
+            pools: opts
+                .iter()
+                .cloned()
+                .map(|o| Mutex::new(Pool::new(o)))
+                .collect(),
+            opts,
+            choice,
+        });
+        let mut members = lock(&inner.choice.members);
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(&inner));
+        drop(members);
+        Nodes { inner }
     }
 
     /// A single server's pool.
     pub(crate) fn single(pool: Pool) -> Nodes {
         Nodes {
             inner: Arc::new(Inner {
-                pools: vec![pool],
-                current: AtomicUsize::new(0),
-                next_check: Mutex::new(Instant::now()),
+                opts: Vec::new(),
+                pools: vec![Mutex::new(pool)],
+                choice: Choice::new(),
             }),
         }
     }
 
     /// The index of the node in use (in the list given).
     pub(crate) fn current(&self) -> usize {
-        self.inner.current.load(Ordering::Relaxed)
+        self.inner.choice.current.load(Ordering::Relaxed)
+    }
+
+    /// Node `i`'s pool (a cheap handle).
+    fn pool(&self, i: usize) -> Pool {
+        lock(&self.inner.pools[i]).clone()
     }
 
     /// A connection to the node in use, moving to another node when it fails or is no
     /// longer healthy.
     pub(crate) async fn get_conn(&self) -> Result<Conn, mysql_async::Error> {
-        let pools = &self.inner.pools;
-        if pools.len() == 1 {
-            return pools[0].get_conn().await;
+        Ok(self.get_conn_at().await?.1)
+    }
+
+    /// [`get_conn`](Self::get_conn), with the index of the node the connection is to.
+    pub(crate) async fn get_conn_at(&self) -> Result<(usize, Conn), mysql_async::Error> {
+        if self.inner.pools.len() == 1 {
+            return Ok((0, self.pool(0).get_conn().await?));
         }
         if !self.take_due() {
-            match pools[self.current()].get_conn().await {
-                Ok(conn) => return Ok(conn),
+            let node = self.current();
+            match self.pool(node).get_conn().await {
+                Ok(conn) if self.current() == node => return Ok((node, conn)),
+                // The process moved while this connection was opened: it would be a session
+                // on the node left, which nothing retires any more.
+                Ok(conn) => {
+                    let _ = conn.disconnect().await;
+                }
                 Err(error) if !crate::error::is_unavailable(&error) => return Err(error),
                 Err(_) => {}
             }
@@ -90,32 +191,63 @@ impl Nodes {
         self.current() != node
     }
 
-    /// True (once) when the periodic check is due.
+    /// How long claims are still to wait after the node in use changed (checking first
+    /// when a check is due); `None` when they need not.
+    pub(crate) async fn settling(&self) -> Option<Duration> {
+        if self.inner.pools.len() == 1 {
+            return None;
+        }
+        if self.take_due() {
+            let _ = self.choose().await;
+        }
+        let moved_at = *lock(&self.inner.choice.moved_at);
+        moved_at
+            .and_then(|at| SETTLE.checked_sub(at.elapsed()))
+            .filter(|left| !left.is_zero())
+    }
+
+    /// True (once per tick, across the process) when the periodic check is due.
     fn take_due(&self) -> bool {
-        let mut next = self
-            .inner
-            .next_check
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut next = lock(&self.inner.choice.next_check);
         let due = Instant::now() >= *next;
         if due {
-            *next = Instant::now() + CHECK_EVERY;
+            *next = next_tick();
         }
         due
     }
 
     /// The first healthy node in order becomes the one in use; returns a connection to it.
-    async fn choose(&self) -> Result<Conn, mysql_async::Error> {
+    async fn choose(&self) -> Result<(usize, Conn), mysql_async::Error> {
         let current = self.current();
         let mut last_error = None;
-        for (i, pool) in self.inner.pools.iter().enumerate() {
-            match healthy(pool).await {
-                Ok(Some(conn)) => {
-                    if i != current {
-                        self.inner.current.store(i, Ordering::Relaxed);
-                        tracing::warn!(target: "lightjobs::nodes", from = current + 1, to = i + 1, "database node in use changed");
+        for i in 0..self.inner.pools.len() {
+            match healthy(&self.pool(i)).await {
+                Ok(Some((mut conn, galera))) => {
+                    let choice = &self.inner.choice;
+                    if i != current && galera {
+                        // Before any connection of the process goes to the node.
+                        if let Err(error) = catch_up(&mut conn).await {
+                            last_error = Some(error);
+                            continue;
+                        }
                     }
-                    return Ok(conn);
+                    if i != current
+                        && choice
+                            .current
+                            .compare_exchange(current, i, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(target: "lightjobs::nodes", from = current + 1, to = i + 1, "database node in use changed");
+                        *lock(&choice.moved_at) = Some(Instant::now());
+                        let members: Vec<Arc<Inner>> = lock(&choice.members)
+                            .iter()
+                            .filter_map(Weak::upgrade)
+                            .collect();
+                        for member in members {
+                            member.retire(current);
+                        }
+                    }
+                    return Ok((i, conn));
                 }
                 Ok(None) => {}
                 Err(error) => last_error = Some(error),
@@ -128,15 +260,32 @@ impl Nodes {
 
     /// Closes every pool.
     pub(crate) async fn disconnect(self) {
-        for pool in self.inner.pools.iter().cloned() {
+        let pools: Vec<Pool> = (0..self.inner.pools.len()).map(|i| self.pool(i)).collect();
+        for pool in pools {
             let _ = pool.disconnect().await;
         }
     }
 }
 
-/// A connection to `pool`'s node if it can take writes: a Galera node must be ready and
-/// synced (a donor or a joiner is not); a server without Galera always can.
-async fn healthy(pool: &Pool) -> Result<Option<Conn>, mysql_async::Error> {
+impl Inner {
+    /// Replaces the pool of a node no longer in use by a fresh one. Dropping the old
+    /// handle closes its idle connections now and the others as they come back; they would
+    /// otherwise stay open on the old node for their whole lifetime, each a session a later
+    /// move back would hand out broken (the node died) or stale.
+    fn retire(&self, node: usize) {
+        if let Some(opts) = self.opts.get(node) {
+            drop(std::mem::replace(
+                &mut *lock(&self.pools[node]),
+                Pool::new(opts.clone()),
+            ));
+        }
+    }
+}
+
+/// A connection to `pool`'s node if it can take writes, and whether the node is a Galera
+/// node: a Galera node must be ready and synced (a donor or a joiner is not); a server
+/// without Galera always can.
+async fn healthy(pool: &Pool) -> Result<Option<(Conn, bool)>, mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     let status: Vec<(String, String)> = conn
         .query(
@@ -144,7 +293,26 @@ async fn healthy(pool: &Pool) -> Result<Option<Conn>, mysql_async::Error> {
              ('wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status')",
         )
         .await?;
-    Ok(is_healthy(&status).then_some(conn))
+    let galera = status
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("wsrep_ready"));
+    Ok(is_healthy(&status).then_some((conn, galera)))
+}
+
+/// Waits until the node has applied every write set the cluster committed before this
+/// call. Galera applies another node's commits asynchronously, so without it a claim
+/// committed on the node left just before it failed could still be invisible here: its
+/// release by token, or its result, would find no row, and the row would turn up
+/// `running` afterwards, held by a live process that has let it go. Applying is in order,
+/// so one wait on the node covers every connection to it from then on.
+async fn catch_up(conn: &mut Conn) -> Result<(), mysql_async::Error> {
+    // 9 = reads and SHOW: the SHOW below waits (it counts in `wsrep_causal_reads`).
+    conn.query_drop("SET SESSION wsrep_sync_wait = 9").await?;
+    let waited = conn
+        .query_drop("SHOW GLOBAL STATUS LIKE 'wsrep_last_committed'")
+        .await;
+    conn.query_drop("SET SESSION wsrep_sync_wait = 0").await?;
+    waited
 }
 
 /// Judges a node by its `wsrep_%` status (empty on a server without Galera).

@@ -152,6 +152,19 @@ impl Worker {
                 // the server's CPU is the limit). Otherwise they share the claim's commit.
                 self.to_completer(self.completions.take());
             }
+            if let Some(left) = self.store.nodes().settling().await {
+                // The process just moved to another node of a cluster; another process may
+                // still claim on the old one until its own check. No claim until they all
+                // have moved: two writers would leave only Galera's certification between
+                // two claims of one job.
+                drop(permits);
+                conn = None;
+                self.to_completer(self.completions.take());
+                if sleep(&mut wake, left, &stop, false).await {
+                    return Exit::Stopped;
+                }
+                continue;
+            }
             let result = self.claim(&mut conn, &mut permits, &mut next_queue).await;
             let got = match result {
                 Ok(n) => {
@@ -307,9 +320,9 @@ impl Worker {
             }
             let c = match conn {
                 Some(c) => c,
-                None => match self.store.nodes().get_conn().await {
-                    Ok(c) => {
-                        self.conn_node.set(self.store.nodes().current());
+                None => match self.store.nodes().get_conn_at().await {
+                    Ok((node, c)) => {
+                        self.conn_node.set(node);
                         conn.insert(c)
                     }
                     Err(e) => {

@@ -5,7 +5,7 @@ mod common;
 
 use common::procs::{
     audit_file, count_on, example_binary, signal, start_audited, start_worker, wait_count,
-    wait_exit, worker_binary, Work,
+    wait_exit, worker_binary, Proc, Work,
 };
 
 use std::process::{Child, Command, Stdio};
@@ -46,7 +46,7 @@ async fn four_processes_by_eight_slots_run_every_job_exactly_once() {
     let queue = db.migrated().await;
     backlog(&queue, JOBS, 0).await;
     let started = Instant::now();
-    let mut workers: Vec<Child> = (0..4)
+    let mut workers: Vec<Proc> = (0..4)
         .map(|_| start_worker(&bin, &db.url, &["--concurrency", "8", "--stop-when-empty"]))
         .collect();
     for w in &mut workers {

@@ -331,3 +331,168 @@ async fn a_lease_taken_on_every_node_at_once_has_one_holder() {
         pool.disconnect().await.unwrap();
     }
 }
+
+/// Connections of any client to database `db` on node `node`, read from the node's own
+/// `test` database so that the probe is not one of them.
+async fn sessions_of(node: &str, db: &str) -> Option<u64> {
+    count_on(
+        node,
+        &format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{db}'"),
+    )
+    .await
+}
+
+/// Prints who holds the sessions of `db` on `node` (for a failed test).
+async fn dump_sessions(node: &str, db: &str) {
+    let pool = mysql_async::Pool::new(node);
+    if let Ok(mut conn) = pool.get_conn().await {
+        let rows: Vec<(u64, String, String, u64, Option<String>)> = conn
+            .query(format!(
+                "SELECT ID, HOST, COMMAND, TIME, INFO FROM information_schema.PROCESSLIST \
+                 WHERE DB = '{db}'"
+            ))
+            .await
+            .unwrap_or_default();
+        for row in rows {
+            eprintln!("session on {node}: {row:?}");
+        }
+    }
+    let _ = pool.disconnect().await;
+    let ss = Command::new("ss").args(["-tnp"]).output();
+    if let Ok(ss) = ss {
+        eprintln!("{}", String::from_utf8_lossy(&ss.stdout));
+    }
+}
+
+/// The first node killed under a steady stream of jobs, then restarted while the workers
+/// run: two worker processes (and the dispatching queue) move to node 2, then back to node
+/// 1 once it is synced again, and no session is left on node 2. Across both moves no job
+/// is lost, run twice or left running.
+#[actix_rt::test]
+async fn processes_move_back_to_the_first_node_once_it_is_synced_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const DB: &str = "ljg_failback";
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let nodes = cluster();
+    let urls = fresh_db(&nodes, DB).await;
+    let list = urls.join(",");
+    let queue = JobQueue::connect(&list).unwrap();
+    queue.migrate().await.unwrap();
+    let log = audit_file(DB);
+    let args = [
+        "--concurrency",
+        "8",
+        "--heartbeat",
+        "0.2",
+        "--stale-after",
+        "2",
+    ];
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| start_audited(&bin, &list, &log, &args))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = actix_rt::spawn({
+        let (queue, stop) = (queue.clone(), stop.clone());
+        async move {
+            let mut failed = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // A dispatch cut by the kill may or may not have committed; the audit
+                // reads every row that exists, so neither case escapes it.
+                if queue
+                    .dispatch_many((0..25).map(|_| Work { millis: 5 }))
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            failed
+        }
+    });
+    let processed = format!("SELECT COUNT(*) FROM {DB}.jobs WHERE status = 'processed'");
+    let progress_after = |n: u64, what: &'static str| {
+        let (node, processed) = (nodes[1].clone(), processed.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count_on(&node, &processed).await.unwrap_or(0) < n {
+                assert!(Instant::now() < deadline, "no progress {what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    progress_after(300, "at the start").await;
+    eprintln!("galera: failback phase kill at {}", common::audit::now_us());
+    node("kill", 1);
+    let killed = Instant::now();
+    let at_kill = count_on(&nodes[1], &processed).await.unwrap_or(0);
+    progress_after(at_kill + 200, "after node 1 was killed").await;
+    let failed_over = killed.elapsed();
+    actix_rt::task::spawn_blocking(|| node("restart", 1))
+        .await
+        .unwrap();
+    let synced = Instant::now();
+    eprintln!(
+        "galera: failback phase synced at {}",
+        common::audit::now_us()
+    );
+    // Every session of the queue's database back on node 1, none left on node 2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (on1, on2) = loop {
+        let on1 = sessions_of(&nodes[0], DB).await.unwrap_or(0);
+        let on2 = sessions_of(&nodes[1], DB).await.unwrap_or(u64::MAX);
+        if on1 > 0 && on2 == 0 {
+            break (on1, on2);
+        }
+        if Instant::now() >= deadline {
+            dump_sessions(&nodes[1], DB).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30 s after node 1 was synced again: {on1} sessions on node 1, {on2} on node 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let moved_back = synced.elapsed();
+    eprintln!(
+        "galera: failback phase moved back at {}",
+        common::audit::now_us()
+    );
+    let at_move = count_on(&nodes[0], &processed).await.unwrap_or(0);
+    // Work goes on through node 1.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_on(&nodes[0], &processed).await.unwrap_or(0) < at_move + 300 {
+        assert!(Instant::now() < deadline, "no progress after the move back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failed_dispatches = feeder.await.unwrap();
+    let left = format!(
+        "SELECT COUNT(*) FROM {DB}.jobs WHERE status NOT IN ('processed', 'failed', 'cancelled')"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_on(&nodes[0], &left).await != Some(0) {
+        assert!(Instant::now() < deadline, "the backlog did not drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for w in &mut workers {
+        common::procs::signal(w, "-TERM");
+    }
+    for w in &mut workers {
+        let status = wait_exit(w, Duration::from_secs(30)).await;
+        assert!(status.success(), "a worker exited with {status}");
+    }
+    let verdict = audit(&urls[0], &runs_from_file(&log), &[], |_| false).await;
+    eprintln!(
+        "galera: node 1 killed; work went on through node 2 after {:.1}s; node 1 synced \
+         again, every session back on it after {:.1}s ({on1} on node 1, {on2} on node 2); \
+         {failed_dispatches} dispatches failed during the moves",
+        failed_over.as_secs_f64(),
+        moved_back.as_secs_f64()
+    );
+    verdict.assert_clean("node 1 killed, then back");
+    let _ = std::fs::remove_file(&log);
+    assert!(verdict.runs > 600, "{verdict:?}");
+}

@@ -37,7 +37,7 @@ impl Run {
     }
 }
 
-fn now_us() -> u128 {
+pub fn now_us() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

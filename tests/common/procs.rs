@@ -22,16 +22,42 @@ pub fn example_binary(name: &str) -> PathBuf {
     bin.parent().unwrap().join("examples").join(name)
 }
 
-pub fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Child {
+/// A started process, killed when the test lets go of it while it still runs (a failed
+/// assertion must not leave workers running against the next test's database).
+pub struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Proc {
     spawn_worker(bin, url, None, args)
 }
 
 /// A worker that records its runs in the audit file `audit` (see `audit::runs_from_file`).
-pub fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Child {
+pub fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Proc {
     spawn_worker(bin, url, Some(audit), args)
 }
 
-fn spawn_worker(bin: &PathBuf, url: &str, audit: Option<&str>, args: &[&str]) -> Child {
+fn spawn_worker(bin: &PathBuf, url: &str, audit: Option<&str>, args: &[&str]) -> Proc {
     let mut command = Command::new(bin);
     command
         .arg("process:jobs")
@@ -43,7 +69,7 @@ fn spawn_worker(bin: &PathBuf, url: &str, audit: Option<&str>, args: &[&str]) ->
     if let Some(audit) = audit {
         command.env("LIGHTJOBS_TEST_AUDIT", audit);
     }
-    command.spawn().expect("fault_worker starts")
+    Proc(command.spawn().expect("fault_worker starts"))
 }
 
 pub fn signal(child: &Child, sig: &str) {

@@ -8,6 +8,7 @@
 //! ```
 
 mod apalis_bench;
+mod hosts;
 mod lj;
 mod raw;
 mod util;
@@ -100,6 +101,20 @@ struct Cli {
     #[arg(long, default_value_t = 100)]
     memory_concurrency: usize,
 
+    /// Worker processes of the multi-host part (`--only hosts`), one row each: every
+    /// process in a network namespace of its own against a private server in another.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    hosts: Vec<usize>,
+
+    /// Slots of each lightjobs worker process in the multi-host part.
+    #[arg(long, default_value_t = 100)]
+    host_concurrency: usize,
+
+    /// One-way delay `tc netem` adds on each end of every host's link, in µs (0: none;
+    /// 100–500 stands in for a LAN). Needs a kernel with sch_netem.
+    #[arg(long, default_value_t = 0)]
+    host_delay_us: u64,
+
     /// Leave the last run's databases in place for inspection (they are dropped otherwise).
     #[arg(long)]
     keep_databases: bool,
@@ -130,6 +145,18 @@ enum Internal {
         #[arg(long)]
         concurrency: usize,
     },
+    /// A worker process of the multi-host part (run inside a host's namespace).
+    #[command(hide = true)]
+    HostChild {
+        #[arg(long, value_enum)]
+        side: hosts::Side,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        concurrency: usize,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,13 +170,15 @@ enum Part {
     Apalis,
     Latency,
     Memory,
+    /// Not part of `all`: needs root and iproute2.
+    Hosts,
 }
 
 impl Cli {
     fn wants(&self, part: Part) -> bool {
         self.only.iter().any(|&p| {
             p == part
-                || p == Part::All
+                || (p == Part::All && part != Part::Hosts)
                 || (p == Part::Lifecycle
                     && matches!(
                         part,
@@ -211,6 +240,12 @@ fn run(cli: Cli) -> AnyResult<()> {
             println!("{}", serde_json::to_string(&report)?);
             return Ok(());
         }
+        Some(Internal::HostChild {
+            side,
+            url,
+            concurrency,
+            name,
+        }) => return hosts::child(*side, url, *concurrency, name),
         None => {}
     }
     if cli.jobs == 0 || cli.runs == 0 {
@@ -223,9 +258,25 @@ fn run(cli: Cli) -> AnyResult<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut out = String::new();
+    if cli.wants(Part::Hosts) {
+        let opts = hosts::HostsOpts {
+            processes: cli.hosts.clone(),
+            jobs: cli.jobs,
+            runs: cli.runs,
+            concurrency: cli.host_concurrency,
+            delay_us: cli.host_delay_us,
+        };
+        let (runs, version) = hosts::run(&opts, &actix)?;
+        print_hosts(&mut out, &opts, &runs);
+        if cli.only == [Part::Hosts] {
+            print_machine(&mut out, &version);
+            print!("{out}");
+            return Ok(());
+        }
+    }
     let version = tokio_rt.block_on(util::server_version(&cli.url))?;
 
-    let mut out = String::new();
     if [Part::Lightjobs, Part::Raw, Part::Seed, Part::Apalis]
         .iter()
         .any(|&p| cli.wants(p))
@@ -666,6 +717,73 @@ fn print_memory(out: &mut String, r: &lj::MemoryReport) {
          in its numbers.\n",
         r.load_secs
     );
+}
+
+fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun]) {
+    let delay = if opts.delay_us == 0 {
+        "no added delay".to_owned()
+    } else {
+        format!("`tc netem` delay of {} µs on each end", opts.delay_us)
+    };
+    let _ = writeln!(
+        out,
+        "## Worker processes on separate network hosts, one server\n\n\
+         {} no-op jobs, median of {} runs (min–max); every worker process in a network \
+         namespace of its own, joined to the server's namespace by a veth pair ({delay}); \
+         a private `mariadbd` (defaults, binary log off). lightjobs: one `Workers` of \
+         concurrency {} per process; raw floor: one claiming connection per process \
+         (claim 100 with SKIP LOCKED, one UPDATE to processed). CPU is in cores (CPU \
+         seconds ÷ drain seconds), server µs/job its CPU time per job; statements per job and row lock waits are the \
+         server's `Questions` and `Innodb_row_lock_waits` over the drain.\n",
+        thousands(opts.jobs as f64),
+        opts.runs,
+        opts.concurrency
+    );
+    let _ = writeln!(
+        out,
+        "| processes | side | jobs/s | × 1 process | ÷ raw floor | server CPU | server µs/job \
+         | workers CPU | statements/job | row lock waits |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let rates = |n: usize, side: hosts::Side| -> Vec<&hosts::HostRun> {
+        runs.iter()
+            .filter(|r| r.processes == n && r.side == side)
+            .collect()
+    };
+    let median = |rs: &[&hosts::HostRun], f: &dyn Fn(&hosts::HostRun) -> f64| {
+        let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+        median_min_max(&v)
+    };
+    let jobs = opts.jobs as f64;
+    let rate = |r: &hosts::HostRun| jobs / r.secs;
+    let first = opts.processes.first().copied().unwrap_or(1);
+    for &n in &opts.processes {
+        let raw_median = median(&rates(n, hosts::Side::Raw), &rate).0;
+        for side in [hosts::Side::Lightjobs, hosts::Side::Raw] {
+            let rs = rates(n, side);
+            if rs.is_empty() {
+                continue;
+            }
+            let (med, min, max) = median(&rs, &rate);
+            let base = median(&rates(first, side), &rate).0;
+            let _ = writeln!(
+                out,
+                "| {n} | {} | {} ({}–{}) | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.3} | {:.0} |",
+                side.label(),
+                thousands(med),
+                thousands(min),
+                thousands(max),
+                med / base,
+                med / raw_median,
+                median(&rs, &|r| r.server_cpu / r.secs).0,
+                median(&rs, &|r| r.server_cpu * 1e6 / jobs).0,
+                median(&rs, &|r| r.workers_cpu / r.secs).0,
+                median(&rs, &|r| r.questions as f64 / jobs).0,
+                median(&rs, &|r| r.lock_waits as f64).0,
+            );
+        }
+    }
+    out.push('\n');
 }
 
 fn print_machine(out: &mut String, version: &str) {

@@ -43,7 +43,7 @@ struct ClaimerStats {
 }
 
 /// A connection in READ COMMITTED, as lightjobs's sessions.
-async fn session(db_url: &str) -> AnyResult<Conn> {
+pub async fn session(db_url: &str) -> AnyResult<Conn> {
     let opts = OptsBuilder::from_opts(Opts::from_url(db_url)?).setup(vec![
         "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
     ]);
@@ -64,6 +64,11 @@ fn id_list(ids: &[u64]) -> String {
 /// The no-op "run" of a job.
 fn run_noop(id: u64) {
     std::hint::black_box(id);
+}
+
+/// Drains the table with `strategy` on `conn`; returns the jobs this connection completed.
+pub async fn claim_all(conn: Conn, strategy: Strategy, worker: String) -> AnyResult<u64> {
+    Ok(claimer(conn, strategy, worker).await?.jobs)
 }
 
 async fn claimer(mut conn: Conn, strategy: Strategy, worker: String) -> AnyResult<ClaimerStats> {
