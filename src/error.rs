@@ -84,6 +84,29 @@ impl Error {
         matches!(self, Error::Database(e @ mysql_async::Error::Server(_)) if !is_unavailable(e))
     }
 
+    /// The same error for another caller (the driver's error cannot be cloned): a server
+    /// error as it is, a failed connection as an I/O error with the same message, so that
+    /// each reads as in doubt or refused like the original.
+    pub(crate) fn duplicate(&self) -> Self {
+        use mysql_async::Error as E;
+        match self {
+            Error::Database(E::Server(s)) => Error::Database(E::Server(s.clone())),
+            Error::Database(E::Io(mysql_async::IoError::Io(io))) => Error::Database(E::Io(
+                mysql_async::IoError::Io(std::io::Error::new(io.kind(), io.to_string())),
+            )),
+            Error::Database(E::Driver(mysql_async::DriverError::ConnectionClosed)) => {
+                Error::Database(E::Driver(mysql_async::DriverError::ConnectionClosed))
+            }
+            Error::Database(E::Driver(mysql_async::DriverError::PoolDisconnected)) => {
+                Error::Database(E::Driver(mysql_async::DriverError::PoolDisconnected))
+            }
+            Error::QueueClosed => Error::QueueClosed,
+            other => Error::Database(E::Io(mysql_async::IoError::Io(std::io::Error::other(
+                other.to_string(),
+            )))),
+        }
+    }
+
     pub(crate) fn invalid(what: &'static str, reason: impl fmt::Display) -> Self {
         Error::Invalid {
             what,

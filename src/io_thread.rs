@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use mysql_async::Opts;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::combiner::{self, Pending};
 use crate::error::{Error, Result};
 use crate::nodes::Nodes;
 use crate::store::Store;
@@ -22,12 +23,15 @@ type Task = Box<dyn FnOnce(Store) -> BoxFuture<'static, ()> + Send>;
 #[derive(Debug)]
 pub(crate) struct IoThread {
     tasks: mpsc::UnboundedSender<Task>,
+    /// Plain dispatches, for the combiner.
+    dispatches: mpsc::UnboundedSender<Pending>,
 }
 
 impl IoThread {
     /// Starts the thread; it ends, closing its connections, when the `IoThread` is dropped.
     pub(crate) fn start(nodes: Vec<Opts>) -> Result<IoThread> {
         let (tasks, mut rx) = mpsc::unbounded_channel::<Task>();
+        let (dispatches, dispatched) = mpsc::unbounded_channel::<Pending>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -36,13 +40,30 @@ impl IoThread {
             .spawn(move || {
                 runtime.block_on(async move {
                     let store = Store::on(Nodes::new(nodes));
+                    let combiner = tokio::spawn(combiner::run(store.clone(), dispatched));
                     while let Some(task) = rx.recv().await {
                         tokio::spawn(task(store.clone()));
                     }
+                    // Both senders belong to the `IoThread`: the combiner ends with this
+                    // loop, once its batches in flight are written.
+                    let _ = combiner.await;
                     let _ = store.nodes().clone().disconnect().await;
                 });
             })?;
-        Ok(IoThread { tasks })
+        Ok(IoThread { tasks, dispatches })
+    }
+
+    /// Inserts one plain job, combined with the dispatches arriving at the same time.
+    pub(crate) async fn dispatch(&self, job: crate::store::NewJob, mariadb: bool) -> Result<u64> {
+        let (reply, id) = oneshot::channel();
+        self.dispatches
+            .send(Pending {
+                job,
+                mariadb,
+                reply,
+            })
+            .map_err(|_| Error::QueueClosed)?;
+        id.await.map_err(|_| Error::QueueClosed)?
     }
 
     /// Runs `f` with the store on the connection thread and returns its result.

@@ -66,6 +66,7 @@
 
 mod backoff;
 pub mod cli;
+mod combiner;
 mod completer;
 mod dashboard;
 mod error;

@@ -64,6 +64,7 @@ struct Inner {
     nodes: Vec<Opts>,
     io: IoThread,
     max_payload: usize,
+    combine: bool,
     server: tokio::sync::OnceCell<ServerInfo>,
     /// Workers of this process started on this queue, which take jobs handed to them at
     /// dispatch (see [`intake`](crate::intake)).
@@ -94,6 +95,7 @@ pub struct JobQueueBuilder {
     url: String,
     pool_size: usize,
     max_payload: usize,
+    combine: bool,
 }
 
 impl JobQueueBuilder {
@@ -107,6 +109,23 @@ impl JobQueueBuilder {
     /// Largest JSON payload a dispatch accepts ([`DEFAULT_MAX_PAYLOAD_BYTES`]).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// Whether dispatches made at the same moment share one INSERT (on by default): the
+    /// connection thread takes every dispatch that has arrived, up to 100, and inserts them
+    /// in one statement, each still getting its own id or its own error. It never waits
+    /// for more to come, so a lone dispatch is not delayed. Off, every dispatch is a
+    /// statement and a commit of its own.
+    ///
+    /// ```
+    /// let queue = lightjobs::JobQueue::builder("mysql://app@127.0.0.1/app")
+    ///     .combine_dispatches(false)
+    ///     .build()?;
+    /// # Ok::<(), lightjobs::Error>(())
+    /// ```
+    pub fn combine_dispatches(mut self, combine: bool) -> Self {
+        self.combine = combine;
         self
     }
 
@@ -134,6 +153,7 @@ impl JobQueueBuilder {
                 io: IoThread::start(nodes.clone())?,
                 nodes,
                 max_payload: self.max_payload,
+                combine: self.combine,
                 server: tokio::sync::OnceCell::new(),
                 intakes: std::sync::RwLock::default(),
                 local_states: std::sync::RwLock::default(),
@@ -176,6 +196,7 @@ impl JobQueue {
             url: url.into(),
             pool_size: DEFAULT_POOL_SIZE,
             max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
+            combine: true,
         }
     }
 
@@ -342,12 +363,16 @@ impl JobQueue {
             tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched to a local worker");
             return Ok(id);
         }
-        let id = self
-            .on_io(move |store| async move {
+        let id = if job.unique.is_some() || !self.inner.combine {
+            self.on_io(move |store| async move {
                 let mut conn = store.nodes().get_conn().await?;
                 Store::insert_job_own(&mut conn, &job).await
             })
-            .await?;
+            .await?
+        } else {
+            let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
+            self.inner.io.dispatch(job, mariadb).await?
+        };
         self.notify_workers();
         tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
         Ok(id)

@@ -621,30 +621,43 @@ impl Store {
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(INSERT_SQL);
-            let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
-            for (i, job) in chunk.iter().enumerate() {
-                sql.push_str(if i == 0 { " " } else { ", " });
-                sql.push_str(INSERT_ROW);
-                params.extend(job.params()?);
-            }
-            if mariadb {
-                // RETURNING gives the real ids whatever the auto-increment lock mode.
-                sql.push_str(" RETURNING id");
-                ids.extend(tx.exec::<u64, _, _>(sql, params).await?);
-            } else {
-                // MySQL has no RETURNING; a multi-row insert gets consecutive ids (step
-                // auto_increment_increment) under innodb_autoinc_lock_mode 0/1 and, in
-                // practice, 2.
-                tx.exec_drop(sql, params).await?;
-                let first = tx.last_insert_id().unwrap_or_default();
-                let step: Option<u64> = tx.query_first("SELECT @@auto_increment_increment").await?;
-                let step = step.unwrap_or(1);
-                ids.extend((0..chunk.len() as u64).map(|i| first + i * step));
-            }
+            let rows: Vec<&NewJob> = chunk.iter().collect();
+            ids.extend(Self::insert_rows(&mut tx, &rows, mariadb).await?);
         }
         tx.commit().await?;
         Ok(ids)
+    }
+
+    /// Inserts `jobs` (at most 1,000, none unique) in one statement; returns their ids in
+    /// order. Outside a transaction the statement is its own: all rows or none.
+    pub(crate) async fn insert_rows<Q: Queryable>(
+        conn: &mut Q,
+        jobs: &[&NewJob],
+        mariadb: bool,
+    ) -> Result<Vec<u64>> {
+        let mut sql = String::from(INSERT_SQL);
+        let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * 9);
+        for (i, job) in jobs.iter().enumerate() {
+            sql.push_str(if i == 0 { " " } else { ", " });
+            sql.push_str(INSERT_ROW);
+            params.extend(job.params()?);
+        }
+        if mariadb {
+            // RETURNING gives the real ids whatever the auto-increment lock mode.
+            sql.push_str(" RETURNING id");
+            return Ok(conn.exec::<u64, _, _>(sql, params).await?);
+        }
+        // MySQL has no RETURNING; a multi-row insert gets consecutive ids (step
+        // auto_increment_increment) under innodb_autoinc_lock_mode 0/1 and, in practice, 2.
+        let first = insert_one(conn, sql, params).await?;
+        if jobs.len() == 1 {
+            return Ok(vec![first]);
+        }
+        let step: Option<u64> = conn
+            .query_first("SELECT @@auto_increment_increment")
+            .await?;
+        let step = step.unwrap_or(1);
+        Ok((0..jobs.len() as u64).map(|i| first + i * step).collect())
     }
 
     /// Claims up to `limit` ready jobs of `queue` for `worker` in one short transaction.

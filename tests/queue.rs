@@ -312,3 +312,149 @@ async fn a_global_limit_holds_across_processes() {
     queue.set_global_limit("api", None).await.unwrap();
     db.drop_db().await;
 }
+
+/// `n` dispatches of `Record { tag: "t<i>" }` started at the same moment.
+async fn dispatch_at_once(queue: &JobQueue, n: usize) -> Vec<lightjobs::Result<u64>> {
+    use std::future::IntoFuture;
+    futures::future::join_all((0..n).map(|i| {
+        queue
+            .dispatch(Record {
+                tag: format!("t{i}"),
+            })
+            .into_future()
+    }))
+    .await
+}
+
+/// The tag stored in job `id`'s payload.
+async fn tag_of(db: &TestDb, id: u64) -> String {
+    db.scalar(&format!(
+        "SELECT JSON_VALUE(payload, '$.tag') FROM jobs WHERE id = {id}"
+    ))
+    .await
+}
+
+#[actix_rt::test]
+async fn dispatches_made_at_the_same_moment_share_a_statement_and_each_gets_its_own_id() {
+    let db = TestDb::new("queue_combined").await;
+    let queue = db.migrated().await;
+    queue.dispatch(Record { tag: "warm".into() }).await.unwrap();
+    let results = dispatch_at_once(&queue, 64).await;
+    let ids: Vec<u64> = results.into_iter().map(Result::unwrap).collect();
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 64, "ids repeat: {ids:?}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(tag_of(&db, *id).await, format!("t{i}"), "job {id}");
+    }
+    // UTC_TIMESTAMP(6) is fixed for a statement: rows of one INSERT share `created_at`.
+    let statements: u64 = db
+        .scalar("SELECT COUNT(DISTINCT created_at) FROM jobs WHERE JSON_VALUE(payload, '$.tag') <> 'warm'")
+        .await;
+    assert!(
+        statements <= 16,
+        "64 dispatches took {statements} statements"
+    );
+    assert_eq!(db.count("pending").await, 65);
+    // Switched off, every dispatch is a statement of its own (two statements on two
+    // connections may, rarely, start in the same microsecond).
+    let alone = JobQueue::builder(db.url.as_str())
+        .combine_dispatches(false)
+        .build()
+        .unwrap();
+    db.exec("DELETE FROM jobs").await;
+    for result in dispatch_at_once(&alone, 16).await {
+        result.unwrap();
+    }
+    let statements: u64 = db
+        .scalar("SELECT COUNT(DISTINCT created_at) FROM jobs")
+        .await;
+    assert!(
+        statements >= 12,
+        "16 dispatches alone took {statements} statements"
+    );
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_row_the_server_refuses_fails_alone_among_combined_dispatches() {
+    let db = TestDb::new("queue_combined_refused").await;
+    let queue = db.migrated().await;
+    db.exec(
+        "CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW \
+         IF NEW.payload LIKE '%\"t7\"%' THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF",
+    )
+    .await;
+    queue.dispatch(Record { tag: "warm".into() }).await.unwrap();
+    let results = dispatch_at_once(&queue, 20).await;
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(id) => {
+                assert_ne!(i, 7, "the poisoned row was inserted");
+                assert_eq!(tag_of(&db, id).await, format!("t{i}"));
+            }
+            Err(error) => {
+                assert_eq!(i, 7, "dispatch {i} failed: {error}");
+                assert!(error.to_string().contains("poisoned row"), "{error}");
+            }
+        }
+    }
+    assert_eq!(db.count("pending").await, 20);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn combined_dispatches_and_local_handoffs_run_every_job_once() {
+    let db = TestDb::new("queue_combined_handoff").await;
+    let queue = db.migrated().await;
+    let handle = workers(&db, &queue).concurrency(4).start().await.unwrap();
+    // More at once than there are free slots: some go to the workers directly, the rest
+    // through the combined INSERT.
+    let ids: Vec<u64> = dispatch_at_once(&queue, 60)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    db.wait_for("processed", 60, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+    for (i, id) in ids.iter().enumerate() {
+        let runs: Vec<String> = {
+            use mysql_async::prelude::*;
+            let mut conn = db.pool.get_conn().await.unwrap();
+            conn.exec("SELECT tag FROM runs WHERE job_id = ?", (id,))
+                .await
+                .unwrap()
+        };
+        assert_eq!(runs, vec![format!("t{i}")], "job {id}");
+    }
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn every_dispatch_in_flight_when_the_queue_is_let_go_gets_its_row() {
+    let db = TestDb::new("queue_combined_drop").await;
+    let queue = db.migrated().await;
+    queue.dispatch(Record { tag: "warm".into() }).await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let queue = queue.clone();
+            actix_rt::spawn(async move {
+                queue
+                    .dispatch(Record {
+                        tag: format!("t{i}"),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    // The last handle outside the tasks goes while their statements are in flight.
+    drop(queue);
+    for (i, task) in tasks.into_iter().enumerate() {
+        let id = task.await.unwrap().unwrap();
+        assert_eq!(tag_of(&db, id).await, format!("t{i}"));
+    }
+    assert_eq!(db.count("pending").await, 51);
+    db.drop_db().await;
+}

@@ -12,6 +12,7 @@ mod hosts;
 mod lj;
 mod raw;
 mod util;
+mod web;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -101,6 +102,18 @@ struct Cli {
     #[arg(long, default_value_t = 100)]
     memory_concurrency: usize,
 
+    /// Connections of the web-path load (one request in flight on each).
+    #[arg(long, default_value_t = 32)]
+    web_connections: usize,
+
+    /// Web-path rows to run, comma-separated (default: all five).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    web_rows: Vec<web::Route>,
+
+    /// Requests per web-path row and run (after a warm-up of 20 per connection).
+    #[arg(long, default_value_t = 20_000)]
+    web_requests: usize,
+
     /// Worker processes of the multi-host part (`--only hosts`), one row each: every
     /// process in a network namespace of its own against a private server in another.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
@@ -170,6 +183,8 @@ enum Part {
     Apalis,
     Latency,
     Memory,
+    /// The web path: an actix app dispatching under HTTP load.
+    Web,
     /// Not part of `all`: needs root and iproute2.
     Hosts,
 }
@@ -283,6 +298,10 @@ fn run(cli: Cli) -> AnyResult<()> {
     {
         let rows = throughput(&cli, &actix, &tokio_rt)?;
         print_throughput(&mut out, &cli, &rows);
+    }
+    if cli.wants(Part::Web) {
+        let runs = web_path(&cli, &actix)?;
+        print_web(&mut out, &cli, &runs);
     }
     if cli.wants(Part::Latency) {
         let results = latency(&cli, &actix)?;
@@ -717,6 +736,96 @@ fn print_memory(out: &mut String, r: &lj::MemoryReport) {
          in its numbers.\n",
         r.load_secs
     );
+}
+
+fn web_path(cli: &Cli, actix: &actix_rt::SystemRunner) -> AnyResult<Vec<web::WebRun>> {
+    let mut runs = Vec::new();
+    for run in 1..=cli.runs {
+        for route in web::Route::ALL {
+            if !cli.web_rows.is_empty() && !cli.web_rows.contains(&route) {
+                continue;
+            }
+            eprintln!("[run {run}/{}] web: {} …", cli.runs, route.label());
+            let r = web::run_once(
+                &cli.url,
+                route,
+                cli.web_connections,
+                cli.web_requests,
+                actix,
+            )?;
+            eprintln!(
+                "    {}/s, p50 {:.2} ms, p99 {:.2} ms",
+                thousands(r.per_sec),
+                r.p50,
+                r.p99
+            );
+            runs.push(r);
+        }
+    }
+    if !cli.keep_databases {
+        actix.block_on(util::drop_database(&cli.url, web::DB))?;
+    }
+    Ok(runs)
+}
+
+fn print_web(out: &mut String, cli: &Cli, runs: &[web::WebRun]) {
+    let _ = writeln!(
+        out,
+        "## The web path\n\n\
+         An actix-web app (2 HTTP workers) whose `POST /dispatch` handler awaits \
+         `queue.dispatch(Noop {{}})`, under {} keep-alive connections from a load generator \
+         on one thread of the same machine, {} requests per run after a warm-up, median of \
+         {} runs (min–max); p50 and p99 are each run's request latency quantiles, median over the runs. \
+         The raw INSERT floor runs the same number of connections without HTTP.\n",
+        cli.web_connections,
+        thousands(cli.web_requests as f64),
+        cli.runs
+    );
+    let _ = writeln!(
+        out,
+        "| row | requests/s | × no-op route | ÷ INSERT floor | p50 ms | p99 ms | all processed after |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    let of = |route: web::Route| -> Vec<&web::WebRun> {
+        runs.iter().filter(|r| r.route == route).collect()
+    };
+    let median = |rs: &[&web::WebRun], f: &dyn Fn(&web::WebRun) -> f64| {
+        let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+        median_min_max(&v)
+    };
+    // NaN (printed as such) when the reference row was not run.
+    let noop = median(&of(web::Route::Noop), &|r| r.per_sec).0;
+    let floor = median(&of(web::Route::InsertFloor), &|r| r.per_sec).0;
+    for route in web::Route::ALL {
+        let rs = of(route);
+        if rs.is_empty() {
+            continue;
+        }
+        let (med, min, max) = median(&rs, &|r| r.per_sec);
+        let drained = rs
+            .iter()
+            .filter_map(|r| r.drained_after)
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect::<Vec<_>>();
+        let drained = if drained.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("{:.0} ms", median_min_max(&drained).0)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} ({}–{}) | {:.2} | {:.2} | {:.2} | {:.2} | {drained} |",
+            route.label(),
+            thousands(med),
+            thousands(min),
+            thousands(max),
+            med / noop,
+            med / floor,
+            median(&rs, &|r| r.p50).0,
+            median(&rs, &|r| r.p99).0,
+        );
+    }
+    out.push('\n');
 }
 
 fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun]) {
