@@ -57,8 +57,11 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 /// of a delayed job, at most.
 const SCHEDULER_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Jobs run at once by default.
-pub const DEFAULT_CONCURRENCY: usize = 10;
+/// Jobs run at once by default. A slot is a future on the worker's runtime, not a thread,
+/// and a claim takes as many jobs as there are free slots, so a larger default costs little
+/// and makes each claim's batch larger (no-op jobs drain at 0.98× the raw SQL floor with 100
+/// slots, 0.28× with 10, same run; BENCHMARKS.md).
+pub const DEFAULT_CONCURRENCY: usize = 100;
 /// First idle poll interval; also the wait after a claim that found fewer jobs than slots.
 pub const DEFAULT_POLL_MIN: Duration = Duration::from_millis(50);
 /// Longest idle poll interval, reached only after 30 s without jobs. Dispatches from the
