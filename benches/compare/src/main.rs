@@ -158,6 +158,15 @@ enum Internal {
         #[arg(long)]
         concurrency: usize,
     },
+    /// Serves the web-path app until killed, for an outside load generator; prints its URL.
+    WebServe {
+        /// Each dispatch a statement of its own (`combine_dispatches(false)`).
+        #[arg(long)]
+        alone: bool,
+        /// Also run `Workers` (concurrency 100) in the app's process.
+        #[arg(long)]
+        workers: bool,
+    },
     /// A worker process of the multi-host part (run inside a host's namespace).
     #[command(hide = true)]
     HostChild {
@@ -261,6 +270,9 @@ fn run(cli: Cli) -> AnyResult<()> {
             concurrency,
             name,
         }) => return hosts::child(*side, url, *concurrency, name),
+        Some(Internal::WebServe { alone, workers }) => {
+            return web::serve(&cli.url, !*alone, *workers);
+        }
         None => {}
     }
     if cli.jobs == 0 || cli.runs == 0 {

@@ -247,6 +247,26 @@ async fn insert_floor(url: &str, connections: usize, rows: usize) -> AnyResult<(
     Ok(((per * connections) as f64 / secs, all))
 }
 
+/// Serves the app on a fresh database until killed, for an outside load generator (`ab`,
+/// `wrk`): prints its address, then `GET /noop` and `POST /dispatch` as in the rows.
+pub fn serve(server: &str, combine: bool, workers: bool) -> AnyResult<()> {
+    let url = util::db_url(server, DB);
+    actix_rt::System::new().block_on(async {
+        util::recreate_database(server, DB).await?;
+        JobQueue::connect(&url)?.migrate().await?;
+        AnyResult::Ok(())
+    })?;
+    let queue = JobQueue::builder(url.as_str())
+        .combine_dispatches(combine)
+        .build()?;
+    let app = Server::start(queue, workers)?;
+    println!("http://{}", app.addr);
+    if let Some(thread) = app.thread {
+        let _ = thread.join();
+    }
+    Ok(())
+}
+
 /// Measures one run of `route` on a fresh database.
 pub fn run_once(
     server: &str,
