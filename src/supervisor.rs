@@ -300,7 +300,8 @@ impl Workers {
         self
     }
 
-    /// Stop once no job is ready and none is running (for batch runs and tests).
+    /// Stop once no job is ready and none is running (for batch runs and tests). Jobs whose
+    /// delay or retry backoff has already passed count as ready: they run before the stop.
     pub fn stop_when_empty(mut self, yes: bool) -> Self {
         self.stop_when_empty = yes;
         self

@@ -23,6 +23,9 @@ use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
 /// slow job cannot delay the claims for the others for long.
 const CLAIM_GATHER: Duration = Duration::from_millis(2);
 
+/// Due `scheduled` jobs moved to `pending` at a time by a worker about to stop when empty.
+const PROMOTE_BEFORE_EXIT: u64 = 1000;
+
 /// How long after the last job it found a fetch loop keeps polling at the minimum interval
 /// before it starts to back off.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(30);
@@ -224,7 +227,19 @@ impl Worker {
                 continue;
             }
             if got == 0 && self.stop_when_empty && slots.available_permits() == self.concurrency {
-                return Exit::Empty;
+                // Jobs already due may still wait as `scheduled` until the scheduler's next
+                // pass: they are due now, so they are run before the queues count as empty.
+                match self.store.promote_scheduled(PROMOTE_BEFORE_EXIT).await {
+                    Ok(0) => return Exit::Empty,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::warn!(target: "lightjobs::worker", %error, "could not move due jobs to pending before stopping; trying again");
+                        if sleep(&mut wake, idle.jittered(), &stop, false).await {
+                            return Exit::Stopped;
+                        }
+                        continue;
+                    }
+                }
             }
             if got > 0 {
                 idle.reset();

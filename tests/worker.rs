@@ -555,3 +555,27 @@ async fn dispatch_many_inserts_a_batch_with_ids_in_order() {
     drop(conn);
     db.drop_db().await;
 }
+
+/// `--stop-when-empty` decides that the queues are empty only after jobs already due,
+/// still waiting as `scheduled` (a delay or a retry's backoff that has passed), were moved
+/// to `pending`: it runs them rather than leaving them for the next run.
+#[actix_rt::test]
+async fn stop_when_empty_runs_the_jobs_already_due() {
+    let db = TestDb::new("worker_stop_when_empty_due").await;
+    let queue = db.migrated().await;
+    for i in 0..5 {
+        queue
+            .dispatch(Record {
+                tag: format!("due{i}"),
+            })
+            .delay(Duration::from_millis(100))
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.count("scheduled").await, 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = drain(&db, &queue).await;
+    assert_eq!(report.processed, 5, "{report:?}");
+    assert_eq!(db.count("processed").await, 5);
+    db.drop_db().await;
+}
