@@ -476,8 +476,8 @@ impl JobQueue {
         .await
     }
 
-    /// Puts one `failed` job back to `pending` with a fresh set of attempts.
-    /// Returns false when no failed job has this id.
+    /// Puts one `failed` job back to `pending` with a fresh set of attempts and its
+    /// `last_error` cleared. Returns false when no failed job has this id.
     pub async fn retry_failed(&self, id: u64) -> Result<bool> {
         let retried = self
             .on_io(move |store| async move { store.retry_failed(Some(id), None).await })

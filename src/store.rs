@@ -971,7 +971,8 @@ impl Store {
         let mut conn = self.nodes.get_conn().await?;
         conn.exec_drop(
             "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
-             reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL \
+             reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL, \
+             last_error = NULL \
              WHERE status = 'failed' AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)",
             (id, id, queue, queue),
         )

@@ -579,3 +579,33 @@ async fn stop_when_empty_runs_the_jobs_already_due() {
     assert_eq!(db.count("processed").await, 5);
     db.drop_db().await;
 }
+
+/// A failed job given another go starts clean: no error of its last life stays on a row
+/// that may end `processed`.
+#[actix_rt::test]
+async fn a_retried_failed_job_starts_without_its_old_error() {
+    let db = TestDb::new("worker_retry_clears_error").await;
+    let queue = db.migrated().await;
+    let id = queue
+        .dispatch(Flaky {
+            message: "smtp down".into(),
+            succeed_on: 2,
+            permanent: true,
+        })
+        .await
+        .unwrap();
+    drain(&db, &queue).await;
+    assert_eq!(
+        db.job(id).await,
+        ("failed".into(), 1, Some("smtp down".into()))
+    );
+    assert!(queue.retry_failed(id).await.unwrap());
+    assert_eq!(db.job(id).await, ("pending".into(), 0, None));
+    drain(&db, &queue).await;
+    assert_eq!(
+        db.job(id).await.0,
+        "failed",
+        "the retried job ran attempt 1 again"
+    );
+    db.drop_db().await;
+}
