@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::executor::{JobEvent, JobOutcome};
 use crate::queue::{database_url_from_env, JobQueue};
@@ -134,7 +134,16 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let mut command = Cli::command();
+    if registry.names().is_empty() {
+        // This binary has no job types: `process:jobs` runs from the application's own
+        // (it still answers, with that advice, if called).
+        command = command.mut_subcommand("process:jobs", |c| c.hide(true));
+    }
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -186,7 +195,12 @@ async fn execute(
             }
             Ok(())
         }
-        Command::Tool(tool) => tools::run(&queue, tool).await,
+        Command::Tool(tool) => {
+            // Before a tool reads the tables: a schema not migrated yet gets the same
+            // message as `process:jobs`, not the server's "table doesn't exist".
+            queue.check_ready().await?;
+            tools::run(&queue, tool).await
+        }
         Command::CreateJob { .. } => unreachable!("handled above"),
     }
 }

@@ -444,6 +444,32 @@ async fn process_jobs_on_an_unmigrated_database_names_the_migration() {
     db.drop_db().await;
 }
 
+#[actix_rt::test]
+async fn tools_on_an_unmigrated_database_name_the_migration() {
+    let db = TestDb::new("cli_tools_unmigrated").await;
+    for tool in [&["stats"][..], &["failed"], &["list"], &["retry", "--all"]] {
+        let ran = lightjobs(&db, tool);
+        ran.assert_failure();
+        assert!(
+            ran.stderr.contains("has not been applied") && ran.stderr.contains("lightjobs migrate"),
+            "{tool:?}: {}",
+            ran.stderr
+        );
+    }
+    db.drop_db().await;
+}
+
+#[test]
+fn the_lightjobs_binary_does_not_offer_process_jobs() {
+    let ran = run(command(lightjobs_bin(), None, &["--help"]));
+    assert!(ran.status.success(), "{}", ran.stderr);
+    assert!(ran.stdout.contains("migrate"), "{}", ran.stdout);
+    assert!(!ran.stdout.contains("process:jobs"), "{}", ran.stdout);
+    // An application's own binary, with job types, does.
+    let ran = run(command(worker_bin(), None, &["--help"]));
+    assert!(ran.stdout.contains("process:jobs"), "{}", ran.stdout);
+}
+
 #[test]
 fn the_lightjobs_binary_cannot_process_jobs() {
     // An unreachable database: the refusal must come before any connection attempt.
