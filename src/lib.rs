@@ -117,8 +117,8 @@ pub use web::init;
 #[allow(missing_docs)]
 pub mod __private {
     pub use crate::store::{
-        acquire_lease, claim_and_complete, claim_sql, release_lease, ClaimedJob, Guarded, Store,
-        CREATE_LEASES,
+        acquire_lease, claim_and_complete, claim_sql, claim_sql_for, release_lease, ClaimedJob,
+        Guarded, Store, CREATE_LEASES,
     };
 }
 

@@ -84,11 +84,30 @@ const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// for later wait as `scheduled`), so the WHERE is all equalities: the index serves it and
 /// the ORDER BY, and the read locks only the rows it returns.
 pub fn claim_sql(queue: &str, limit: usize) -> String {
+    claim_sql_for(queue, limit, &[])
+}
+
+/// [`claim_sql`] for a worker that runs only the job types `names` (all when empty): the
+/// others are left, unlocked and untouched, for a worker that has them. The index still
+/// serves the range and the order; a row of another name at the head is read and passed
+/// over, not locked (READ COMMITTED releases rows the WHERE rejects).
+pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
+    let mut only = String::new();
+    if !names.is_empty() {
+        only.push_str(" AND name IN (");
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                only.push(',');
+            }
+            only.push_str(&sql_string(name));
+        }
+        only.push(')');
+    }
     format!(
         "SELECT id, name, payload, attempts, max_attempts, \
          GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0) \
          FROM jobs FORCE INDEX (jobs_claim) \
-         WHERE queue = {} AND status = 'pending' \
+         WHERE queue = {} AND status = 'pending'{only} \
          ORDER BY priority, scheduled_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED",
         sql_string(queue)
     )
@@ -111,7 +130,13 @@ pub async fn claim_and_complete(
     worker: &str,
     done: &[Held],
 ) -> Result<Claim> {
-    claim_and_complete_or_report(conn, queue, limit, false, worker, done, &mut Vec::new()).await
+    let ask = Ask {
+        queue,
+        limit,
+        limited: false,
+        names: &[],
+    };
+    claim_and_complete_or_report(conn, ask, worker, done, &mut Vec::new()).await
 }
 
 /// What a claim transaction did.
@@ -136,14 +161,12 @@ pub struct Claim {
 /// and claims at most the difference, one round trip more.
 pub(crate) async fn claim_and_complete_or_report(
     conn: &mut Conn,
-    queue: &str,
-    limit: usize,
-    limited: bool,
+    ask: Ask<'_>,
     worker: &str,
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<Claim> {
-    let result = claim_transaction(conn, queue, limit, limited, worker, done, in_doubt).await;
+    let result = claim_transaction(conn, ask, worker, done, in_doubt).await;
     match &result {
         Err(error) => {
             if error.is_server_refusal() {
@@ -164,15 +187,28 @@ pub(crate) async fn claim_and_complete_or_report(
     Ok(Claim { jobs, completed })
 }
 
+/// What a claim asks for: up to `limit` jobs of `queue`, of the types `names` (any when
+/// empty); `limited` when the queue has a global limit to respect.
+pub(crate) struct Ask<'a> {
+    pub queue: &'a str,
+    pub limit: usize,
+    pub limited: bool,
+    pub names: &'a [&'a str],
+}
+
 async fn claim_transaction(
     conn: &mut Conn,
-    queue: &str,
-    mut limit: usize,
-    limited: bool,
+    ask: Ask<'_>,
     worker: &str,
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<(Vec<ClaimedJob>, u64)> {
+    let Ask {
+        queue,
+        mut limit,
+        limited,
+        names,
+    } = ask;
     type Claimed = (u64, String, String, u32, u32, i64);
     let mut rows: Vec<Claimed> = Vec::new();
     if limited && limit > 0 {
@@ -191,11 +227,14 @@ async fn claim_transaction(
         });
         limit = limit.min(allowed.unwrap_or(usize::MAX));
         if limit > 0 {
-            rows = conn.query(claim_sql(queue, limit)).await?;
+            rows = conn.query(claim_sql_for(queue, limit, names)).await?;
         }
     } else if limit > 0 {
         let result = conn
-            .query_iter(format!("START TRANSACTION; {}", claim_sql(queue, limit)))
+            .query_iter(format!(
+                "START TRANSACTION; {}",
+                claim_sql_for(queue, limit, names)
+            ))
             .await?;
         rows = read_sets::<Claimed>(result)
             .await?

@@ -473,6 +473,7 @@ impl Workers {
             poll: PollInterval::new(self.poll_min, self.poll_max),
             stop_when_empty: self.stop_when_empty,
             max_jobs: self.max_jobs,
+            names: self.registry.names(),
             executor: Executor {
                 registry: self.registry.clone(),
                 default_timeout: self.job_timeout,

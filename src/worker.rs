@@ -17,7 +17,7 @@ use crate::completer::{record_written, Completions, EventHook, Report};
 use crate::executor::{Executor, JobEvent, JobOutcome};
 use crate::intake::{Handoff, Intake, Permits};
 use crate::scheduler::QueueStates;
-use crate::store::{claim_and_complete_or_report, ClaimedJob, Held, Store};
+use crate::store::{claim_and_complete_or_report, Ask, ClaimedJob, Held, Store};
 
 /// Under a backlog, how long a claim may wait for half the slots to free up. Bounded so a
 /// slow job cannot delay the claims for the others for long.
@@ -50,6 +50,9 @@ pub(crate) struct Worker {
     pub stop_when_empty: bool,
     pub max_jobs: Option<u64>,
     pub executor: Executor,
+    /// The job types this process runs: it claims only those and leaves the others, with
+    /// their attempts untouched, for a worker that has them.
+    pub names: Vec<&'static str>,
     pub results: mpsc::UnboundedSender<JobEvent>,
     pub wake: watch::Receiver<u64>,
     pub tracker: TaskTracker,
@@ -348,16 +351,14 @@ impl Worker {
             };
             let ids: Vec<Held> = done.iter().map(JobEvent::held).collect();
             let mut in_doubt = Vec::new();
-            let claimed = claim_and_complete_or_report(
-                c,
+            let ask = Ask {
                 queue,
                 limit,
                 limited,
-                &self.worker_id,
-                &ids,
-                &mut in_doubt,
-            )
-            .await;
+                names: &self.names,
+            };
+            let claimed =
+                claim_and_complete_or_report(c, ask, &self.worker_id, &ids, &mut in_doubt).await;
             let claim = match claimed {
                 Ok(r) => r,
                 Err(e) => {
