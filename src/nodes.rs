@@ -185,9 +185,7 @@ impl Nodes {
         if self.inner.pools.len() == 1 {
             return false;
         }
-        if self.take_due() {
-            let _ = self.choose().await;
-        }
+        self.check_if_due().await;
         self.current() != node
     }
 
@@ -197,13 +195,18 @@ impl Nodes {
         if self.inner.pools.len() == 1 {
             return None;
         }
-        if self.take_due() {
-            let _ = self.choose().await;
-        }
+        self.check_if_due().await;
         let moved_at = *lock(&self.inner.choice.moved_at);
         moved_at
             .and_then(|at| SETTLE.checked_sub(at.elapsed()))
             .filter(|left| !left.is_zero())
+    }
+
+    /// Runs the periodic check when it is due (its outcome is read from `current`).
+    async fn check_if_due(&self) {
+        if self.take_due() {
+            let _ = self.choose().await;
+        }
     }
 
     /// True (once per tick, across the process) when the periodic check is due.
