@@ -299,7 +299,12 @@ async fn healthy(pool: &Pool) -> Result<Option<(Conn, bool)>, mysql_async::Error
     let galera = status
         .iter()
         .any(|(name, _)| name.eq_ignore_ascii_case("wsrep_ready"));
-    Ok(is_healthy(&status).then_some((conn, galera)))
+    if is_healthy(&status) {
+        return Ok(Some((conn, galera)));
+    }
+    // Closed, not pooled: an idle probe session would stay on a node nobody writes to.
+    let _ = conn.disconnect().await;
+    Ok(None)
 }
 
 /// Waits until the node has applied every write set the cluster committed before this
