@@ -177,7 +177,19 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
             ids
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The shutdown starts once a dispatch has been handed over (a loaded machine may take
+    // a while to get the first one), so dispatches race both paths.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let handed: u64 = db
+            .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
+            .await;
+        if handed > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dispatch was handed over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let report = handle.shutdown().await;
     stopped.set(true);
     let ids = dispatcher.await.unwrap();
@@ -196,10 +208,6 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
         runs, processed,
         "a job ran twice or ran without being recorded"
     );
-    let handed: u64 = db
-        .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
-        .await;
-    assert!(handed > 0, "no dispatch was handed over");
     db.drop_db().await;
 }
 
