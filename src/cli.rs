@@ -23,7 +23,7 @@
 //!
 //! The commands that need no job types also ship as the `lightjobs` binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,7 +34,10 @@ use crate::queue::{database_url_from_env, JobQueue};
 use crate::registry::Registry;
 use crate::supervisor::Workers;
 
+mod create_job;
 mod tools;
+
+pub use create_job::{create_job, Created};
 
 /// Command line of the lightjobs tools.
 #[derive(Debug, Parser)]
@@ -73,8 +76,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ProcessArgs {
-    /// Queues to work, in turn (repeat the flag or separate with commas).
-    #[arg(long = "queue", value_delimiter = ',', default_value = crate::DEFAULT_QUEUE)]
+    /// Queues to work, in turn (repeat the flag or separate with commas; a comma that is
+    /// part of a queue's name is written `\,`).
+    #[arg(long = "queue", default_value = crate::DEFAULT_QUEUE)]
     queues: Vec<String>,
     /// Jobs run at once.
     #[arg(long, default_value_t = crate::DEFAULT_CONCURRENCY)]
@@ -169,13 +173,23 @@ async fn execute(
     configure: impl FnOnce(Workers) -> Workers,
 ) -> crate::Result<()> {
     if let Command::CreateJob { name, dir } = &cli.command {
-        let path = create_job(name, dir)?;
-        println!("Created {}", path.display());
+        let created = create_job(name, dir)?;
+        println!("Created {}", created.path.display());
         println!(
-            "Add `mod {};` to {}/mod.rs and `.register::<{}>()` to your workers.",
-            file_stem(name),
-            dir.display(),
-            name
+            "Declared it in {} (`pub mod {};`).",
+            created.declared_in.display(),
+            created
+                .path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
+        if let Some((root, line)) = &created.root_needs {
+            println!("Add `{line}` to {}.", root.display());
+        }
+        println!(
+            "Register it with your workers: `.register::<{}>()`.",
+            created.type_path
         );
         return Ok(());
     }
@@ -187,11 +201,18 @@ async fn execute(
     match cli.command {
         Command::ProcessJobs(args) => process_jobs(queue, registry, args, configure).await,
         Command::Migrate => {
-            let applied = queue.migrate().await?;
-            if applied.is_empty() {
+            let migrated = queue.migrate().await?;
+            if migrated.applied.is_empty() {
                 println!("Nothing to migrate: the schema is current.");
             } else {
-                println!("Applied migrations {applied:?}.");
+                println!("Applied migrations {:?}.", migrated.applied);
+            }
+            if let Some(adoption) = &migrated.adopted {
+                let mut line = adoption.to_string();
+                if let Some(first) = line.get_mut(..1) {
+                    first.make_ascii_uppercase();
+                }
+                println!("{line}.");
             }
             Ok(())
         }
@@ -220,7 +241,7 @@ async fn process_jobs(
     }
     let mut workers = Workers::new(queue)
         .registry(registry)
-        .queues(args.queues)
+        .queues(args.queues.iter().flat_map(|q| split_queues(q)))
         .concurrency(args.concurrency)
         .stop_when_empty(args.stop_when_empty)
         .shutdown_timeout(Duration::from_secs(args.shutdown_timeout))
@@ -282,79 +303,29 @@ pub(crate) fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-/// `SendMail` → `send_mail`.
-fn file_stem(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.extend(c.to_lowercase());
-        } else {
-            out.push(c);
+/// `a,b` → `a`, `b`; `a\,b` → `a,b` (queue names may contain commas); `\\` → `\`.
+fn split_queues(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = list.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some(next @ (',' | '\\')) => current.push(next),
+                Some(other) => current.extend(['\\', other]),
+                None => current.push('\\'),
+            },
+            (',', _) => out.push(std::mem::take(&mut current)),
+            (c, _) => current.push(c),
         }
     }
+    out.push(current);
     out
 }
-
-/// Writes `dir/<snake_name>.rs` from the template; refuses to overwrite.
-pub fn create_job(name: &str, dir: &Path) -> crate::Result<PathBuf> {
-    let valid = name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-        && name.chars().all(|c| c.is_ascii_alphanumeric());
-    if !valid {
-        return Err(crate::Error::invalid(
-            "job name",
-            format!("`{name}` should be a CamelCase Rust type name, like SendMail"),
-        ));
-    }
-    let stem = file_stem(name);
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{stem}.rs"));
-    let source = TEMPLATE
-        .replace("__TYPE__", name)
-        .replace("__NAME__", &stem);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    std::io::Write::write_all(&mut file, source.as_bytes())?;
-    Ok(path)
-}
-
-const TEMPLATE: &str = r#"use lightjobs::{Job, JobContext, JobError};
-use serde::{Deserialize, Serialize};
-
-/// The job's input: serialised to JSON at dispatch.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct __TYPE__ {
-    // pub to: String,
-}
-
-impl Job for __TYPE__ {
-    /// Stored in `jobs.name`: keep it when you rename the type.
-    const NAME: &'static str = "__NAME__";
-    // const QUEUE: &'static str = "default";
-    // const MAX_ATTEMPTS: u32 = 3;
-    // const TIMEOUT: Option<std::time::Duration> = Some(std::time::Duration::from_secs(60));
-
-    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
-        // `?` on any error schedules a retry; JobError::fail(..) fails at once.
-        let _ = ctx.attempt();
-        Ok(())
-    }
-}
-"#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snake_case_names() {
-        assert_eq!(file_stem("SendMail"), "send_mail");
-        assert_eq!(file_stem("Resize2XImage"), "resize2_x_image");
-    }
 
     #[test]
     fn seed_lines() {
@@ -386,7 +357,8 @@ mod tests {
             .unwrap();
         match cli.command {
             Command::ProcessJobs(a) => {
-                assert_eq!(a.queues, vec!["a", "b"]);
+                let queues: Vec<_> = a.queues.iter().flat_map(|q| split_queues(q)).collect();
+                assert_eq!(queues, vec!["a", "b"]);
                 assert!(a.stop_when_empty);
             }
             other => panic!("{other:?}"),
@@ -400,14 +372,10 @@ mod tests {
     }
 
     #[test]
-    fn create_job_writes_template_once() {
-        let dir = std::env::temp_dir().join(format!("lightjobs-create-{}", std::process::id()));
-        let path = create_job("SendMail", &dir).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("pub struct SendMail"));
-        assert!(text.contains(r#"const NAME: &'static str = "send_mail";"#));
-        assert!(create_job("SendMail", &dir).is_err());
-        assert!(create_job("send mail", &dir).is_err());
-        std::fs::remove_dir_all(dir).unwrap();
+    fn queue_lists_keep_escaped_commas() {
+        assert_eq!(split_queues("a,b"), ["a", "b"]);
+        assert_eq!(split_queues(r"reports\,eu,mail"), ["reports,eu", "mail"]);
+        assert_eq!(split_queues(r"back\\slash"), [r"back\slash"]);
+        assert_eq!(split_queues(r"a\b"), [r"a\b"]);
     }
 }

@@ -52,6 +52,23 @@ pub trait Job: Serialize + DeserializeOwned + 'static {
     /// already in the table find their handler by this string.
     const NAME: &'static str;
 
+    /// Other names stored rows may carry for this type: the name it had before a rename,
+    /// or the PHP class a Lightpack app dispatched it as (`App\\Jobs\\SendMail`). A worker
+    /// claims and runs rows of every one of them; new dispatches always write [`NAME`](Job::NAME).
+    ///
+    /// ```
+    /// # use lightjobs::{Job, JobContext, JobError, Registry};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail { to: String }
+    /// impl Job for SendMail {
+    ///     const NAME: &'static str = "send_mail";
+    ///     const ALIASES: &'static [&'static str] = &["App\\Jobs\\SendMail"];
+    ///     async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) }
+    /// }
+    /// let registry = Registry::new().register::<SendMail>();
+    /// assert!(registry.contains("App\\Jobs\\SendMail"));
+    /// ```
+    const ALIASES: &'static [&'static str] = &[];
+
     /// The queue the job goes to unless the dispatch names another.
     const QUEUE: &'static str = crate::DEFAULT_QUEUE;
 

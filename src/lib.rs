@@ -73,6 +73,7 @@ mod completer;
 mod dashboard;
 mod error;
 mod executor;
+mod foreign;
 mod heartbeat;
 mod intake;
 mod io_thread;

@@ -43,6 +43,8 @@ struct Registry {
     runs: BTreeMap<(String, &'static str), u64>,
     latency: BTreeMap<String, Histogram>,
     duration: BTreeMap<String, Histogram>,
+    /// (queue, job name) → due jobs this process does not run that have waited too long.
+    foreign: BTreeMap<(String, String), u64>,
 }
 
 static METRICS: Lazy<Mutex<Registry>> = Lazy::new(|| Mutex::new(Registry::default()));
@@ -77,6 +79,16 @@ pub(crate) fn record_outcome(queue: &str, outcome: &JobOutcome, took: Duration) 
             .entry(queue.to_owned())
             .or_default()
             .observe(took);
+    });
+}
+
+/// Replaces what this process last saw waiting on `queues` for a worker it is not.
+pub(crate) fn set_foreign(queues: &[String], groups: &[(String, String, u64)]) {
+    with(|m| {
+        m.foreign.retain(|(queue, _), _| !queues.contains(queue));
+        for (queue, name, n) in groups {
+            m.foreign.insert((queue.clone(), name.clone()), *n);
+        }
     });
 }
 
@@ -135,6 +147,19 @@ fn render(counts: &[crate::QueueCount], paused: &[String]) -> String {
                 out,
                 "lightjobs_job_runs_total{{queue=\"{}\",outcome=\"{outcome}\"}} {n}",
                 escape(queue)
+            );
+        }
+        out.push_str(
+            "# HELP lightjobs_jobs_waiting_unknown_type Due jobs on this process's queues, \
+             of a type it does not run, that have waited longer than the warning age.\n",
+        );
+        out.push_str("# TYPE lightjobs_jobs_waiting_unknown_type gauge\n");
+        for ((queue, name), n) in &m.foreign {
+            let _ = writeln!(
+                out,
+                "lightjobs_jobs_waiting_unknown_type{{queue=\"{}\",name=\"{}\"}} {n}",
+                escape(queue),
+                escape(name)
             );
         }
         histogram(

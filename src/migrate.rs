@@ -81,6 +81,48 @@ macro_rules! migration {
     };
 }
 
+/// What a migration run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Migrated {
+    /// The versions applied, in order (empty when the schema was already current).
+    pub applied: Vec<u32>,
+    /// Set when an existing seed-era (Lightpack) `jobs` table was taken over with its rows.
+    pub adopted: Option<Adoption>,
+}
+
+/// The rows of an adopted seed table, by status, before and after the migrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Adoption {
+    /// (status, rows) as the seed's code left them: `new` waiting, `queued` in progress
+    /// under a Lightpack worker, `failed`.
+    pub before: Vec<(String, u64)>,
+    /// (status, rows) after: unfinished rows `pending` (or `scheduled` when due later),
+    /// `failed` kept, with a `finished_at` so that pruning applies to them.
+    pub after: Vec<(String, u64)>,
+}
+
+impl std::fmt::Display for Adoption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |rows: &[(String, u64)]| {
+            if rows.is_empty() {
+                return "no rows".to_owned();
+            }
+            rows.iter()
+                .map(|(status, n)| format!("{n} {status}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "adopted the existing `jobs` table (before: {}; now: {})",
+            list(&self.before),
+            list(&self.after)
+        )
+    }
+}
+
 /// Every migration this build knows, in order.
 pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_create_jobs.sql"),
@@ -92,6 +134,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_queue_limits.sql"),
     migration!(8, "0008_claim_token.sql"),
     migration!(9, "0009_worker_liveness.sql"),
+    migration!(10, "0010_adopted_finished_at.sql"),
 ];
 
 /// The newest migration the running code needs.
@@ -108,14 +151,13 @@ const MIGRATE_WAIT: Duration = Duration::from_secs(600);
 /// Applies every migration not yet applied; safe to call from many processes at once, on
 /// one server or on any nodes of a Galera cluster: one process at a time holds the
 /// `migrate` lease (a row in `lightjobs_leases`, renewed while it works); the others wait,
-/// then find nothing to do. Returns the versions it applied (empty when the schema was
-/// already current).
-pub async fn run(pool: &Pool) -> Result<Vec<u32>, MigrateError> {
+/// then find nothing to do.
+pub async fn run(pool: &Pool) -> Result<Migrated, MigrateError> {
     run_on(&Nodes::single(pool.clone())).await
 }
 
 /// [`run`] on the node in use of a queue's nodes.
-pub(crate) async fn run_on(pool: &Nodes) -> Result<Vec<u32>, MigrateError> {
+pub(crate) async fn run_on(pool: &Nodes) -> Result<Migrated, MigrateError> {
     let mut conn = pool.get_conn().await?;
     conn.query_drop(crate::store::CREATE_LEASES).await?;
     let holder = format!("migrate:{}:{:016x}", std::process::id(), fastrand::u64(..));
@@ -153,7 +195,7 @@ pub(crate) async fn run_on(pool: &Nodes) -> Result<Vec<u32>, MigrateError> {
     result
 }
 
-async fn apply_pending(conn: &mut Conn) -> Result<Vec<u32>, MigrateError> {
+async fn apply_pending(conn: &mut Conn) -> Result<Migrated, MigrateError> {
     conn.query_drop(
         "CREATE TABLE IF NOT EXISTS lightjobs_migrations (
             version INT UNSIGNED NOT NULL PRIMARY KEY,
@@ -167,7 +209,7 @@ async fn apply_pending(conn: &mut Conn) -> Result<Vec<u32>, MigrateError> {
     let applied: Vec<(u32, u64, bool)> = conn
         .query("SELECT version, checksum, success FROM lightjobs_migrations ORDER BY version")
         .await?;
-    let mut done = Vec::new();
+    let mut done = Migrated::default();
     for m in MIGRATIONS {
         if let Some(&(_, checksum, success)) = applied.iter().find(|a| a.0 == m.version) {
             if !success {
@@ -188,7 +230,10 @@ async fn apply_pending(conn: &mut Conn) -> Result<Vec<u32>, MigrateError> {
             // The seed's own table is there (created by hand or by Lightpack): it *is*
             // migration 1, so record it and upgrade it in place with its rows.
             record(conn, m, true).await?;
-            tracing::info!(target: "lightjobs::migrate", "adopted existing seed `jobs` table");
+            done.adopted = Some(Adoption {
+                before: rows_by_status(conn).await?,
+                after: Vec::new(),
+            });
             continue;
         }
         record(conn, m, false).await?;
@@ -207,9 +252,19 @@ async fn apply_pending(conn: &mut Conn) -> Result<Vec<u32>, MigrateError> {
         )
         .await?;
         tracing::info!(target: "lightjobs::migrate", version = m.version, name = m.name, "applied");
-        done.push(m.version);
+        done.applied.push(m.version);
+    }
+    if let Some(adoption) = &mut done.adopted {
+        adoption.after = rows_by_status(conn).await?;
+        tracing::info!(target: "lightjobs::migrate", "{adoption}");
     }
     Ok(done)
+}
+
+async fn rows_by_status(conn: &mut Conn) -> Result<Vec<(String, u64)>, MigrateError> {
+    Ok(conn
+        .query("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+        .await?)
 }
 
 /// True when a `jobs` table already exists with the seed's columns.

@@ -265,7 +265,7 @@ impl JobQueue {
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
-    pub async fn migrate(&self) -> Result<Vec<u32>> {
+    pub async fn migrate(&self) -> Result<crate::migrate::Migrated> {
         self.check_server().await?;
         self.on_io(|store| async move { Ok(crate::migrate::run_on(store.nodes()).await?) })
             .await

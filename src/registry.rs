@@ -49,7 +49,8 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a job type. Registering a second type under the same name replaces the first.
+    /// Adds a job type under its [`NAME`](Job::NAME) and its [`ALIASES`](Job::ALIASES).
+    /// Registering a second type under the same name replaces the first.
     #[must_use]
     pub fn register<J: Job>(mut self) -> Self {
         let entry = Entry {
@@ -57,16 +58,19 @@ impl Registry {
             timeout: J::TIMEOUT,
             backoff: J::backoff,
         };
-        Arc::make_mut(&mut self.entries).insert(J::NAME, entry);
+        let entries = Arc::make_mut(&mut self.entries);
+        for name in std::iter::once(J::NAME).chain(J::ALIASES.iter().copied()) {
+            entries.insert(name, entry);
+        }
         self
     }
 
-    /// Whether a job of this name can run here.
+    /// Whether a job of this name (or alias) can run here.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }
 
-    /// The registered names, sorted.
+    /// The registered names and aliases, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         let mut names: Vec<_> = self.entries.keys().copied().collect();
         names.sort_unstable();

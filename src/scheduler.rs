@@ -1,5 +1,6 @@
 //! Moves `scheduled` jobs (delayed dispatches, retries after a backoff) to `pending` when
-//! they are due, and wakes this process's workers when it did.
+//! they are due, takes up rows a Lightpack app still inserts (status `new`), and wakes this
+//! process's workers when it did.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -82,6 +83,16 @@ impl Scheduler {
             if tick % SETTINGS_EVERY == 0 {
                 if let Err(error) = self.refresh_queues().await {
                     tracing::debug!(target: "lightjobs::scheduler", %error, "reading queue settings failed");
+                }
+                match self.store.adopt_seed_rows(BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(target: "lightjobs::scheduler", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
+                        self.queue.notify_workers();
+                    }
+                    Err(error) => {
+                        tracing::debug!(target: "lightjobs::scheduler", %error, "taking up seed-shaped rows failed");
+                    }
                 }
             }
             tick = tick.wrapping_add(1);

@@ -385,6 +385,17 @@ fn sql_string(s: &str) -> String {
     out
 }
 
+/// ` AND queue IN (…) AND name NOT IN (…)`: the rows of `queues` no type in `names` runs.
+fn foreign_filter(queues: &[String], names: &[&str]) -> String {
+    let list =
+        |items: &mut dyn Iterator<Item = &str>| items.map(sql_string).collect::<Vec<_>>().join(",");
+    format!(
+        " AND queue IN ({}) AND name NOT IN ({})",
+        list(&mut queues.iter().map(String::as_str)),
+        list(&mut names.iter().copied())
+    )
+}
+
 /// A row about to be inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NewJob {
@@ -831,6 +842,79 @@ impl Store {
             "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' \
              AND scheduled_at <= UTC_TIMESTAMP(6) ORDER BY scheduled_at LIMIT ?",
             (limit,),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
+    /// Takes up rows a Lightpack app still writes during a move (the seed's columns only,
+    /// status `new`): due ones become `pending`, later ones `scheduled`. The seed's
+    /// `KEY status` serves it; with no such rows it reads one index entry.
+    pub(crate) async fn adopt_seed_rows(&self, limit: u64) -> Result<u64> {
+        let mut conn = self.nodes.get_conn().await?;
+        conn.exec_drop(
+            "UPDATE jobs SET status = IF(scheduled_at <= UTC_TIMESTAMP(6), 'pending', 'scheduled') \
+             WHERE status = 'new' ORDER BY scheduled_at LIMIT ?",
+            (limit,),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
+    /// Due jobs on `queues` of types not in `names` that have waited longer than `older`:
+    /// (queue, name, how many, longest wait). Read through the seed's `KEY status`, so only
+    /// rows pending that long are read.
+    pub(crate) async fn foreign_waiting(
+        &self,
+        queues: &[String],
+        names: &[&str],
+        older: Duration,
+    ) -> Result<Vec<(String, String, u64, Duration)>> {
+        let mut conn = self.nodes.get_conn().await?;
+        let rows: Vec<(String, String, u64, i64)> = conn
+            .exec(
+                format!(
+                    "SELECT queue, name, COUNT(*), \
+                     TIMESTAMPDIFF(MICROSECOND, MIN(scheduled_at), UTC_TIMESTAMP(6)) \
+                     FROM jobs WHERE status = 'pending' \
+                     AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{} \
+                     GROUP BY queue, name ORDER BY queue, name LIMIT 100",
+                    foreign_filter(queues, names)
+                ),
+                (micros(older),),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(queue, name, n, waited)| {
+                let waited = Duration::from_micros(u64::try_from(waited).unwrap_or(0));
+                (queue, name, n, waited)
+            })
+            .collect())
+    }
+
+    /// Fails due jobs on `queues` of types not in `names` that have waited longer than
+    /// `older` (at most `limit`); returns how many. A worker that claimed one meanwhile
+    /// has it `running`, so the status guard leaves it alone.
+    pub(crate) async fn fail_foreign(
+        &self,
+        queues: &[String],
+        names: &[&str],
+        older: Duration,
+        limit: u64,
+    ) -> Result<u64> {
+        let mut conn = self.nodes.get_conn().await?;
+        conn.exec_drop(
+            format!(
+                "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+                 last_error = CONCAT('unknown job `', name, '`: no worker running this job type \
+                 took it within ', ?, ' (Workers::fail_unknown_after)') \
+                 WHERE status = 'pending' \
+                 AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{} \
+                 ORDER BY scheduled_at LIMIT ?",
+                foreign_filter(queues, names)
+            ),
+            (format!("{older:?}"), micros(older), limit),
         )
         .await?;
         Ok(conn.affected_rows())

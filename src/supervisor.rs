@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::completer::{Completer, Completions, EventHook, Report};
 use crate::error::{Error, Result};
 use crate::executor::{panic_message, Executor, JobEvent};
+use crate::foreign::{ForeignJobs, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
 use crate::heartbeat::{Heartbeat, Liveness};
 use crate::intake::Intake;
 use crate::job::{DataMap, Job};
@@ -113,6 +114,7 @@ pub struct Workers {
     retention: (Duration, Option<Duration>),
     recurring: Vec<RecurringJob>,
     queue_limits: HashMap<String, usize>,
+    fail_unknown_after: Option<Duration>,
     /// A setting refused by a builder method, reported by `start`.
     refused: Option<Error>,
 }
@@ -150,6 +152,7 @@ impl Workers {
             panic_after: None,
             retention: (DEFAULT_PROCESSED_RETENTION, Some(DEFAULT_FAILED_RETENTION)),
             recurring: Vec::new(),
+            fail_unknown_after: None,
             queue_limits: HashMap::new(),
             refused: None,
         }
@@ -300,6 +303,18 @@ impl Workers {
         self
     }
 
+    /// Fail due jobs on this process's queues whose type it does not run (no
+    /// [`Job::NAME`](crate::Job::NAME) or [`Job::ALIASES`](crate::Job::ALIASES) of its
+    /// registry) once they have waited `after`, with an `unknown job` error. Off by default:
+    /// such jobs wait for a worker that has their type (another app on the same table, the
+    /// next deploy), with a warning in the log and the `lightjobs_jobs_waiting_unknown_type`
+    /// metric once they have waited five minutes. Turn it on only where this process's
+    /// types are every type its queues get.
+    pub fn fail_unknown_after(mut self, after: Duration) -> Self {
+        self.fail_unknown_after = Some(after);
+        self
+    }
+
     /// Stop once no job is ready and none is running (for batch runs and tests). Jobs whose
     /// delay or retry backoff has already passed count as ready: they run before the stop.
     pub fn stop_when_empty(mut self, yes: bool) -> Self {
@@ -348,7 +363,14 @@ impl Workers {
                 ),
             ));
         }
-        if self.heartbeat_interval.is_zero() || self.stale_after < self.heartbeat_interval * 2 {
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::invalid(
+                "heartbeat",
+                "the interval must be non-zero: a worker that never beats looks dead to every \
+                 rescuer",
+            ));
+        }
+        if self.stale_after < self.heartbeat_interval * 2 {
             return Err(Error::invalid(
                 "heartbeat",
                 format!(
@@ -377,6 +399,20 @@ impl Workers {
             return Err(Error::invalid(
                 "registry",
                 "no job types registered: call .register::<YourJob>()",
+            ));
+        }
+        if let Some(name) = self
+            .registry
+            .names()
+            .into_iter()
+            .find(|n| n.is_empty() || n.chars().count() > crate::MAX_JOB_NAME_CHARS)
+        {
+            return Err(Error::invalid(
+                "registry",
+                format!(
+                    "job name `{name}` must be 1 to {} characters (the `jobs.name` column)",
+                    crate::MAX_JOB_NAME_CHARS
+                ),
             ));
         }
         Ok(())
@@ -418,11 +454,20 @@ impl Workers {
         let local_states = queue_states.clone();
         let maintenance = start_maintenance(
             &self.queue,
-            info,
-            lapses,
-            queue_states.clone(),
-            self.retention,
-            std::mem::take(&mut self.recurring),
+            Maintenance {
+                info,
+                lapses,
+                queue_states: queue_states.clone(),
+                retention: self.retention,
+                recurring: std::mem::take(&mut self.recurring),
+                foreign: ForeignJobs {
+                    queues: self.queues.clone(),
+                    names: self.registry.names(),
+                    interval: FOREIGN_CHECK_INTERVAL,
+                    warn_after: FOREIGN_WARN_AFTER,
+                    fail_after: self.fail_unknown_after,
+                },
+            },
             maintenance_stop.clone(),
         )?;
         let shutdown = CancellationToken::new();
@@ -771,6 +816,16 @@ where
     }
 }
 
+/// What the maintenance thread runs with, besides the queue.
+struct Maintenance {
+    info: WorkerInfo,
+    lapses: watch::Sender<u64>,
+    queue_states: QueueStates,
+    retention: (Duration, Option<Duration>),
+    recurring: Vec<RecurringJob>,
+    foreign: ForeignJobs,
+}
+
 /// Runs the heartbeat and the rescuer on a thread and runtime of their own, with their own
 /// connections: a job that blocks the workers' thread cannot silence the heartbeat and get
 /// itself rescued (and run twice) while it is still running. Each loop is supervised: a
@@ -778,14 +833,18 @@ where
 /// heartbeat.
 fn start_maintenance(
     queue: &JobQueue,
-    info: WorkerInfo,
-    lapses: watch::Sender<u64>,
-    queue_states: QueueStates,
-    retention: (Duration, Option<Duration>),
-    recurring: Vec<RecurringJob>,
+    plan: Maintenance,
     stop: CancellationToken,
 ) -> Result<oneshot::Receiver<()>> {
     let queue = queue.clone();
+    let Maintenance {
+        info,
+        lapses,
+        queue_states,
+        retention,
+        recurring,
+        foreign,
+    } = plan;
     let (done, finished) = oneshot::channel();
     std::thread::Builder::new()
         .name("lightjobs-maintenance".into())
@@ -837,6 +896,7 @@ fn start_maintenance(
                     supervise("scheduler", Some(s), || scheduler.run(s.clone())),
                     supervise("pruner", Some(s), || pruner.run(s.clone())),
                     supervise("recurring", Some(s), || recurring.run(s.clone())),
+                    supervise("foreign", Some(s), || foreign.run(&store, s.clone())),
                 );
                 let _ = store.nodes().clone().disconnect().await;
             });

@@ -231,8 +231,17 @@ impl Worker {
             }
             if got == 0 && self.stop_when_empty && slots.available_permits() == self.concurrency {
                 // Jobs already due may still wait as `scheduled` until the scheduler's next
-                // pass: they are due now, so they are run before the queues count as empty.
-                match self.store.promote_scheduled(PROMOTE_BEFORE_EXIT).await {
+                // pass (and a Lightpack app's `new` rows until they are taken up): they are
+                // due now, so they are run before the queues count as empty.
+                let promoted = match self.store.promote_scheduled(PROMOTE_BEFORE_EXIT).await {
+                    Ok(n) => self
+                        .store
+                        .adopt_seed_rows(PROMOTE_BEFORE_EXIT)
+                        .await
+                        .map(|m| n + m),
+                    Err(error) => Err(error),
+                };
+                match promoted {
                     Ok(0) => return Exit::Empty,
                     Ok(_) => continue,
                     Err(error) => {

@@ -112,6 +112,11 @@ impl Ran {
     }
 }
 
+fn in_dir(mut cmd: Command, dir: &Path) -> Command {
+    cmd.current_dir(dir);
+    cmd
+}
+
 fn run(mut cmd: Command) -> Ran {
     let Output {
         status,
@@ -167,6 +172,37 @@ fn read_output(child: &mut Child) -> (String, String) {
         pipe.read_to_string(&mut stderr).unwrap();
     }
     (stdout, stderr)
+}
+
+/// `migrate` on a Lightpack app's table says it adopted the table and what became of its rows.
+#[actix_rt::test]
+async fn migrate_reports_an_adopted_seed_table() {
+    let db = TestDb::new("cli_migrate_seed").await;
+    // The seed's CREATE TABLE, verbatim: migration 1.
+    db.exec(lightjobs::migrate::MIGRATIONS[0].sql).await;
+    db.exec(
+        "INSERT INTO jobs (name, payload, status) VALUES \
+         ('App\\\\Jobs\\\\SendMail', '[]', 'new'), ('App\\\\Jobs\\\\SendMail', '[]', 'new'), \
+         ('App\\\\Jobs\\\\SendMail', '[]', 'queued'), ('App\\\\Jobs\\\\SendMail', '[]', 'failed')",
+    )
+    .await;
+    let ran = lightjobs(&db, &["migrate"]);
+    ran.assert_success();
+    assert!(
+        ran.stdout.contains(
+            "Adopted the existing `jobs` table (before: 1 failed, 2 new, 1 queued; \
+             now: 1 failed, 3 pending)."
+        ),
+        "{}",
+        ran.stdout
+    );
+    let names: Vec<String> = {
+        use mysql_async::prelude::Queryable;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT DISTINCT name FROM jobs").await.unwrap()
+    };
+    assert_eq!(names, ["App\\Jobs\\SendMail"], "rows kept as they were");
+    db.drop_db().await;
 }
 
 #[actix_rt::test]
@@ -346,44 +382,121 @@ async fn prune_deletes_processed_jobs_older_than_asked() {
     db.drop_db().await;
 }
 
+/// The file `create:job` writes, compiled here against the crate's public API: the
+/// generated code builds as long as this test binary does.
+#[path = "../src/cli/job_template.rs"]
+mod job_template;
+
 #[test]
-fn create_job_writes_a_module_once() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_create_job");
-    let _ = std::fs::remove_dir_all(&dir);
-    let dir_arg = dir.to_str().expect("UTF-8 temp dir");
+fn the_job_template_compiles_and_registers() {
+    let registry = lightjobs::Registry::new().register::<job_template::JobName>();
+    assert_eq!(registry.names(), ["job_name"]);
+}
+
+/// A fresh Cargo project (`Cargo.toml`, `src/main.rs` without `mod jobs;`) under the
+/// test's temp dir, which is itself not inside one.
+fn cargo_project(name: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("lightjobs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(root.join("Cargo.toml"), "[package]\nname = \"app\"\n").unwrap();
+    std::fs::write(root.join("src/main.rs"), "fn main() {}\n").unwrap();
+    root
+}
+
+#[test]
+fn create_job_writes_a_module_and_declares_it() {
+    let project = cargo_project("create_job");
     // No database is configured: creating a file must not need one.
-    let ran = run(command(
-        lightjobs_bin(),
-        None,
-        &["create:job", "SendMail", "--dir", dir_arg],
+    let ran = run(in_dir(
+        command(lightjobs_bin(), None, &["create:job", "HTTPRequest"]),
+        &project,
     ));
     ran.assert_success();
-    let path = dir.join("send_mail.rs");
+    let path = project.join("src/jobs/http_request.rs");
     assert!(
         ran.stdout.contains(&format!("Created {}", path.display())),
         "{}",
         ran.stdout
     );
     let source = std::fs::read_to_string(&path).unwrap();
-    assert!(source.contains("pub struct SendMail"), "{source}");
+    assert!(source.contains("pub struct HTTPRequest {"), "{source}");
     assert!(
-        source.contains(r#"const NAME: &'static str = "send_mail";"#),
+        source.contains(r#"const NAME: &'static str = "http_request";"#),
         "{source}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("src/jobs/mod.rs")).unwrap(),
+        "pub mod http_request;\n"
+    );
+    let main = project.join("src/main.rs");
+    assert!(
+        ran.stdout
+            .contains(&format!("Add `mod jobs;` to {}.", main.display())),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout
+            .contains("`.register::<jobs::http_request::HTTPRequest>()`"),
+        "{}",
+        ran.stdout
+    );
+
+    // A second job: declared after the first; main.rs has `mod jobs;` now, so no hint.
+    std::fs::write(&main, "mod jobs;\nfn main() {}\n").unwrap();
+    let second = run(in_dir(
+        command(lightjobs_bin(), None, &["create:job", "SendMail"]),
+        &project,
+    ));
+    second.assert_success();
+    assert_eq!(
+        std::fs::read_to_string(project.join("src/jobs/mod.rs")).unwrap(),
+        "pub mod http_request;\npub mod send_mail;\n"
+    );
+    assert!(
+        !second.stdout.contains("Add `mod jobs;`"),
+        "{}",
+        second.stdout
     );
 
     std::fs::write(&path, "// edited by hand\n").unwrap();
-    let again = run(command(
-        lightjobs_bin(),
-        None,
-        &["create:job", "SendMail", "--dir", dir_arg],
+    let again = run(in_dir(
+        command(lightjobs_bin(), None, &["create:job", "HTTPRequest"]),
+        &project,
     ));
     again.assert_failure();
+    assert!(
+        again.stderr.contains(&path.display().to_string())
+            && again.stderr.contains("already exists"),
+        "the error names the file: {}",
+        again.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         "// edited by hand\n",
         "an existing module is never overwritten"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&project).unwrap();
+}
+
+#[test]
+fn create_job_refuses_to_write_outside_a_cargo_project() {
+    let outside = std::env::temp_dir().join(format!("lightjobs-no-project-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&outside);
+    std::fs::create_dir_all(&outside).unwrap();
+    let ran = run(in_dir(
+        command(lightjobs_bin(), None, &["create:job", "SendMail"]),
+        &outside,
+    ));
+    ran.assert_failure();
+    assert!(
+        ran.stderr.contains("not inside a Cargo project"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!outside.join("src").exists(), "nothing was written");
+    std::fs::remove_dir_all(&outside).unwrap();
 }
 
 #[actix_rt::test]

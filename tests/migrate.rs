@@ -4,8 +4,9 @@
 mod common;
 
 use common::{Record, TestDb};
-use lightjobs::{JobQueue, Workers};
+use lightjobs::{Job, JobContext, JobError, JobQueue, Workers};
 use mysql_async::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 fn all_versions() -> Vec<u32> {
@@ -19,23 +20,15 @@ fn latest() -> &'static lightjobs::migrate::Migration {
     lightjobs::migrate::MIGRATIONS.last().unwrap()
 }
 
-const SEED_SQL: &str = "CREATE TABLE jobs (
-    id int NOT NULL AUTO_INCREMENT,
-    name varchar(55) COLLATE utf8_unicode_ci NOT NULL,
-    payload text COLLATE utf8_unicode_ci NOT NULL,
-    status varchar(55) COLLATE utf8_unicode_ci NOT NULL,
-    scheduled_at datetime NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    created_at datetime NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    PRIMARY KEY (id),
-    KEY status (status,scheduled_at)
-) ENGINE=InnoDB";
+/// The seed's CREATE TABLE, verbatim (migration 1 is that statement).
+const SEED_SQL: &str = lightjobs::migrate::MIGRATIONS[0].sql;
 
 #[actix_rt::test]
 async fn fresh_database_migrates_once_and_is_idempotent() {
     let db = TestDb::new("migrate_fresh").await;
     let queue = db.queue();
-    assert_eq!(queue.migrate().await.unwrap(), all_versions());
-    assert_eq!(queue.migrate().await.unwrap(), Vec::<u32>::new());
+    assert_eq!(queue.migrate().await.unwrap().applied, all_versions());
+    assert_eq!(queue.migrate().await.unwrap().applied, Vec::<u32>::new());
     let recorded: u64 = db
         .scalar("SELECT COUNT(*) FROM lightjobs_migrations WHERE success = 1")
         .await;
@@ -58,7 +51,7 @@ async fn concurrent_migrations_apply_each_step_once() {
     let db = TestDb::new("migrate_concurrent").await;
     let runs = (0..6).map(|_| {
         let q = db.queue();
-        async move { q.migrate().await.unwrap() }
+        async move { q.migrate().await.unwrap().applied }
     });
     let applied: Vec<Vec<u32>> = futures::future::join_all(runs).await;
     let total: usize = applied.iter().map(Vec::len).sum();
@@ -89,7 +82,10 @@ async fn seed_table_with_rows_is_upgraded_in_place_and_its_jobs_run() {
         "{err}"
     );
 
-    assert_eq!(queue.migrate().await.unwrap(), all_versions()[1..].to_vec());
+    assert_eq!(
+        queue.migrate().await.unwrap().applied,
+        all_versions()[1..].to_vec()
+    );
     let adopted: u64 = db
         .scalar("SELECT COUNT(*) FROM lightjobs_migrations WHERE version = 1")
         .await;
@@ -204,5 +200,162 @@ async fn processes_migrating_at_once_all_succeed() {
         .await;
     assert_eq!(applied, all_versions().len() as u64);
     db.queue().check_ready().await.unwrap();
+    db.drop_db().await;
+}
+
+/// Writes `runs` rows (tag = the job's input) through the pool in the workers' data.
+async fn record_run(ctx: &JobContext, tag: &str) -> Result<(), JobError> {
+    let pool = ctx
+        .data::<mysql_async::Pool>()
+        .ok_or_else(|| JobError::fail("no pool"))?;
+    let mut conn = pool.get_conn().await?;
+    conn.exec_drop(
+        "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, ?)",
+        (ctx.id(), ctx.attempt(), tag),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The Rust port of a Lightpack job the PHP app dispatched as
+/// `(new SendMail)->dispatch(['to' => …])`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SendMail {
+    to: String,
+}
+
+impl Job for SendMail {
+    const NAME: &'static str = "send_mail";
+    const ALIASES: &'static [&'static str] = &["App\\Jobs\\SendMail"];
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        record_run(ctx, &self.to).await
+    }
+}
+
+/// `(new Cleanup)->dispatch()`: PHP's `json_encode([])` is `[]`, which a struct with
+/// braces and no fields decodes (a unit struct `Cleanup;` would want `null`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Cleanup {}
+
+impl Job for Cleanup {
+    const NAME: &'static str = "cleanup";
+    const ALIASES: &'static [&'static str] = &["App\\Jobs\\Cleanup"];
+
+    async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        record_run(ctx, "cleanup").await
+    }
+}
+
+/// An INSERT exactly as Lightpack's `dispatch()` writes it: the PHP class as `name`, the
+/// `json_encode`d array, `scheduled_at` = now + delay in the app's time (UTC here), `new`.
+async fn php_dispatch(db: &TestDb, class: &str, payload: &str, delay: Duration) {
+    let at = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap();
+    let mut conn = db.pool.get_conn().await.unwrap();
+    conn.exec_drop(
+        "INSERT INTO jobs (name, payload, scheduled_at, status) VALUES (?, ?, ?, 'new')",
+        (class, payload, at.format("%Y-%m-%d %H:%M:%S").to_string()),
+    )
+    .await
+    .unwrap();
+}
+
+/// The README's "Moving from Lightpack" guide, step by step: the seed table with what
+/// the PHP app left in it, the PHP worker stopped, `migrate`, then lightjobs workers
+/// running while the PHP app and the Rust app both dispatch. Every job runs once.
+#[actix_rt::test]
+async fn moving_from_lightpack_runs_every_job_once() {
+    let db = TestDb::new("migrate_lightpack").await;
+    db.exec(SEED_SQL).await;
+    let send_mail = "App\\Jobs\\SendMail";
+    php_dispatch(&db, send_mail, r#"{"to":"waiting-1"}"#, Duration::ZERO).await;
+    php_dispatch(&db, send_mail, r#"{"to":"waiting-2"}"#, Duration::ZERO).await;
+    php_dispatch(&db, "App\\Jobs\\Cleanup", "[]", Duration::ZERO).await;
+    php_dispatch(&db, send_mail, r#"{"to":"later"}"#, Duration::from_secs(2)).await;
+    // A job the PHP worker had claimed (`queued`) when it was stopped, and one it failed.
+    db.exec(
+        "INSERT INTO jobs (name, payload, status) VALUES \
+         ('App\\\\Jobs\\\\SendMail', '{\"to\":\"in-progress\"}', 'queued'), \
+         ('App\\\\Jobs\\\\SendMail', '{\"to\":\"\"}', 'failed')",
+    )
+    .await;
+
+    let queue = db.queue();
+    let migrated = queue.migrate().await.unwrap();
+    let adoption = migrated.adopted.expect("the seed table is adopted");
+    let counts = |rows: &[(&str, u64)]| -> Vec<(String, u64)> {
+        rows.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+    };
+    assert_eq!(
+        adoption.before,
+        counts(&[("failed", 1), ("new", 4), ("queued", 1)])
+    );
+    assert_eq!(
+        adoption.after,
+        counts(&[("failed", 1), ("pending", 4), ("scheduled", 1)])
+    );
+    let unfinished: u64 = db
+        .scalar("SELECT COUNT(*) FROM jobs WHERE status = 'failed' AND finished_at IS NULL")
+        .await;
+    assert_eq!(
+        unfinished, 0,
+        "adopted failures get a finished_at, so pruning applies"
+    );
+    let queue = db.migrated().await;
+
+    let workers = Workers::new(queue.clone())
+        .register::<SendMail>()
+        .register::<Cleanup>()
+        .data(db.pool.clone())
+        .start()
+        .await
+        .unwrap();
+    // Side by side: the PHP app is still deployed and dispatching, and so is the Rust one.
+    let php = async {
+        for i in 0..30 {
+            let payload = format!(r#"{{"to":"php-{i}"}}"#);
+            php_dispatch(&db, send_mail, &payload, Duration::ZERO).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let rust = async {
+        for i in 0..30 {
+            queue
+                .dispatch(SendMail {
+                    to: format!("rust-{i}"),
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    futures::join!(php, rust);
+    let expected = 5 + 30 + 30;
+    db.wait_for("processed", expected, Duration::from_secs(30))
+        .await;
+    let report = workers.shutdown().await;
+    assert_eq!(report.processed, expected);
+
+    let mut conn = db.pool.get_conn().await.unwrap();
+    let twice: Vec<(String, u64)> = conn
+        .query("SELECT tag, COUNT(*) FROM runs GROUP BY tag HAVING COUNT(*) > 1")
+        .await
+        .unwrap();
+    assert!(twice.is_empty(), "jobs ran twice: {twice:?}");
+    let mut tags: Vec<String> = conn.query("SELECT tag FROM runs").await.unwrap();
+    tags.sort();
+    let mut want: Vec<String> = ["waiting-1", "waiting-2", "cleanup", "later", "in-progress"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain((0..30).flat_map(|i| [format!("php-{i}"), format!("rust-{i}")]))
+        .collect();
+    want.sort();
+    assert_eq!(tags, want);
+    let left: Vec<(String, u64)> = conn
+        .query("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+        .await
+        .unwrap();
+    assert_eq!(left, counts(&[("failed", 1), ("processed", expected)]));
+    drop(conn);
     db.drop_db().await;
 }

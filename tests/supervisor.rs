@@ -165,6 +165,24 @@ async fn settings_are_checked_at_start() {
     assert!(err(Workers::new(queue.clone()))
         .await
         .contains("no job types registered"));
+    let zero = err(workers(&db, &queue).heartbeat(Duration::ZERO, Duration::from_secs(30))).await;
+    assert!(zero.contains("interval must be non-zero"), "{zero}");
+    let short =
+        err(workers(&db, &queue).heartbeat(Duration::from_secs(5), Duration::from_secs(9))).await;
+    assert!(short.contains("at least twice the interval"), "{short}");
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct LongAlias {}
+    impl lightjobs::Job for LongAlias {
+        const NAME: &'static str = "long_alias";
+        const ALIASES: &'static [&'static str] = &[
+            "App\\Jobs\\AJobWhoseClassNameIsFarLongerThanTheNameColumnOfTheJobsTableCanHoldWhichIsOneHundredAndTwentyEightCharactersAfterTheMigration",
+        ];
+        async fn execute(self, _: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
+            Ok(())
+        }
+    }
+    let long = err(workers(&db, &queue).register::<LongAlias>()).await;
+    assert!(long.contains("must be 1 to 128 characters"), "{long}");
     let down = JobQueue::connect("mysql://root@127.0.0.1:1/nowhere").unwrap();
     let e = Workers::new(down)
         .register::<Record>()
@@ -202,7 +220,19 @@ async fn start_stop_stress_loses_nothing() {
     }
     let report = workers(&db, &queue).drain().await;
     eprintln!("final drain processed {}", report.processed);
-    assert_eq!(db.count("processed").await, total);
+    let processed = db.count("processed").await;
+    if processed != total {
+        use mysql_async::prelude::Queryable;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        let left: Vec<(u64, String, u32, Option<String>, String)> = conn
+            .query(
+                "SELECT id, status, attempts, last_error, CAST(scheduled_at AS CHAR) \
+                 FROM jobs WHERE status <> 'processed'",
+            )
+            .await
+            .unwrap();
+        panic!("{processed} of {total} processed; the others: {left:#?}");
+    }
     let twice: u64 = db
         .scalar(
             "SELECT COUNT(*) FROM (SELECT job_id FROM runs GROUP BY job_id HAVING COUNT(*) > 1) t",

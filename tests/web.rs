@@ -14,6 +14,7 @@ use actix_web::test as actix_test;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use common::{Block, Drain, Flaky, Record, TestDb};
 use lightjobs::{JobOutcome, JobQueue, Workers};
+use mysql_async::prelude::Queryable;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -395,20 +396,7 @@ async fn metrics_are_served_in_the_prometheus_format() {
         .data(db.pool.clone())
         .drain()
         .await;
-    let app = actix_test::init_service(
-        App::new()
-            .app_data(web::Data::new(queue.clone()))
-            .service(lightjobs::metrics("/metrics")),
-    )
-    .await;
-    let res = actix_test::call_service(
-        &app,
-        actix_test::TestRequest::get().uri("/metrics").to_request(),
-    )
-    .await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let body = actix_test::read_body(res).await;
-    let text = String::from_utf8(body.to_vec()).unwrap();
+    let text = scrape(&queue).await;
     assert!(
         text.contains("lightjobs_jobs{queue=\"default\",status=\"processed\"} 3"),
         "{text}"
@@ -425,5 +413,93 @@ async fn metrics_are_served_in_the_prometheus_format() {
         text.contains("lightjobs_queue_latency_seconds_count{queue=\"default\"}"),
         "{text}"
     );
+    db.drop_db().await;
+}
+
+/// Scrapes `/metrics` of an app holding `queue`.
+async fn scrape(queue: &JobQueue) -> String {
+    let app = actix_test::init_service(
+        App::new()
+            .app_data(web::Data::new(queue.clone()))
+            .service(lightjobs::metrics("/metrics")),
+    )
+    .await;
+    let res = actix_test::call_service(
+        &app,
+        actix_test::TestRequest::get().uri("/metrics").to_request(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = actix_test::read_body(res).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// Jobs of a type no worker of this process runs are never claimed here; once they have
+/// waited long they are reported (log and metric), and failed only when asked to.
+#[actix_rt::test]
+async fn long_waiting_jobs_of_unknown_types_are_reported_and_failed_only_when_asked() {
+    let db = TestDb::new("web_unknown_types").await;
+    let queue = db.migrated().await;
+    db.exec(
+        "INSERT INTO jobs (name, payload, status, queue, scheduled_at) VALUES \
+         ('ghost', '{}', 'pending', 'ghosts', UTC_TIMESTAMP(6) - INTERVAL 10 MINUTE), \
+         ('ghost', '{}', 'pending', 'ghosts', UTC_TIMESTAMP(6) - INTERVAL 20 MINUTE), \
+         ('ghost', '{}', 'pending', 'ghosts', UTC_TIMESTAMP(6)), \
+         ('ghost', '{}', 'pending', 'elsewhere', UTC_TIMESTAMP(6) - INTERVAL 1 HOUR)",
+    )
+    .await;
+    let gauge = "lightjobs_jobs_waiting_unknown_type{queue=\"ghosts\",name=\"ghost\"} 2";
+    let reporting = Workers::new(queue.clone())
+        .register::<Record>()
+        .queues(["ghosts"])
+        .start()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(&queue).await;
+        if text.contains(gauge) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no gauge {gauge}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reporting.shutdown().await;
+    assert_eq!(db.count("pending").await, 4, "reported, not touched");
+
+    let failing = Workers::new(queue.clone())
+        .register::<Record>()
+        .queues(["ghosts"])
+        .fail_unknown_after(Duration::from_secs(5 * 60))
+        .start()
+        .await
+        .unwrap();
+    db.wait_for("failed", 2, Duration::from_secs(15)).await;
+    failing.shutdown().await;
+    let mut conn = db.pool.get_conn().await.unwrap();
+    let rows: Vec<(String, String, u32, Option<String>)> = conn
+        .query("SELECT queue, status, attempts, last_error FROM jobs ORDER BY id")
+        .await
+        .unwrap();
+    for failed in &rows[..2] {
+        assert_eq!(failed.1, "failed", "{rows:?}");
+        assert_eq!(failed.2, 0, "no attempt was spent: {rows:?}");
+        let error = failed.3.clone().unwrap_or_default();
+        assert!(
+            error.starts_with(
+                "unknown job `ghost`: no worker running this job type took it within 300s"
+            ),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        rows[2].1, "pending",
+        "a job that has not waited long is left"
+    );
+    assert_eq!(
+        rows[3].1, "pending",
+        "a queue this worker does not serve is left"
+    );
+    drop(conn);
     db.drop_db().await;
 }

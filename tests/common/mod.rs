@@ -38,6 +38,19 @@ pub fn url_with_db(base: &str, db: &str) -> String {
     }
 }
 
+/// The test's own pool, also the one test jobs write their runs through. Capped well
+/// below the server's `max_connections` (151 by default): with 100 slots per worker, jobs
+/// that each held a connection of an unbounded pool made the server refuse connections to
+/// every test running beside them.
+fn data_pool(url: &str) -> Pool {
+    let opts = mysql_async::Opts::from_url(url).expect("test database URL");
+    let constraints = mysql_async::PoolConstraints::new(0, 16).expect("0 <= 16");
+    Pool::new(
+        mysql_async::OptsBuilder::from_opts(opts)
+            .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints)),
+    )
+}
+
 /// A database of its own for one test, dropped and recreated at the start.
 pub struct TestDb {
     pub name: String,
@@ -65,8 +78,11 @@ impl TestDb {
         drop(conn);
         admin.disconnect().await.unwrap();
         let url = url_with_db(&base, &name);
-        let pool = Pool::new(url.as_str());
-        TestDb { name, url, pool }
+        TestDb {
+            name,
+            pool: data_pool(&url),
+            url,
+        }
     }
 
     /// A queue on this database, not migrated.

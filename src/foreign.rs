@@ -1,0 +1,85 @@
+//! Watches for due jobs of types this process does not run (another app's, a newer
+//! deploy's, an old name nobody registers any more). The fetch loop never claims them, so
+//! they would wait silently: this role warns, exports how many (see
+//! [`metrics`](crate::metrics())), and, when asked to, fails them after a time.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// How often the table is looked at.
+pub(crate) const FOREIGN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// Jobs of unknown types that have waited this long are reported.
+pub(crate) const FOREIGN_WARN_AFTER: Duration = Duration::from_secs(300);
+/// Most jobs failed by one statement.
+const BATCH: u64 = 1000;
+
+pub(crate) struct ForeignJobs {
+    pub queues: Vec<String>,
+    pub names: Vec<&'static str>,
+    pub interval: Duration,
+    pub warn_after: Duration,
+    /// [`Workers::fail_unknown_after`](crate::Workers::fail_unknown_after).
+    pub fail_after: Option<Duration>,
+}
+
+impl ForeignJobs {
+    /// One look: reports what waits, then fails what waited past `fail_after`. Returns
+    /// (jobs waiting past the warning age, jobs failed).
+    pub(crate) async fn run_once(&self, store: &Store) -> crate::Result<(u64, u64)> {
+        let warn_after = self
+            .fail_after
+            .map_or(self.warn_after, |f| f.min(self.warn_after));
+        let groups = store
+            .foreign_waiting(&self.queues, &self.names, warn_after)
+            .await?;
+        let mut waiting = 0;
+        for (queue, name, n, waited) in &groups {
+            waiting += n;
+            tracing::warn!(
+                target: "lightjobs::foreign",
+                queue = %queue,
+                name = %name,
+                jobs = n,
+                oldest_secs = waited.as_secs(),
+                "jobs of a type this worker does not run are waiting: start a worker that \
+                 registers it (Job::NAME or Job::ALIASES), or let Workers::fail_unknown_after \
+                 fail them"
+            );
+        }
+        let gauge: Vec<_> = groups
+            .into_iter()
+            .map(|(q, name, n, _)| (q, name, n))
+            .collect();
+        crate::metrics::set_foreign(&self.queues, &gauge);
+        let mut failed = 0;
+        if let Some(after) = self.fail_after {
+            loop {
+                let n = store
+                    .fail_foreign(&self.queues, &self.names, after, BATCH)
+                    .await?;
+                failed += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+            if failed > 0 {
+                tracing::warn!(target: "lightjobs::foreign", jobs = failed, after = ?after, "failed jobs of types no worker took");
+            }
+        }
+        Ok((waiting, failed))
+    }
+
+    pub(crate) async fn run(&self, store: &Store, stop: CancellationToken) {
+        loop {
+            if let Err(error) = self.run_once(store).await {
+                tracing::debug!(target: "lightjobs::foreign", %error, "looking for jobs of unknown types failed");
+            }
+            if crate::worker::pause(self.interval, &stop).await {
+                return;
+            }
+        }
+    }
+}
