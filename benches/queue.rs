@@ -1,7 +1,7 @@
 //! Criterion benchmarks against the real MariaDB (`LIGHTJOBS_TEST_DATABASE_URL`, else
 //! `mysql://root@127.0.0.1:3306/test`): claim throughput by batch size and by number of
-//! concurrent claimers, dispatch throughput (single and batched), and the full lifecycle
-//! of no-op jobs through the real workers.
+//! concurrent claimers, dispatch throughput (single and batched), the full lifecycle of
+//! no-op jobs through the real workers, and a claim passing over other apps' jobs.
 //!
 //! `cargo bench --bench queue` (add `-- lifecycle` to run one group). Each measurement
 //! loads its backlog untimed and times only the operation named.
@@ -247,5 +247,66 @@ fn lifecycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, claims, dispatch, lifecycle);
+/// Another app's job type, dispatched on the same queue: this process's claims pass over it.
+#[derive(Serialize, Deserialize)]
+struct OtherApp;
+
+impl Job for OtherApp {
+    const NAME: &'static str = "other_app";
+    async fn execute(self, _ctx: &JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// The claim of a worker that runs only `noop`, with `foreign` jobs of another type waiting
+/// ahead of its own at the head of the queue (their workers down): the claim index orders
+/// by priority and time, not by name, so the claim reads past them. Each sample is one
+/// claim's locking read of 10 jobs, rolled back so the table stays as loaded.
+fn claim_past_foreign(c: &mut Criterion) {
+    let bench = Bench::new();
+    let mut group = c.benchmark_group("claim_past_foreign");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let sql = lightjobs::__private::claim_sql_for("default", 10, &["noop"]);
+    for foreign in [0usize, 1_000, 10_000] {
+        bench.load(0);
+        bench.system.block_on(async {
+            for _ in 0..foreign / 1000 {
+                bench
+                    .queue
+                    .dispatch_many((0..1000).map(|_| OtherApp))
+                    .await
+                    .unwrap();
+            }
+            bench
+                .queue
+                .dispatch_many((0..100).map(|_| Noop))
+                .await
+                .unwrap();
+        });
+        group.bench_with_input(BenchmarkId::new("foreign", foreign), &foreign, |b, _| {
+            b.iter_custom(|iters| {
+                bench.system.block_on(async {
+                    let (pool, _store) = bench.store();
+                    let mut conn = pool.get_conn().await.unwrap();
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        conn.query_drop("START TRANSACTION").await.unwrap();
+                        let rows: Vec<mysql_async::Row> = conn.query(sql.as_str()).await.unwrap();
+                        assert_eq!(rows.len(), 10);
+                        conn.query_drop("ROLLBACK").await.unwrap();
+                    }
+                    let took = started.elapsed();
+                    drop(conn);
+                    pool.disconnect().await.unwrap();
+                    took
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, claims, dispatch, lifecycle, claim_past_foreign);
 criterion_main!(benches);

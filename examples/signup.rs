@@ -1,5 +1,6 @@
 //! The demo: a signup endpoint that mails the new user in the background, with the workers
-//! in the same process as the HTTP server.
+//! in the same process as the HTTP server, and the dashboard and metrics for clients on
+//! this machine.
 //!
 //! ```text
 //! LIGHTJOBS_DATABASE_URL=mysql://root@127.0.0.1:3306/test cargo run --example signup
@@ -13,7 +14,7 @@ mod jobs;
 
 use std::process::ExitCode;
 
-use actix_web::{get, post, web, App, Either, HttpResponse, HttpServer};
+use actix_web::{get, guard, post, web, App, Either, HttpRequest, HttpResponse, HttpServer};
 use jobs::SendMail;
 use lightjobs::{JobQueue, Workers};
 use serde::Deserialize;
@@ -59,6 +60,12 @@ async fn stats(queue: web::Data<JobQueue>) -> actix_web::Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(queue.stats().await?))
 }
 
+/// The dashboard can retry, discard and pause, and the metrics name your queues: only
+/// clients on this machine get them. Put your own login in front of them in an app.
+fn from_this_machine(req: &HttpRequest) -> bool {
+    req.peer_addr().is_some_and(|a| a.ip().is_loopback())
+}
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -89,6 +96,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .service(signup)
             .service(job)
             .service(stats)
+            .service(lightjobs::dashboard("/admin/jobs").authorize(from_this_machine))
+            .service(lightjobs::metrics("/metrics").guard(guard::fn_guard(|ctx| {
+                ctx.head().peer_addr.is_some_and(|a| a.ip().is_loopback())
+            })))
     })
     .bind(addr.as_str())
     .map_err(|e| format!("cannot listen on {addr}: {e} (set LIGHTJOBS_DEMO_ADDR)"))?;
@@ -118,6 +129,12 @@ Signup demo listening on http://{addr}  (Ctrl-C stops the server, then drains th
 
   Counts per queue and status:
     curl -s http://{addr}/stats
+
+  The dashboard (from this machine only): queues, failed jobs with Retry, recent jobs.
+    http://{addr}/admin/jobs
+
+  Prometheus metrics (from this machine only):
+    curl -s http://{addr}/metrics
 "#
     );
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::executor::{JobEvent, JobOutcome};
+use crate::events::{JobEvent, JobOutcome};
 use crate::queue::{database_url_from_env, JobQueue};
 use crate::registry::Registry;
 use crate::supervisor::Workers;

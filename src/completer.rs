@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{JobEvent, JobOutcome};
+use crate::events::{JobEvent, JobOutcome};
 use crate::store::{Guarded, Held, Store};
 
 /// Most results written by one statement.

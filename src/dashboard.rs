@@ -29,16 +29,6 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::queue::JobQueue;
 
-/// Every status a job row can have, in the order a job passes through them.
-pub(crate) const JOB_STATUSES: [&str; 6] = [
-    "pending",
-    "scheduled",
-    "running",
-    "processed",
-    "failed",
-    "cancelled",
-];
-
 /// Failed jobs listed, newest first: enough to see a pattern, few enough to read.
 const FAILED_SHOWN: u64 = 50;
 /// Jobs listed for each other status: a glimpse of what moves, not a report.

@@ -77,7 +77,7 @@ impl ForeignJobs {
             if let Err(error) = self.run_once(store).await {
                 tracing::debug!(target: "lightjobs::foreign", %error, "looking for jobs of unknown types failed");
             }
-            if crate::worker::pause(self.interval, &stop).await {
+            if crate::timing::pause(self.interval, &stop).await {
                 return;
             }
         }

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::scheduler::QueueStates;
+use crate::queue_state::QueueStates;
 use crate::store::{ClaimedJob, NewJob, Store, When};
 
 /// The worker slot, and the per-queue slot where the queue has a limit in this process.
@@ -153,7 +153,7 @@ fn release_in_background(store: Store, queue: String, worker: String, token: u64
                 Ok(0) => answered_for += pause,
                 Ok(_) => {
                     tracing::warn!(target: "lightjobs::queue", queue, "a dispatched job could not be handed to its worker; released it to the queue");
-                    crate::queue::wake_workers();
+                    crate::wake::wake_workers();
                     return;
                 }
                 Err(error) => {

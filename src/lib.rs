@@ -72,6 +72,7 @@ mod combiner;
 mod completer;
 mod dashboard;
 mod error;
+mod events;
 mod executor;
 mod foreign;
 mod heartbeat;
@@ -80,15 +81,20 @@ mod io_thread;
 mod job;
 mod metrics;
 pub mod migrate;
+#[cfg(test)]
+mod module_graph;
 mod nodes;
 mod pruner;
 mod queue;
+mod queue_state;
 mod recurring;
 mod registry;
 mod rescuer;
 mod scheduler;
 mod store;
 mod supervisor;
+mod timing;
+mod wake;
 mod web;
 mod worker;
 
@@ -96,9 +102,8 @@ pub use backoff::Backoff;
 pub use completer::Report;
 pub use dashboard::{dashboard, Dashboard};
 pub use error::{Error, Result};
-pub use executor::{JobEvent, JobOutcome};
+pub use events::{JobEvent, JobOutcome};
 pub use job::{Job, JobContext, JobError};
-pub use metrics::metrics;
 pub use queue::{
     Dispatch, JobQueue, JobQueueBuilder, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_POOL_SIZE, MAX_DELAY,
     MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS,
@@ -110,7 +115,7 @@ pub use supervisor::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
     DEFAULT_PROCESSED_RETENTION, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_AFTER,
 };
-pub use web::init;
+pub use web::{init, metrics};
 
 /// Internals exposed for the crate's own integration tests and benchmarks. Not part of the
 /// API: may change in any release.

@@ -1,17 +1,16 @@
 //! Metrics in the Prometheus text format: job counts by queue and status (read from the
 //! table when scraped), and this process's runs by outcome, run durations and queue
-//! latency (time from due to started).
+//! latency (time from due to started). The HTTP resource that serves them is
+//! [`metrics`](crate::metrics()), in `web`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse, Resource};
 use once_cell::sync::Lazy;
 
-use crate::executor::JobOutcome;
-use crate::queue::JobQueue;
+use crate::events::JobOutcome;
 
 /// Histogram bucket bounds, in seconds: from a millisecond to ten minutes.
 const BUCKETS: [f64; 12] = [
@@ -92,36 +91,7 @@ pub(crate) fn set_foreign(queues: &[String], groups: &[(String, String, u64)]) {
     });
 }
 
-/// A `GET` resource at `path` serving the metrics in the Prometheus text format. It needs
-/// `web::Data<JobQueue>` in app data ([`init`](crate::init) puts it there). Mount it where
-/// only your scraper reaches it, or behind your own guard.
-///
-/// ```no_run
-/// use actix_web::{App, HttpServer};
-/// # async fn run() -> std::io::Result<()> {
-/// HttpServer::new(|| {
-///     App::new()
-///         .configure(lightjobs::init)
-///         .service(lightjobs::metrics("/metrics"))
-/// })
-/// .bind(("127.0.0.1", 9100))?
-/// .run()
-/// .await
-/// # }
-/// ```
-pub fn metrics(path: &str) -> Resource {
-    web::resource(path).route(web::get().to(serve))
-}
-
-async fn serve(queue: web::Data<JobQueue>) -> actix_web::Result<HttpResponse> {
-    let counts = queue.stats().await?;
-    let paused = queue.paused_queues().await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(render(&counts, &paused)))
-}
-
-fn render(counts: &[crate::QueueCount], paused: &[String]) -> String {
+pub(crate) fn render(counts: &[crate::QueueCount], paused: &[String]) -> String {
     let mut out = String::new();
     out.push_str("# HELP lightjobs_jobs Jobs in the table, by queue and status.\n");
     out.push_str("# TYPE lightjobs_jobs gauge\n");

@@ -10,55 +10,8 @@ use std::time::Duration;
 
 use mysql_async::{Conn, Pool};
 
+pub use crate::error::MigrateError;
 use crate::nodes::Nodes;
-
-/// Errors of the migration runner.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MigrateError {
-    /// A statement failed.
-    #[error("migration {version} ({name}) failed: {source}")]
-    Failed {
-        /// The migration's number.
-        version: u32,
-        /// Its file name.
-        name: &'static str,
-        /// The server's error.
-        source: mysql_async::Error,
-    },
-    /// An earlier run failed halfway through this migration.
-    #[error(
-        "migration {version} ({name}) is dirty: an earlier run failed halfway. Either finish \
-         it by hand and mark it done (UPDATE lightjobs_migrations SET success = 1 WHERE \
-         version = {version}), or undo it by hand and DELETE FROM lightjobs_migrations WHERE \
-         version = {version}, then run `lightjobs migrate` again"
-    )]
-    Dirty {
-        /// The migration's number.
-        version: u32,
-        /// Its file name.
-        name: &'static str,
-    },
-    /// The applied migration differs from the one embedded in this build.
-    #[error(
-        "migration {version} ({name}) was applied with different contents (checksum mismatch)"
-    )]
-    Changed {
-        /// The migration's number.
-        version: u32,
-        /// Its file name.
-        name: &'static str,
-    },
-    /// A `jobs` table exists that is not the seed's or ours.
-    #[error("a table `jobs` exists but is not a jobs table lightjobs can upgrade: {0}")]
-    ForeignTable(String),
-    /// Another process held the migration lock for too long.
-    #[error("timed out waiting for the migration lock held by another process")]
-    LockTimeout,
-    /// The database failed outside a migration (connecting, locking, bookkeeping).
-    #[error("database error while migrating: {0}")]
-    Database(#[from] mysql_async::Error),
-}
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
-use once_cell::sync::{Lazy, OnceCell};
+use once_cell::sync::OnceCell;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ use crate::intake::{Intake, Reservation};
 use crate::io_thread::IoThread;
 use crate::job::Job;
 use crate::nodes::{split_urls, Nodes};
-use crate::scheduler::{QueueState, QueueStates};
+use crate::queue_state::{QueueState, QueueStates};
 use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
 
 /// Largest payload accepted by default (1 MiB): big inputs belong in a table or a bucket,
@@ -36,15 +36,6 @@ pub const MAX_JOB_NAME_CHARS: usize = 128;
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 static GLOBAL: OnceCell<JobQueue> = OnceCell::new();
-
-/// One wake-up signal per process, whatever queue handle dispatched: workers started on
-/// one `JobQueue` are woken by dispatches through another on the same database.
-static WAKE: Lazy<watch::Sender<u64>> = Lazy::new(|| watch::Sender::new(0));
-
-/// Wakes every fetch loop of this process.
-pub(crate) fn wake_workers() {
-    WAKE.send_modify(|n| *n = n.wrapping_add(1));
-}
 
 /// A cheap, cloneable handle to the `jobs` table: dispatches jobs and inspects them.
 ///
@@ -255,13 +246,13 @@ impl JobQueue {
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        WAKE.subscribe()
+        crate::wake::subscribe()
     }
 
     /// Wakes this process's workers, e.g. after committing a transaction that dispatched
     /// jobs with [`Dispatch::within`].
     pub fn notify_workers(&self) {
-        wake_workers();
+        crate::wake::wake_workers();
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).

@@ -66,7 +66,7 @@ impl Rescuer {
 
     pub(crate) async fn run(&self, stop: CancellationToken) {
         loop {
-            if crate::worker::pause(self.interval, &stop).await {
+            if crate::timing::pause(self.interval, &stop).await {
                 return;
             }
             match self.run_once().await {

@@ -2,49 +2,22 @@
 //! they are due, takes up rows a Lightpack app still inserts (status `new`), and wakes this
 //! process's workers when it did.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::JobQueue;
+use crate::queue_state::{QueueState, QueueStates};
 use crate::store::Store;
+use crate::timing::pause;
 
 /// Most jobs moved by one statement.
 const BATCH: u64 = 1000;
-
-/// Queue settings from `lightjobs_queues`, as last read.
-#[derive(Debug, Default)]
-pub(crate) struct QueueState {
-    pub paused: HashSet<String>,
-    /// Queues with a limit across processes.
-    pub limited: HashSet<String>,
-}
-
-pub(crate) type QueueStates = Arc<RwLock<QueueState>>;
-
-impl QueueState {
-    pub(crate) fn from_rows(rows: Vec<(String, bool, Option<u32>)>) -> Self {
-        let mut state = QueueState::default();
-        for (queue, paused, limit) in rows {
-            if limit.is_some() {
-                state.limited.insert(queue.clone());
-            }
-            if paused {
-                state.paused.insert(queue);
-            }
-        }
-        state
-    }
-}
 
 /// The queue settings are re-read every this many ticks (about a second).
 const SETTINGS_EVERY: u32 = 10;
 
 pub(crate) struct Scheduler {
     pub store: Store,
-    pub queue: JobQueue,
     pub interval: Duration,
     pub queues: QueueStates,
 }
@@ -72,7 +45,7 @@ impl Scheduler {
             resumed
         };
         if resumed {
-            self.queue.notify_workers();
+            crate::wake::wake_workers();
         }
         Ok(())
     }
@@ -88,7 +61,7 @@ impl Scheduler {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::info!(target: "lightjobs::scheduler", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
-                        self.queue.notify_workers();
+                        crate::wake::wake_workers();
                     }
                     Err(error) => {
                         tracing::debug!(target: "lightjobs::scheduler", %error, "taking up seed-shaped rows failed");
@@ -100,13 +73,13 @@ impl Scheduler {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::debug!(target: "lightjobs::scheduler", promoted = n, "scheduled jobs are due");
-                    self.queue.notify_workers();
+                    crate::wake::wake_workers();
                 }
                 Err(error) => {
                     tracing::debug!(target: "lightjobs::scheduler", %error, "promoting due jobs failed");
                 }
             }
-            if crate::worker::pause(self.interval, &stop).await {
+            if pause(self.interval, &stop).await {
                 return;
             }
         }

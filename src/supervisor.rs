@@ -19,17 +19,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::completer::{Completer, Completions, EventHook, Report};
 use crate::error::{Error, Result};
-use crate::executor::{panic_message, Executor, JobEvent};
+use crate::events::JobEvent;
+use crate::executor::{panic_message, Executor};
 use crate::foreign::{ForeignJobs, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
 use crate::heartbeat::{Heartbeat, Liveness};
 use crate::intake::Intake;
 use crate::job::{DataMap, Job};
 use crate::pruner::Pruner;
 use crate::queue::{validate_queue_name, JobQueue};
+use crate::queue_state::{QueueState, QueueStates};
 use crate::recurring::{Recurring, RecurringJob};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
-use crate::scheduler::{QueueState, QueueStates, Scheduler};
+use crate::scheduler::Scheduler;
 use crate::store::{Store, WorkerInfo};
 use crate::worker::{Exit, PollInterval, Worker};
 
@@ -878,7 +880,6 @@ fn start_maintenance(
                 let recurring = Recurring::new(queue.clone(), recurring);
                 let scheduler = Scheduler {
                     store: store.clone(),
-                    queue,
                     interval: SCHEDULER_INTERVAL,
                     queues: queue_states,
                 };

@@ -1,7 +1,8 @@
-//! The actix-web glue: [`init`] for `App::configure`, and how errors reach HTTP clients.
+//! The actix-web glue: [`init`] for `App::configure`, the [`metrics`] resource, and how
+//! errors reach HTTP clients.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse, Resource, ResponseError};
 
 use crate::error::Error;
 use crate::queue::JobQueue;
@@ -46,6 +47,35 @@ pub fn init(cfg: &mut web::ServiceConfig) {
         }
         Err(e) => panic!("lightjobs::init: {e}"),
     }
+}
+
+/// A `GET` resource at `path` serving the metrics in the Prometheus text format. It needs
+/// `web::Data<JobQueue>` in app data ([`init`](crate::init) puts it there). Mount it where
+/// only your scraper reaches it, or behind your own guard.
+///
+/// ```no_run
+/// use actix_web::{App, HttpServer};
+/// # async fn run() -> std::io::Result<()> {
+/// HttpServer::new(|| {
+///     App::new()
+///         .configure(lightjobs::init)
+///         .service(lightjobs::metrics("/metrics"))
+/// })
+/// .bind(("127.0.0.1", 9100))?
+/// .run()
+/// .await
+/// # }
+/// ```
+pub fn metrics(path: &str) -> Resource {
+    web::resource(path).route(web::get().to(serve))
+}
+
+async fn serve(queue: web::Data<JobQueue>) -> actix_web::Result<HttpResponse> {
+    let counts = queue.stats().await?;
+    let paused = queue.paused_queues().await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render(&counts, &paused)))
 }
 
 /// The cause goes to the log; the client gets an opaque message, and 503 when the database

@@ -14,10 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::completer::{record_written, Completions, EventHook, Report};
-use crate::executor::{Executor, JobEvent, JobOutcome};
+use crate::events::{JobEvent, JobOutcome};
+use crate::executor::Executor;
 use crate::intake::{Handoff, Intake, Permits};
-use crate::scheduler::QueueStates;
+use crate::queue_state::QueueStates;
 use crate::store::{claim_and_complete_or_report, Ask, ClaimedJob, Held, Store};
+use crate::timing::jitter;
 
 /// Under a backlog, how long a claim may wait for half the slots to free up. Bounded so a
 /// slow job cannot delay the claims for the others for long.
@@ -556,19 +558,6 @@ impl PollInterval {
     fn jittered(&self) -> Duration {
         jitter(self.current, fastrand::f64())
     }
-}
-
-/// Waits about `interval` (±20%, so that processes do not act in step), or until `stop`.
-/// True when stopped: the shape of every maintenance loop.
-pub(crate) async fn pause(interval: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        () = stop.cancelled() => true,
-        () = tokio::time::sleep(jitter(interval, fastrand::f64())) => false,
-    }
-}
-
-fn jitter(d: Duration, random: f64) -> Duration {
-    d.mul_f64(0.8 + 0.4 * random.clamp(0.0, 1.0))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! binary whose other tests run without one can see span callsites already cached as
 //! uninteresting.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

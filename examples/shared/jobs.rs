@@ -1,4 +1,4 @@
-//! The jobs the examples (and `tests/cli.rs`) share: the seed's `SendMail`, and a slow
+//! The jobs the examples (and `tests/it/cli.rs`) share: the seed's `SendMail`, and a slow
 //! `GenerateReport` for watching a graceful shutdown.
 //!
 //! Included with `#[path = "shared/jobs.rs"] mod jobs;`, so it is not an example itself.

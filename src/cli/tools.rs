@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::one_line;
-use crate::dashboard::JOB_STATUSES;
 use crate::queue::JobQueue;
+use crate::store::JOB_STATUSES;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum Tool {

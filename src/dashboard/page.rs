@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Display, Write as _};
 
-use super::{Outcome, FAILED_SHOWN, JOB_STATUSES, RECENT_SHOWN};
+use super::{Outcome, FAILED_SHOWN, RECENT_SHOWN};
 use crate::queue::JobQueue;
-use crate::store::{JobRecord, QueueCount};
+use crate::store::{JobRecord, QueueCount, JOB_STATUSES};
 
 /// Characters of an error shown; the full text is in the row and `lightjobs failed`.
 const ERROR_SHOWN: usize = 2_000;

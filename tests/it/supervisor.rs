@@ -1,20 +1,13 @@
 //! Starting and stopping the workers: the grace period, releases at the deadline, jobs that
 //! cooperate with the shutdown signal, self-stopping runs, and a start/stop stress test.
 
-mod common;
+use crate::common;
+use common::workers;
 
 use std::time::{Duration, Instant};
 
 use common::{Block, Drain, Record, TestDb};
 use lightjobs::{JobQueue, Workers};
-
-fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
-    Workers::new(queue.clone())
-        .register::<Record>()
-        .register::<Block>()
-        .data(db.pool.clone())
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-}
 
 async fn running(db: &TestDb) -> u64 {
     db.count("running").await

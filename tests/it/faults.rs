@@ -1,7 +1,7 @@
 //! Fault tests: real worker processes (the `fault_worker` example) under concurrency,
 //! kill -9, SIGTERM, and a database restart. Each prints the figures it measured.
 
-mod common;
+use crate::common;
 
 use common::procs::{
     audit_file, count_on, example_binary, signal, start_audited, start_worker, wait_count,

@@ -1,6 +1,6 @@
 //! Recurring jobs on the real server: every tick runs once, even with two schedulers.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,20 +1,13 @@
 //! Queue control against the real server: unique jobs (with a race between connections),
 //! cancel, pause/resume seen by running workers, snooze, pruning.
 
-mod common;
+use crate::common;
+use common::workers;
 
 use std::time::Duration;
 
 use common::{Drain, Record, Snoozy, TestDb};
-use lightjobs::{JobQueue, Workers};
-
-fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
-    Workers::new(queue.clone())
-        .register::<Record>()
-        .register::<Snoozy>()
-        .data(db.pool.clone())
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-}
+use lightjobs::JobQueue;
 
 #[actix_rt::test]
 async fn a_unique_key_gives_one_job_while_it_waits_or_runs() {

@@ -2,7 +2,7 @@
 //! error path of the claim, the result writes and the rescue, with the error injected by
 //! the real server (a trigger that `SIGNAL`s it) and every run audited.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

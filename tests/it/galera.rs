@@ -4,7 +4,7 @@
 //! next within seconds and nothing is lost or run twice; migrations started on every node
 //! at once apply once.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

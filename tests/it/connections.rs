@@ -1,7 +1,7 @@
 //! Connection reuse against the real server: a dispatch or a claim cycle borrows a pooled
 //! connection and gives it back open, instead of opening a new one each time.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

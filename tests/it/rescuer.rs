@@ -1,6 +1,6 @@
 //! Heartbeats and the rescuer: jobs of dead processes come back, jobs of live ones never do.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -8,12 +8,7 @@ use common::{Block, Record, TestDb};
 use lightjobs::{JobQueue, Workers};
 
 fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
-    Workers::new(queue.clone())
-        .register::<Record>()
-        .register::<Block>()
-        .data(db.pool.clone())
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-        .heartbeat(Duration::from_millis(100), Duration::from_millis(500))
+    common::workers(db, queue).heartbeat(Duration::from_millis(100), Duration::from_millis(500))
 }
 
 /// Jobs as a process that died mid-run leaves them: running, held by a silent worker.

@@ -1,24 +1,13 @@
 //! Every outcome of a run, through the real workers on the real server.
 
-mod common;
+use crate::common;
+use common::workers;
 
 use std::time::{Duration, Instant};
 
-use common::{Block, Flaky, Panics, Record, Sleep, Stolen, TestDb};
+use common::{Flaky, Panics, Record, Sleep, Stolen, TestDb};
 use lightjobs::{JobQueue, Report, Workers};
 use mysql_async::prelude::*;
-
-fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
-    Workers::new(queue.clone())
-        .register::<Record>()
-        .register::<Flaky>()
-        .register::<Panics>()
-        .register::<Sleep>()
-        .register::<Block>()
-        .register::<Stolen>()
-        .data(db.pool.clone())
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-}
 
 /// Runs workers until nothing is ready and nothing runs.
 async fn drain(db: &TestDb, queue: &JobQueue) -> Report {

@@ -1,7 +1,7 @@
 //! The claim protocol on the real server: the plan uses the claim index exactly, and many
 //! concurrent claimers never share a job and never come back empty while jobs are free.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::future::IntoFuture;

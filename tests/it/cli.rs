@@ -1,10 +1,10 @@
 //! The commands as an operator runs them: real processes of the `lightjobs` binary and of
 //! the `worker` example (`lightjobs::cli::run` with the examples' jobs registered).
 
-mod common;
+use crate::common;
 
 use common::Drain;
-#[path = "../examples/shared/jobs.rs"]
+#[path = "../../examples/shared/jobs.rs"]
 mod jobs;
 
 use std::io::Read;
@@ -151,14 +151,6 @@ async fn process_all(queue: &JobQueue) {
         .register::<SendMail>()
         .drain()
         .await;
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -TERM {}: {status}", child.id());
 }
 
 /// The exited child's stdout, then stderr (its log), as one text for assertion messages.
@@ -384,7 +376,7 @@ async fn prune_deletes_processed_jobs_older_than_asked() {
 
 /// The file `create:job` writes, compiled here against the crate's public API: the
 /// generated code builds as long as this test binary does.
-#[path = "../src/cli/job_template.rs"]
+#[path = "../../src/cli/job_template.rs"]
 mod job_template;
 
 #[test]
@@ -618,7 +610,7 @@ async fn sigterm_lets_running_jobs_finish() {
         .spawn()
         .unwrap();
     db.wait_for("running", 3, Duration::from_secs(20)).await;
-    sigterm(&child);
+    common::procs::signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(30)).await;
     let (stdout, stderr) = read_output(&mut child);
     assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");
@@ -655,7 +647,7 @@ async fn sigterm_past_the_grace_period_releases_jobs_without_spending_attempts()
     .spawn()
     .unwrap();
     db.wait_for("running", 2, Duration::from_secs(20)).await;
-    sigterm(&child);
+    common::procs::signal(&child, "-TERM");
     let status = wait_exit(&mut child, Duration::from_secs(20)).await;
     let (stdout, stderr) = read_output(&mut child);
     assert_eq!(status.code(), Some(0), "{status}\n{stdout}\n{stderr}");

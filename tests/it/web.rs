@@ -2,16 +2,15 @@
 //! `init` with an installed queue, database errors as HTTP answers, and an HTTP server
 //! sharing its process with the workers.
 
-mod common;
+use crate::common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::test as actix_test;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use common::http::post_json;
 use common::{Block, Drain, Flaky, Record, TestDb};
 use lightjobs::{JobOutcome, JobQueue, Workers};
 use mysql_async::prelude::Queryable;
@@ -140,10 +139,14 @@ const INIT_CHILD: &str = "LIGHTJOBS_TEST_INIT_CHILD";
 /// child process, where the install below is the only one.
 #[test]
 fn init_hands_actix_the_installed_queue() {
-    const NAME: &str = "init_hands_actix_the_installed_queue";
+    // The test's name as the harness lists it: its module path without the crate's name.
+    let name = format!(
+        "{}::init_hands_actix_the_installed_queue",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     if std::env::var_os(INIT_CHILD).is_none() {
         let out = Command::new(std::env::current_exe().unwrap())
-            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(INIT_CHILD, "1")
             // `init` must not fall back to the environment when a queue is installed.
             .env(
@@ -226,30 +229,6 @@ async fn an_unmigrated_database_is_an_opaque_500() {
         assert!(!body.contains(secret), "{secret:?} leaked in {body:?}");
     }
     db.drop_db().await;
-}
-
-/// A minimal HTTP/1.1 client: one request, `Connection: close`, read to EOF.
-fn post_json(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    Ok((status, body.to_owned()))
 }
 
 #[actix_rt::test]

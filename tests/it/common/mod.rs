@@ -3,13 +3,14 @@
 
 pub mod audit;
 pub mod faults;
+pub mod http;
 pub mod procs;
 pub mod proxy;
 pub mod server;
 
 use std::time::Duration;
 
-use lightjobs::{Job, JobContext, JobError, JobQueue};
+use lightjobs::{Job, JobContext, JobError, JobQueue, Workers};
 use mysql_async::prelude::*;
 use mysql_async::Pool;
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,21 @@ impl TestDb {
         drop(conn);
         let _ = self.pool.disconnect().await;
     }
+}
+
+/// Workers on `queue` that run every test job here, write their runs through the test's
+/// pool and poll fast (a test waits for jobs, not for the default idle backoff).
+pub fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
+    Workers::new(queue.clone())
+        .register::<Record>()
+        .register::<Flaky>()
+        .register::<Panics>()
+        .register::<Sleep>()
+        .register::<Block>()
+        .register::<Stolen>()
+        .register::<Snoozy>()
+        .data(db.pool.clone())
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
 }
 
 /// Records each run in the `runs` table (pool given with `Workers::data`).

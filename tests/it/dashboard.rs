@@ -1,7 +1,7 @@
 //! The dashboard against the real server: who gets in, what the page shows (escaped), the
 //! buttons and their CSRF protection, and a real browser clicking Retry.
 
-mod common;
+use crate::common;
 
 use common::Drain;
 
@@ -779,5 +779,155 @@ async fn a_browser_retries_a_failed_job() {
     http.stop(true).await;
     serving.await.unwrap().unwrap();
     workers.shutdown().await;
+    db.drop_db().await;
+}
+
+/// An address of this machine that is not loopback, if it has one: a client connecting
+/// from it is "another machine" to a server listening on every address.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // No packet is sent: connecting a UDP socket only picks the route and source address.
+    socket.connect("10.255.255.255:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// The demo as a newcomer runs it (`bash .ci/demo`): it prints where its dashboard and
+/// metrics are; a browser on this machine sees the dashboard with the demo's jobs (the
+/// screenshot is kept as `target/demo-dashboard.png`), the metrics count them, and a
+/// client from another address gets neither. Ctrl-C then stops it cleanly.
+#[actix_rt::test]
+async fn the_demo_shows_its_dashboard_and_metrics_to_this_machine_only() {
+    use common::http::{post_json, request};
+    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+    use headless_chrome::{Browser, LaunchOptions};
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let Some(chromium) = chromium() else { return };
+    let db = TestDb::new("dash_demo").await;
+    let mut demo: common::procs::Proc = Command::new(common::procs::example_binary("signup"))
+        .env("LIGHTJOBS_DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL")
+        .env("LIGHTJOBS_DEMO_ADDR", "0.0.0.0:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the demo starts")
+        .into();
+    let stdout = demo.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = String::new();
+    let port: u16 = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the demo printed no address ({e}):\n{printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("Signup demo listening on http://0.0.0.0:")
+        {
+            break rest
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("a port");
+        }
+    };
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    let base = format!("http://0.0.0.0:{port}");
+    assert!(printed.contains(&format!("{base}/admin/jobs")), "{printed}");
+    assert!(printed.contains(&format!("{base}/metrics")), "{printed}");
+
+    let here = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, _) = post_json(here, "/signup", r#"{"email":"ada@example.com"}"#).unwrap();
+    assert_eq!(status, 202);
+    let (status, _) = post_json(here, "/signup", r#"{"email":""}"#).unwrap();
+    assert_eq!(status, 202);
+    db.wait_for("processed", 1, Duration::from_secs(20)).await;
+    db.wait_for("failed", 1, Duration::from_secs(20)).await;
+
+    let (status, metrics) = request(here, "GET", "/metrics", None).unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("lightjobs_jobs{queue=\"default\",status=\"failed\"} 1"),
+        "{metrics}"
+    );
+    if let Some(ip) = non_loopback_ip() {
+        let there = std::net::SocketAddr::new(ip, port);
+        let (status, _) = request(there, "GET", "/metrics", None).unwrap();
+        assert_eq!(status, 404, "metrics from {ip}");
+        let (status, _) = request(there, "GET", "/admin/jobs", None).unwrap();
+        assert_eq!(status, 403, "dashboard from {ip}");
+        let (status, _) = request(there, "GET", "/stats", None).unwrap();
+        assert_eq!(status, 200, "the rest of the demo answers everyone");
+    } else {
+        eprintln!("no non-loopback address here: only this machine's access was checked");
+    }
+
+    let shot = screenshot_path("demo-dashboard.png");
+    let saved = shot.clone();
+    let html = actix_rt::task::spawn_blocking(move || {
+        let options = LaunchOptions::default_builder()
+            .path(Some(chromium))
+            .headless(true)
+            .sandbox(false)
+            .window_size(Some((1280, 1000)))
+            .build()
+            .expect("launch options");
+        let browser = Browser::new(options).expect("chromium starts");
+        let tab = browser.new_tab().expect("a tab");
+        let capture = || {
+            tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+                .unwrap()
+        };
+        // The same window with nothing in it: what a page that failed to show would give.
+        let blank = capture();
+        tab.navigate_to(&format!("http://127.0.0.1:{port}/admin/jobs"))
+            .unwrap();
+        tab.wait_for_element("#failed button[value=retry]").unwrap();
+        let png = capture();
+        std::fs::write(&saved, &png).unwrap();
+        (tab.get_content().unwrap(), blank.len())
+    })
+    .await
+    .unwrap();
+    let (html, blank) = html;
+    assert!(
+        html.contains("Recipient email address is missing"),
+        "{html}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    assert_eq!(width, 1280, "the whole window was captured");
+    assert!(
+        png.len() > 3 * blank,
+        "a page, not a blank: {} bytes, a blank window {blank}",
+        png.len()
+    );
+
+    common::procs::signal(&demo, "-INT");
+    let status = common::procs::wait_exit(&mut demo, Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "the demo stops cleanly on Ctrl-C: {status}"
+    );
+    assert_eq!(db.count("running").await, 0);
     db.drop_db().await;
 }

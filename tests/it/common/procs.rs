@@ -39,6 +39,12 @@ impl std::ops::DerefMut for Proc {
     }
 }
 
+impl From<Child> for Proc {
+    fn from(child: Child) -> Proc {
+        Proc(child)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {

@@ -2,20 +2,12 @@
 //! free slot is inserted already claimed and run without a claim; everything that must
 //! wait its turn still goes through the table; a shutdown racing dispatches loses none.
 
-mod common;
+use crate::common;
+use common::workers;
 
 use std::time::{Duration, Instant};
 
 use common::{Record, Sleep, TestDb};
-use lightjobs::{JobQueue, Workers};
-
-fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
-    Workers::new(queue.clone())
-        .register::<Record>()
-        .register::<Sleep>()
-        .data(db.pool.clone())
-        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-}
 
 /// (status, attempts, claim token set) of a job.
 /// (status, attempts, handed off) of a job. A handed-off row was inserted already claimed,

@@ -1,7 +1,7 @@
 //! Migrations against the real server: fresh install, idempotence, concurrency, the
 //! upgrade of a seed (Lightpack) table with rows, and the refusals.
 
-mod common;
+use crate::common;
 
 use common::{Record, TestDb};
 use lightjobs::{Job, JobContext, JobError, JobQueue, Workers};

@@ -1,0 +1,62 @@
+//! What a run of a job ended as ([`JobOutcome`]) and what the workers report after writing
+//! it ([`JobEvent`]): the one path by which the CLI's lines, `on_event` hooks and the
+//! metrics learn about runs.
+
+use std::time::Duration;
+
+/// How one run of a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// It succeeded; the job is `processed`.
+    Processed,
+    /// It failed with attempts left; it runs again after `delay`.
+    Retrying {
+        /// The error, also stored in `last_error`.
+        error: String,
+        /// The backoff before the next attempt.
+        delay: Duration,
+    },
+    /// It failed for good; the job is `failed`.
+    Failed {
+        /// The error, also stored in `last_error`.
+        error: String,
+    },
+    /// Shutdown cut it short; the job is `pending` again with its attempt given back.
+    Released,
+    /// The job asked to run again after `delay`, with its attempt given back.
+    Snoozed {
+        /// How long until it runs again.
+        delay: Duration,
+    },
+    /// This process lost the job's claim while running it (it stalled or lost the
+    /// database for longer than its staleness, and another process rescued the job): the
+    /// run was stopped and nothing is written, since the job is no longer ours.
+    Lost,
+}
+
+/// What the workers report after each run, once the result is written to the table.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    /// `jobs.id`.
+    pub id: u64,
+    /// The claim this run belonged to (`jobs.claim_token`).
+    pub(crate) token: u64,
+    /// The job's name.
+    pub name: String,
+    /// Its queue.
+    pub queue: String,
+    /// The attempt that ran (1-based).
+    pub attempt: u32,
+    /// How long the run took.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: JobOutcome,
+}
+
+impl JobEvent {
+    /// The claim this result belongs to.
+    pub(crate) fn held(&self) -> crate::store::Held {
+        (self.id, self.token)
+    }
+}

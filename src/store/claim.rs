@@ -1,0 +1,266 @@
+//! The claim: the locking read of the head of a queue and its UPDATE to `running`, with
+//! the successes of earlier claims folded into the same transaction.
+
+use super::*;
+
+/// Columns a claim reads, in this order.
+/// The claim's locking read (the EXPLAIN test reads its plan). `pending` means due (jobs
+/// for later wait as `scheduled`), so the WHERE is all equalities: the index serves it and
+/// the ORDER BY, and the read locks only the rows it returns.
+pub fn claim_sql(queue: &str, limit: usize) -> String {
+    claim_sql_for(queue, limit, &[])
+}
+
+/// [`claim_sql`] for a worker that runs only the job types `names` (all when empty): the
+/// others are left, unlocked and untouched, for a worker that has them. The index still
+/// serves the range and the order; a row of another name at the head is read and passed
+/// over, not locked (READ COMMITTED releases rows the WHERE rejects).
+pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
+    let mut only = String::new();
+    if !names.is_empty() {
+        only.push_str(" AND name IN (");
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                only.push(',');
+            }
+            only.push_str(&sql_string(name));
+        }
+        only.push(')');
+    }
+    format!(
+        "SELECT id, name, payload, attempts, max_attempts, \
+         GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0) \
+         FROM jobs FORCE INDEX (jobs_claim) \
+         WHERE queue = {} AND status = 'pending'{only} \
+         ORDER BY priority, scheduled_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED",
+        sql_string(queue)
+    )
+}
+
+/// One claim transaction in two round trips, with the successes of earlier claims folded
+/// in so that they share its commit:
+///
+/// 1. `START TRANSACTION; SELECT … FOR UPDATE SKIP LOCKED`
+/// 2. `UPDATE … 'running', claim_token = <new> WHERE id IN (claimed); UPDATE … 'processed'
+///    WHERE <done, still ours>; SELECT ROW_COUNT(); COMMIT`
+///
+/// Returns the claimed jobs and which of `done` were written. On error the transaction is
+/// rolled back if the connection still answers; a caller should not reuse a connection
+/// that failed.
+pub async fn claim_and_complete(
+    conn: &mut Conn,
+    queue: &str,
+    limit: usize,
+    worker: &str,
+    done: &[Held],
+) -> Result<Claim> {
+    let ask = Ask {
+        queue,
+        limit,
+        limited: false,
+        names: &[],
+    };
+    claim_and_complete_or_report(conn, ask, worker, done, &mut Vec::new()).await
+}
+
+/// What a claim transaction did.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The jobs now held, each under the claim's token.
+    pub jobs: Vec<ClaimedJob>,
+    /// Ids of the folded successes that are written (`processed` under their claim).
+    /// `None` when the commit succeeded but the follow-up read that tells which ones failed:
+    /// the caller writes them again (a no-op for those already written) to find out.
+    pub completed: Option<Vec<u64>>,
+}
+
+/// [`claim_and_complete`], and on an error that leaves the outcome unknown (the connection
+/// failed after the COMMIT may have been sent), the claims in doubt in `in_doubt`: the
+/// caller must give them back, or they would stay `running` under a live worker that never
+/// runs them. A statement the server refused (any of them, COMMIT included: the
+/// multi-statement stops at the first error) committed nothing, so nothing is in doubt.
+///
+/// With `limited`, the queue has a limit across processes: the claim locks the queue's row
+/// in `lightjobs_queues` (so claimers of that queue take turns), counts its running jobs
+/// and claims at most the difference, one round trip more.
+pub(crate) async fn claim_and_complete_or_report(
+    conn: &mut Conn,
+    ask: Ask<'_>,
+    worker: &str,
+    done: &[Held],
+    in_doubt: &mut Vec<Held>,
+) -> Result<Claim> {
+    let result = claim_transaction(conn, ask, worker, done, in_doubt).await;
+    match &result {
+        Err(error) => {
+            if error.is_server_refusal() {
+                in_doubt.clear();
+            }
+            let _ = conn.query_drop("ROLLBACK").await;
+        }
+        Ok(_) => in_doubt.clear(),
+    }
+    let (jobs, written) = result?;
+    let completed = if written == done.len() as u64 {
+        Some(done.iter().map(|h| h.0).collect())
+    } else {
+        // Some were no longer ours, or an earlier try of this write committed although its
+        // reply was lost: read which ones are processed under our claims.
+        written_successes(conn, done).await.ok()
+    };
+    Ok(Claim { jobs, completed })
+}
+
+/// What a claim asks for: up to `limit` jobs of `queue`, of the types `names` (any when
+/// empty); `limited` when the queue has a global limit to respect.
+pub(crate) struct Ask<'a> {
+    pub queue: &'a str,
+    pub limit: usize,
+    pub limited: bool,
+    pub names: &'a [&'a str],
+}
+
+pub(super) async fn claim_transaction(
+    conn: &mut Conn,
+    ask: Ask<'_>,
+    worker: &str,
+    done: &[Held],
+    in_doubt: &mut Vec<Held>,
+) -> Result<(Vec<ClaimedJob>, u64)> {
+    let Ask {
+        queue,
+        mut limit,
+        limited,
+        names,
+    } = ask;
+    type Claimed = (u64, String, String, u32, u32, i64);
+    let mut rows: Vec<Claimed> = Vec::new();
+    if limited && limit > 0 {
+        let q = sql_string(queue);
+        let result = conn
+            .query_iter(format!(
+                "START TRANSACTION; \
+                 SELECT global_limit, (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_claim) \
+                 WHERE queue = {q} AND status = 'running') \
+                 FROM lightjobs_queues WHERE queue = {q} FOR UPDATE"
+            ))
+            .await?;
+        let sets: Vec<Vec<(Option<u64>, u64)>> = read_sets(result).await?;
+        let allowed = sets.iter().flatten().next().and_then(|&(global, running)| {
+            global.map(|g| usize::try_from(g.saturating_sub(running)).unwrap_or(usize::MAX))
+        });
+        limit = limit.min(allowed.unwrap_or(usize::MAX));
+        if limit > 0 {
+            rows = conn.query(claim_sql_for(queue, limit, names)).await?;
+        }
+    } else if limit > 0 {
+        let result = conn
+            .query_iter(format!(
+                "START TRANSACTION; {}",
+                claim_sql_for(queue, limit, names)
+            ))
+            .await?;
+        rows = read_sets::<Claimed>(result)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+    } else {
+        conn.query_drop("START TRANSACTION").await?;
+    }
+    // Every claim has a token of its own: each later write matches (id, token), so it can
+    // never touch a newer claim of the same job, whatever happened to `attempts` meanwhile.
+    let token = new_token();
+    let mut second = String::new();
+    if !rows.is_empty() {
+        let _ = write!(
+            second,
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {}, \
+             reserved_at = UTC_TIMESTAMP(6), claim_token = {token} WHERE id IN ({}); ",
+            sql_string(worker),
+            id_list(rows.iter().map(|r| r.0))
+        );
+    }
+    if !done.is_empty() {
+        let _ = write!(
+            second,
+            "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}; \
+             SELECT ROW_COUNT(); ",
+            success_guard(done)
+        );
+    }
+    second.push_str("COMMIT");
+    in_doubt.extend(rows.iter().map(|r| (r.0, token)));
+    let result = conn.query_iter(second).await?;
+    let completed = read_sets::<i64>(result)
+        .await?
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
+    let claimed = rows
+        .into_iter()
+        .map(
+            |(id, name, payload, attempts, max_attempts, waited_us)| ClaimedJob {
+                id,
+                token,
+                name,
+                payload,
+                queue: queue.to_owned(),
+                attempt: attempts + 1,
+                max_attempts,
+                waited: Duration::from_micros(u64::try_from(waited_us).unwrap_or(0)),
+            },
+        )
+        .collect();
+    Ok((claimed, completed))
+}
+
+/// Reads every result of a multi-statement and returns the rows of each set.
+///
+/// An error of the second or a later statement is only reported when its result is read:
+/// mysql_async keeps it pending and `is_empty()` turns true, so a reader that stops there
+/// takes a failed statement (and the COMMIT after it, which never ran) for a success.
+pub(crate) async fn read_sets<T: FromRow + Send + 'static>(
+    mut result: QueryResult<'_, '_, TextProtocol>,
+) -> Result<Vec<Vec<T>>> {
+    let mut sets = Vec::new();
+    loop {
+        sets.push(result.collect::<T>().await?);
+        if result.is_empty() {
+            break;
+        }
+    }
+    // Surfaces an error that is still pending after the last set.
+    result.drop_result().await?;
+    Ok(sets)
+}
+
+/// Which of `done` are `processed` under their claim (written by this write or by an
+/// earlier try of it whose reply was lost).
+pub(super) async fn written_successes(conn: &mut Conn, done: &[Held]) -> Result<Vec<u64>> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(conn
+        .query(format!(
+            "SELECT id FROM jobs WHERE {} AND status = 'processed'",
+            token_match(done)
+        ))
+        .await?)
+}
+
+impl Store {
+    /// Claims up to `limit` ready jobs of `queue` for `worker` in one short transaction.
+    pub async fn claim_available(
+        &self,
+        queue: &str,
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<ClaimedJob>> {
+        let mut conn = self.nodes.get_conn().await?;
+        Ok(claim_and_complete(&mut conn, queue, limit, worker, &[])
+            .await?
+            .jobs)
+    }
+}

@@ -1,0 +1,133 @@
+//! The results of runs, each write guarded by the claim it belongs to: processed, retry,
+//! snooze, failed, and jobs given back (a shutdown, a handoff whose worker had gone).
+
+use super::claim::written_successes;
+use super::*;
+
+impl Store {
+    /// Marks jobs `processed`; returns the ids written (still held by these claims, or
+    /// taken by a rescuer and not claimed since).
+    pub async fn mark_completed(&self, held: &[Held]) -> Result<Vec<u64>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.nodes.get_conn().await?;
+        conn.query_drop(format!(
+            "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}",
+            success_guard(held)
+        ))
+        .await?;
+        if conn.affected_rows() == held.len() as u64 {
+            return Ok(held.iter().map(|h| h.0).collect());
+        }
+        written_successes(&mut conn, held).await
+    }
+
+    /// Ids of `held` still `running` under these very claims.
+    pub(crate) async fn still_held(&self, held: &[Held]) -> Result<Vec<u64>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.nodes.get_conn().await?;
+        Ok(conn
+            .query(format!(
+                "SELECT id FROM jobs WHERE {} AND status = 'running'",
+                token_match(held)
+            ))
+            .await?)
+    }
+
+    /// Back to `pending` (or `scheduled`, when `delay` is not zero), keeping the error.
+    pub(crate) async fn mark_retry(
+        &self,
+        held: Held,
+        worker: &str,
+        error: &str,
+        delay: Duration,
+    ) -> Result<Guarded> {
+        let status = if delay.is_zero() {
+            "pending"
+        } else {
+            "scheduled"
+        };
+        self.guarded(
+            format!(
+                "UPDATE jobs SET status = '{status}', last_error = ?, reserved_by = NULL, \
+                 reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
+                 WHERE {}",
+                claim_guard(&[held], worker)
+            ),
+            vec![truncate_error(error).into(), micros(delay).into()],
+        )
+        .await
+    }
+
+    /// Back to `scheduled` after `delay`, giving the attempt back (a snooze is not a
+    /// failure).
+    pub(crate) async fn mark_snoozed(
+        &self,
+        held: Held,
+        worker: &str,
+        delay: Duration,
+    ) -> Result<Guarded> {
+        self.guarded(
+            format!(
+                "UPDATE jobs SET status = IF(? > 0, 'scheduled', 'pending'), \
+                 attempts = GREATEST(attempts, 1) - 1, reserved_by = NULL, reserved_at = NULL, \
+                 scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {}",
+                claim_guard(&[held], worker)
+            ),
+            vec![micros(delay).into(), micros(delay).into()],
+        )
+        .await
+    }
+
+    /// `failed`, with the error.
+    pub(crate) async fn mark_failed(
+        &self,
+        held: Held,
+        worker: &str,
+        error: &str,
+    ) -> Result<Guarded> {
+        self.guarded(
+            format!(
+                "UPDATE jobs SET status = 'failed', last_error = ?, \
+                 finished_at = UTC_TIMESTAMP(6) WHERE {}",
+                claim_guard(&[held], worker)
+            ),
+            vec![truncate_error(error).into()],
+        )
+        .await
+    }
+
+    /// Back to `pending` at once without spending the attempt (shutdown, or a claim whose
+    /// commit may or may not have happened).
+    pub async fn release_jobs(&self, held: &[Held], worker: &str) -> Result<u64> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.nodes.get_conn().await?;
+        conn.query_drop(format!(
+            "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts, 1) - 1, \
+             reserved_by = NULL, reserved_at = NULL WHERE {}",
+            claim_guard(held, worker)
+        ))
+        .await?;
+        Ok(conn.affected_rows())
+    }
+
+    /// Gives back a handed-off job that never reached its worker: `pending`, attempt
+    /// returned. Matches nothing if the INSERT never happened or the job has moved on.
+    pub async fn release_handoff(&self, queue: &str, worker: &str, token: u64) -> Result<u64> {
+        let mut conn = self.nodes.get_conn().await?;
+        conn.exec_drop(
+            "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \
+             reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
+             WHERE queue = ? AND status = 'running' AND claim_token = ? AND reserved_by = ? \
+             AND attempts = 1",
+            (queue, token, worker),
+        )
+        .await?;
+        Ok(conn.affected_rows())
+    }
+}

@@ -1,0 +1,203 @@
+//! Inserts: one job (with its unique key, if any), a job already claimed for a local
+//! worker (the handoff), and batches.
+
+use super::*;
+
+/// How long a unique dispatch that loses a lock race is tried again.
+pub(super) const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
+
+pub(super) const INSERT_SQL: &str = "INSERT INTO jobs (name, payload, status, queue, priority, \
+     max_attempts, scheduled_at, created_at) VALUES";
+
+/// One row: a job due now is `pending`, one for later `scheduled`, decided by the
+/// database's clock (UTC_TIMESTAMP is fixed for the whole statement).
+pub(super) const INSERT_ROW: &str =
+    "(?, ?, IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+     > UTC_TIMESTAMP(6), 'scheduled', 'pending'), ?, ?, ?, \
+     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))";
+
+impl NewJob {
+    fn params(&self) -> Result<Vec<Value>> {
+        let (delay, at) = self.when.params()?;
+        Ok(vec![
+            self.name.into(),
+            self.payload.as_str().into(),
+            at.clone(),
+            delay.into(),
+            self.queue.as_str().into(),
+            self.priority.into(),
+            self.max_attempts.into(),
+            at,
+            delay.into(),
+        ])
+    }
+}
+
+/// Runs a one-row INSERT and returns the new row's id.
+pub(super) async fn insert_one<Q: Queryable>(
+    conn: &mut Q,
+    sql: impl AsRef<str>,
+    params: impl Into<mysql_async::Params> + Send,
+) -> Result<u64> {
+    let result = conn.exec_iter(sql.as_ref(), params).await?;
+    let id = result.last_insert_id();
+    result.drop_result().await?;
+    id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+}
+
+impl Store {
+    /// Inserts one job through `conn` (a pooled connection or the caller's transaction).
+    pub(crate) async fn insert_job<Q: Queryable>(conn: &mut Q, job: &NewJob) -> Result<u64> {
+        let Some((key, period)) = &job.unique else {
+            return insert_one(conn, format!("{INSERT_SQL} {INSERT_ROW}"), job.params()?).await;
+        };
+        // A finished holder whose period is over gives the key up first.
+        conn.exec_drop(
+            "UPDATE jobs SET unique_key = NULL WHERE unique_key = ? \
+             AND status IN ('processed', 'failed', 'cancelled') \
+             AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))",
+            (key.as_str(),),
+        )
+        .await?;
+        let mut params = job.params()?;
+        params.extend([key.as_str().into(), micros(*period).into()]);
+        // On a duplicate key nothing is written and LAST_INSERT_ID() becomes the holder's id:
+        // the unique index, not a check-then-insert, decides between racing processes.
+        let result = conn
+            .exec_iter(
+                format!(
+                    "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+                     scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
+                     UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+                     ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+                    INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
+                ),
+                params,
+            )
+            .await?;
+        let id = result.last_insert_id().filter(|id| *id > 0);
+        result.drop_result().await?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+        // A trigger on `jobs` (an audit trigger of the application's) can keep the server
+        // from reporting the holder's id; the key still names it.
+        let holder: Option<u64> = conn
+            .exec_first("SELECT id FROM jobs WHERE unique_key = ?", (key.as_str(),))
+            .await?;
+        holder.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+    }
+
+    /// Inserts one job through a connection of ours (not the caller's transaction).
+    ///
+    /// A unique dispatch gives up a finished holder's key and takes it in one transaction,
+    /// so no other dispatch sees the key free in between; a deadlock or lock wait timeout
+    /// (two dispatches racing for one key) refused the whole transaction, so it is run
+    /// again, for up to [`RACE_RETRY_FOR`], and the loser then finds the winner's id.
+    pub(crate) async fn insert_job_own(conn: &mut Conn, job: &NewJob) -> Result<u64> {
+        if job.unique.is_none() {
+            return Self::insert_job(conn, job).await;
+        }
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let attempt: Result<u64> = async {
+                conn.query_drop("START TRANSACTION").await?;
+                let id = Self::insert_job(conn, job).await?;
+                conn.query_drop("COMMIT").await?;
+                Ok(id)
+            }
+            .await;
+            match attempt {
+                Ok(id) => return Ok(id),
+                Err(error) => {
+                    let _ = conn.query_drop("ROLLBACK").await;
+                    if !error.is_lock_conflict() || started.elapsed() >= RACE_RETRY_FOR {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    /// Inserts one job already claimed by `worker` (the in-process handoff): `running`, its
+    /// first attempt counted, marked with `token` so that a dispatch whose reply was lost
+    /// can find and release it.
+    pub(crate) async fn insert_claimed(
+        conn: &mut Conn,
+        job: &NewJob,
+        worker: &str,
+        token: u64,
+    ) -> Result<u64> {
+        insert_one(
+            conn,
+            "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+             scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
+             VALUES (?, ?, 'running', ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 1, ?, \
+             UTC_TIMESTAMP(6), ?)",
+            (
+                job.name,
+                job.payload.as_str(),
+                job.queue.as_str(),
+                job.priority,
+                job.max_attempts,
+                worker,
+                token,
+            ),
+        )
+        .await
+    }
+
+    /// Inserts many jobs, 1,000 rows per statement, all in one transaction; returns their
+    /// ids in order.
+    pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], mariadb: bool) -> Result<Vec<u64>> {
+        // A prepared statement takes at most 65,535 placeholders (9 per row).
+        const ROWS_PER_STATEMENT: usize = 1000;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.nodes.get_conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<&NewJob> = chunk.iter().collect();
+            ids.extend(Self::insert_rows(&mut tx, &rows, mariadb).await?);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Inserts `jobs` (at most 1,000, none unique) in one statement; returns their ids in
+    /// order. Outside a transaction the statement is its own: all rows or none.
+    pub(crate) async fn insert_rows<Q: Queryable>(
+        conn: &mut Q,
+        jobs: &[&NewJob],
+        mariadb: bool,
+    ) -> Result<Vec<u64>> {
+        let mut sql = String::from(INSERT_SQL);
+        let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * 9);
+        for (i, job) in jobs.iter().enumerate() {
+            sql.push_str(if i == 0 { " " } else { ", " });
+            sql.push_str(INSERT_ROW);
+            params.extend(job.params()?);
+        }
+        if mariadb {
+            // RETURNING gives the real ids whatever the auto-increment lock mode.
+            sql.push_str(" RETURNING id");
+            return Ok(conn.exec::<u64, _, _>(sql, params).await?);
+        }
+        // MySQL has no RETURNING; a multi-row insert gets consecutive ids (step
+        // auto_increment_increment) under innodb_autoinc_lock_mode 0/1 and, in practice, 2.
+        let first = insert_one(conn, sql, params).await?;
+        if jobs.len() == 1 {
+            return Ok(vec![first]);
+        }
+        let step: Option<u64> = conn
+            .query_first("SELECT @@auto_increment_increment")
+            .await?;
+        let step = step.unwrap_or(1);
+        Ok((0..jobs.len() as u64).map(|i| first + i * step).collect())
+    }
+}

@@ -1,0 +1,219 @@
+//! Every SQL statement lightjobs runs, one method per statement.
+//!
+//! Times are always the database's (`UTC_TIMESTAMP(6)`), never the application's clock and
+//! never the session time zone, so several hosts and a caller's own connection agree.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Pool, QueryResult, TextProtocol, TxOpts, Value};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::nodes::Nodes;
+
+mod admin;
+mod claim;
+mod complete;
+mod insert;
+mod leases;
+mod maintenance;
+mod queues;
+mod sql;
+mod workers;
+
+pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
+pub(crate) use claim::{claim_and_complete_or_report, Ask};
+pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
+pub(crate) use sql::*;
+
+/// Statuses stored in `jobs.status` (besides `pending`, `scheduled`, `running`, and
+/// `cancelled`, which are only written inside SQL).
+pub(crate) mod status {
+    pub const PROCESSED: &str = "processed";
+    pub const FAILED: &str = "failed";
+}
+
+/// Every status a job row can have, in the order a job passes through them.
+pub(crate) const JOB_STATUSES: [&str; 6] = [
+    "pending",
+    "scheduled",
+    "running",
+    "processed",
+    "failed",
+    "cancelled",
+];
+
+/// A claim: the job's id and the claim's token.
+pub type Held = (u64, u64);
+
+/// A fresh claim token; never zero, so it is never mistaken for a default.
+pub(crate) fn new_token() -> u64 {
+    fastrand::u64(1..)
+}
+
+/// A row about to be inserted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewJob {
+    pub name: &'static str,
+    pub payload: String,
+    pub queue: String,
+    pub priority: i16,
+    pub max_attempts: u32,
+    pub when: When,
+    /// A unique key, and for how long after the dispatch it stays taken once the job has
+    /// finished (while it waits or runs it is always taken).
+    pub unique: Option<(String, Duration)>,
+}
+
+/// When a new job becomes ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// After this delay from the database's now (zero: at once).
+    After(Duration),
+    /// At this instant (UTC).
+    At(SystemTime),
+}
+
+/// A job this worker now holds.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// `jobs.id`.
+    pub id: u64,
+    /// This claim's token (`jobs.claim_token`): every later write is guarded by it.
+    pub token: u64,
+    /// `jobs.name`.
+    pub name: String,
+    /// The JSON payload.
+    pub payload: String,
+    /// The queue it was claimed from.
+    pub queue: String,
+    /// The attempt now running, 1-based (already counted in the row).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// How long it was due before this claim (the queue latency).
+    pub waited: Duration,
+}
+
+/// A job as stored, for inspection tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// `jobs.id`.
+    pub id: u64,
+    /// The job's name.
+    pub name: String,
+    /// The queue.
+    pub queue: String,
+    /// `pending`, `running`, `processed` or `failed`.
+    pub status: String,
+    /// Attempts spent so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+    /// The JSON payload.
+    pub payload: String,
+    /// When it was created (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`).
+    pub created_at: String,
+    /// When it is (or was) due (UTC).
+    pub scheduled_at: String,
+    /// When it reached `processed` or `failed` (UTC).
+    pub finished_at: Option<String>,
+}
+
+/// What a worker process registers about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// The queues, as a JSON array.
+    pub queues: String,
+    /// How often it beats.
+    pub interval: Duration,
+    /// After how long without a beat it counts as dead.
+    pub stale_after: Duration,
+}
+
+/// Counts for one queue and status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueCount {
+    /// The queue.
+    pub queue: String,
+    /// The status.
+    pub status: String,
+    /// How many jobs.
+    pub count: u64,
+}
+
+/// Access to the `jobs` table through one pool (per database node).
+#[derive(Debug, Clone)]
+pub struct Store {
+    nodes: Nodes,
+}
+
+/// A guarded write: only the worker that holds the claim may change the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// The row was ours and is changed.
+    Applied,
+    /// The row was no longer ours (rescued, released, edited by hand): nothing written.
+    Lost,
+}
+
+impl When {
+    /// (delay in µs, absolute DATETIME or NULL) for the INSERT's COALESCE.
+    fn params(&self) -> Result<(i64, Value)> {
+        match *self {
+            When::After(d) => Ok((micros(d), Value::NULL)),
+            When::At(t) => Ok((0, datetime_value(t)?)),
+        }
+    }
+}
+
+impl Store {
+    /// A store on `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Store {
+            nodes: Nodes::single(pool),
+        }
+    }
+
+    /// A store on the nodes of a cluster (or a single server).
+    pub(crate) fn on(nodes: Nodes) -> Self {
+        Store { nodes }
+    }
+
+    pub(crate) fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    /// `SELECT VERSION()` and the newest applied migration (None when the table is missing).
+    pub(crate) async fn read_server_state(&self) -> Result<(String, Option<u32>)> {
+        let mut conn = self.nodes.get_conn().await?;
+        let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+        let applied: Result<Option<Option<u32>>, _> = conn
+            .query_first("SELECT MAX(version) FROM lightjobs_migrations WHERE success = 1")
+            .await;
+        let applied = match applied {
+            Ok(v) => v.flatten(),
+            // 1146: table does not exist.
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((version.unwrap_or_default(), applied))
+    }
+
+    async fn guarded(&self, sql: String, params: Vec<Value>) -> Result<Guarded> {
+        let mut conn = self.nodes.get_conn().await?;
+        conn.exec_drop(sql, params).await?;
+        Ok(if conn.affected_rows() == 1 {
+            Guarded::Applied
+        } else {
+            Guarded::Lost
+        })
+    }
+}

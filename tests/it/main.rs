@@ -1,0 +1,24 @@
+//! Every integration test in one binary: each file is a module, and `common` holds what
+//! they share (a private database per test, test jobs, processes, the fault proxy, the
+//! HTTP client). One binary links the crate once instead of once per file, and its tests
+//! run side by side. `tests/tracing.rs` stays a binary of its own: a thread-local
+//! subscriber in a binary whose other tests run without one can see span callsites
+//! already cached as uninteresting.
+
+mod common;
+
+mod cli;
+mod connections;
+mod dashboard;
+mod exactly_once;
+mod faults;
+mod galera;
+mod handoff;
+mod migrate;
+mod queue;
+mod recurring;
+mod rescuer;
+mod store;
+mod supervisor;
+mod web;
+mod worker;
