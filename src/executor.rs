@@ -38,6 +38,7 @@ impl Executor {
             duration_ms = tracing::field::Empty,
         );
         let started = Instant::now();
+        #[cfg(feature = "metrics")]
         crate::metrics::record_start(&job.queue, job.waited);
         let outcome = tokio::select! {
             biased;
@@ -45,6 +46,7 @@ impl Executor {
             () = lost.cancelled() => JobOutcome::Lost,
         };
         let duration = started.elapsed();
+        #[cfg(feature = "metrics")]
         crate::metrics::record_outcome(&job.queue, &outcome, duration);
         span.record("duration_ms", duration.as_secs_f64() * 1000.0);
         let _enter = span.enter();

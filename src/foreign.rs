@@ -49,11 +49,14 @@ impl ForeignJobs {
                  fail them"
             );
         }
-        let gauge: Vec<_> = groups
-            .into_iter()
-            .map(|(q, name, n, _)| (q, name, n))
-            .collect();
-        crate::metrics::set_foreign(&self.queues, &gauge);
+        #[cfg(feature = "metrics")]
+        {
+            let gauge: Vec<_> = groups
+                .into_iter()
+                .map(|(q, name, n, _)| (q, name, n))
+                .collect();
+            crate::metrics::set_foreign(&self.queues, &gauge);
+        }
         let mut failed = 0;
         if let Some(after) = self.fail_after {
             loop {

@@ -67,9 +67,11 @@
 #![warn(missing_docs)]
 
 mod backoff;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod combiner;
 mod completer;
+#[cfg(feature = "dashboard")]
 mod dashboard;
 mod error;
 mod events;
@@ -79,6 +81,7 @@ mod heartbeat;
 mod intake;
 mod io_thread;
 mod job;
+#[cfg(feature = "metrics")]
 mod metrics;
 pub mod migrate;
 #[cfg(test)]
@@ -87,6 +90,7 @@ mod nodes;
 mod pruner;
 mod queue;
 mod queue_state;
+#[cfg(feature = "cron")]
 mod recurring;
 mod registry;
 mod rescuer;
@@ -100,6 +104,7 @@ mod worker;
 
 pub use backoff::Backoff;
 pub use completer::Report;
+#[cfg(feature = "dashboard")]
 pub use dashboard::{dashboard, Dashboard};
 pub use error::{Error, Result};
 pub use events::{JobEvent, JobOutcome};
@@ -115,7 +120,9 @@ pub use supervisor::{
     DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
     DEFAULT_PROCESSED_RETENTION, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_AFTER,
 };
-pub use web::{init, metrics};
+pub use web::init;
+#[cfg(feature = "metrics")]
+pub use web::metrics;
 
 /// Internals exposed for the crate's own integration tests and benchmarks. Not part of the
 /// API: may change in any release.

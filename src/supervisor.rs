@@ -28,6 +28,7 @@ use crate::job::{DataMap, Job};
 use crate::pruner::Pruner;
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::queue_state::{QueueState, QueueStates};
+#[cfg(feature = "cron")]
 use crate::recurring::{Recurring, RecurringJob};
 use crate::registry::Registry;
 use crate::rescuer::Rescuer;
@@ -114,6 +115,7 @@ pub struct Workers {
     stale_after: Duration,
     panic_after: Option<u64>,
     retention: (Duration, Option<Duration>),
+    #[cfg(feature = "cron")]
     recurring: Vec<RecurringJob>,
     queue_limits: HashMap<String, usize>,
     fail_unknown_after: Option<Duration>,
@@ -153,6 +155,7 @@ impl Workers {
             stale_after: DEFAULT_STALE_AFTER,
             panic_after: None,
             retention: (DEFAULT_PROCESSED_RETENTION, Some(DEFAULT_FAILED_RETENTION)),
+            #[cfg(feature = "cron")]
             recurring: Vec::new(),
             fail_unknown_after: None,
             queue_limits: HashMap::new(),
@@ -180,6 +183,7 @@ impl Workers {
         self
     }
 
+    #[cfg(feature = "cron")]
     /// Dispatches `job` on every tick of the cron `schedule` (with a seconds field:
     /// `sec min hour day-of-month month day-of-week`, in UTC), and registers its type.
     ///
@@ -384,7 +388,9 @@ impl Workers {
         if self.job_timeout.is_zero() {
             return Err(Error::invalid("job_timeout", "must be non-zero"));
         }
+        #[cfg(feature = "cron")]
         let mut registrations = std::collections::HashSet::new();
+        #[cfg(feature = "cron")]
         for r in &self.recurring {
             if !registrations.insert((r.job.name, r.fingerprint())) {
                 return Err(Error::invalid(
@@ -461,6 +467,7 @@ impl Workers {
                 lapses,
                 queue_states: queue_states.clone(),
                 retention: self.retention,
+                #[cfg(feature = "cron")]
                 recurring: std::mem::take(&mut self.recurring),
                 foreign: ForeignJobs {
                     queues: self.queues.clone(),
@@ -824,6 +831,7 @@ struct Maintenance {
     lapses: watch::Sender<u64>,
     queue_states: QueueStates,
     retention: (Duration, Option<Duration>),
+    #[cfg(feature = "cron")]
     recurring: Vec<RecurringJob>,
     foreign: ForeignJobs,
 }
@@ -844,6 +852,7 @@ fn start_maintenance(
         lapses,
         queue_states,
         retention,
+        #[cfg(feature = "cron")]
         recurring,
         foreign,
     } = plan;
@@ -877,6 +886,7 @@ fn start_maintenance(
                     liveness,
                     lapses,
                 };
+                #[cfg(feature = "cron")]
                 let recurring = Recurring::new(queue.clone(), recurring);
                 let scheduler = Scheduler {
                     store: store.clone(),
@@ -891,12 +901,17 @@ fn start_maintenance(
                     interval: PRUNE_INTERVAL,
                 };
                 let s = &stop;
+                // Cron schedules run only with the `cron` feature.
+                let recurring_task = async {
+                    #[cfg(feature = "cron")]
+                    supervise("recurring", Some(s), || recurring.run(s.clone())).await;
+                };
                 tokio::join!(
                     supervise("heartbeat", None, || heartbeat.run(s.clone())),
                     supervise("rescuer", Some(s), || rescuer.run(s.clone())),
                     supervise("scheduler", Some(s), || scheduler.run(s.clone())),
                     supervise("pruner", Some(s), || pruner.run(s.clone())),
-                    supervise("recurring", Some(s), || recurring.run(s.clone())),
+                    recurring_task,
                     supervise("foreign", Some(s), || foreign.run(&store, s.clone())),
                 );
                 let _ = store.nodes().clone().disconnect().await;

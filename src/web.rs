@@ -2,7 +2,7 @@
 //! errors reach HTTP clients.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, Resource, ResponseError};
+use actix_web::{web, HttpResponse, ResponseError};
 
 use crate::error::Error;
 use crate::queue::JobQueue;
@@ -49,6 +49,7 @@ pub fn init(cfg: &mut web::ServiceConfig) {
     }
 }
 
+#[cfg(feature = "metrics")]
 /// A `GET` resource at `path` serving the metrics in the Prometheus text format. It needs
 /// `web::Data<JobQueue>` in app data ([`init`](crate::init) puts it there). Mount it where
 /// only your scraper reaches it, or behind your own guard.
@@ -66,10 +67,11 @@ pub fn init(cfg: &mut web::ServiceConfig) {
 /// .await
 /// # }
 /// ```
-pub fn metrics(path: &str) -> Resource {
+pub fn metrics(path: &str) -> actix_web::Resource {
     web::resource(path).route(web::get().to(serve))
 }
 
+#[cfg(feature = "metrics")]
 async fn serve(queue: web::Data<JobQueue>) -> actix_web::Result<HttpResponse> {
     let counts = queue.stats().await?;
     let paused = queue.paused_queues().await?;

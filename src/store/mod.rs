@@ -36,6 +36,7 @@ pub(crate) mod status {
 }
 
 /// Every status a job row can have, in the order a job passes through them.
+#[cfg(any(feature = "cli", feature = "dashboard"))]
 pub(crate) const JOB_STATUSES: [&str; 6] = [
     "pending",
     "scheduled",
