@@ -32,7 +32,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::events::{JobEvent, JobOutcome};
 use crate::queue::{database_url_from_env, JobQueue};
 use crate::registry::Registry;
-use crate::supervisor::Workers;
+use crate::workers::Workers;
 
 mod create_job;
 mod tools;
@@ -78,10 +78,10 @@ enum Command {
 struct ProcessArgs {
     /// Queues to work, in turn (repeat the flag or separate with commas; a comma that is
     /// part of a queue's name is written `\,`).
-    #[arg(long = "queue", default_value = crate::DEFAULT_QUEUE)]
+    #[arg(long = "queue", default_value = crate::defaults::QUEUE)]
     queues: Vec<String>,
     /// Jobs run at once.
-    #[arg(long, default_value_t = crate::DEFAULT_CONCURRENCY)]
+    #[arg(long, default_value_t = crate::defaults::CONCURRENCY)]
     concurrency: usize,
     /// Exit once no job is ready and none is running.
     #[arg(long)]
@@ -90,17 +90,17 @@ struct ProcessArgs {
     #[arg(long)]
     max_jobs: Option<u64>,
     /// Seconds running jobs get to finish after SIGINT/SIGTERM.
-    #[arg(long, default_value_t = crate::DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = crate::defaults::SHUTDOWN_TIMEOUT.as_secs())]
     shutdown_timeout: u64,
     /// Apply pending migrations first.
     #[arg(long)]
     migrate: bool,
     /// Seconds between heartbeats of this process.
-    #[arg(long, default_value_t = crate::DEFAULT_HEARTBEAT_INTERVAL.as_secs_f64())]
+    #[arg(long, default_value_t = crate::defaults::HEARTBEAT_INTERVAL.as_secs_f64())]
     heartbeat: f64,
     /// Seconds of silence after which a worker process counts as dead and its jobs are
     /// rescued (at least twice --heartbeat).
-    #[arg(long, default_value_t = crate::DEFAULT_STALE_AFTER.as_secs_f64())]
+    #[arg(long, default_value_t = crate::defaults::STALE_AFTER.as_secs_f64())]
     stale_after: f64,
 }
 

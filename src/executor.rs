@@ -130,7 +130,7 @@ const FALLBACK_BACKOFF: Duration = Duration::from_secs(60);
 fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> JobOutcome {
     if let JobError::Snooze(delay) = error {
         return JobOutcome::Snoozed {
-            delay: delay.min(crate::MAX_DELAY),
+            delay: delay.min(crate::defaults::MAX_DELAY),
         };
     }
     if error.is_retryable() && job.attempt < job.max_attempts {
@@ -138,7 +138,7 @@ fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> 
         // delay must not make the write fail.
         let delay = std::panic::catch_unwind(|| backoff(job.attempt))
             .unwrap_or(FALLBACK_BACKOFF)
-            .min(crate::MAX_DELAY);
+            .min(crate::defaults::MAX_DELAY);
         JobOutcome::Retrying {
             delay,
             error: error.message().to_owned(),

@@ -70,10 +70,10 @@ pub trait Job: Serialize + DeserializeOwned + 'static {
     const ALIASES: &'static [&'static str] = &[];
 
     /// The queue the job goes to unless the dispatch names another.
-    const QUEUE: &'static str = crate::DEFAULT_QUEUE;
+    const QUEUE: &'static str = crate::defaults::QUEUE;
 
     /// How many times the job may run before it is marked `failed` (at least 1).
-    const MAX_ATTEMPTS: u32 = crate::DEFAULT_MAX_ATTEMPTS;
+    const MAX_ATTEMPTS: u32 = crate::defaults::MAX_ATTEMPTS;
 
     /// How long one run may take before it is cancelled and counted as an error.
     /// `None` uses the workers' default ([`Workers::job_timeout`](crate::Workers::job_timeout)).

@@ -40,19 +40,19 @@
 //!
 //! # Defaults, and why
 //!
-//! - **Concurrency 100** ([`DEFAULT_CONCURRENCY`]): one fetch loop per process claims as many
+//! - **Concurrency 100** ([`defaults::CONCURRENCY`]): one fetch loop per process claims as many
 //!   jobs as it has free slots in one transaction (more claimers would only contend for the
 //!   same index range), so the slots set the batch: with 10, no-op jobs drain at 0.28× the
 //!   raw SQL floor, with 100 at 0.98×. A slot is a future, not a thread. Jobs that must not
 //!   run 100 at a time (a rate-limited API) get a lower `concurrency` or a queue limit.
-//! - **Poll 50 ms … 1 s** ([`DEFAULT_POLL_MIN`], [`DEFAULT_POLL_MAX`]): while jobs keep
+//! - **Poll 50 ms … 1 s** ([`defaults::POLL_MIN`], [`defaults::POLL_MAX`]): while jobs keep
 //!   coming a worker polls every 50 ms, so jobs dispatched by other processes start within
 //!   that; after 30 quiet seconds it backs off to about one query a second. A dispatch in
 //!   the same process hands the job to an idle worker directly, or wakes the workers.
-//! - **3 attempts** ([`DEFAULT_MAX_ATTEMPTS`]), exponential [`Backoff`] from 1 s with ±25%
+//! - **3 attempts** ([`defaults::MAX_ATTEMPTS`]), exponential [`Backoff`] from 1 s with ±25%
 //!   jitter. The retry time is stored in the row, never slept in memory.
-//! - **Job timeout 15 min** ([`DEFAULT_JOB_TIMEOUT`]) so a hung job cannot hold a slot forever.
-//! - **Shutdown grace 25 s** ([`DEFAULT_SHUTDOWN_TIMEOUT`]): below the 30 s most process
+//! - **Job timeout 15 min** ([`defaults::JOB_TIMEOUT`]) so a hung job cannot hold a slot forever.
+//! - **Shutdown grace 25 s** ([`defaults::SHUTDOWN_TIMEOUT`]): below the 30 s most process
 //!   managers wait before SIGKILL. Jobs still running then go back to `pending` without
 //!   spending an attempt.
 //!
@@ -73,34 +73,30 @@ mod combiner;
 mod completer;
 #[cfg(feature = "dashboard")]
 mod dashboard;
+pub mod defaults;
 mod error;
 mod events;
 mod executor;
-mod foreign;
-mod heartbeat;
-mod intake;
+mod fetcher;
+mod handoff;
 mod io_thread;
 mod job;
+mod maintenance;
 #[cfg(feature = "metrics")]
 mod metrics;
 pub mod migrate;
 #[cfg(test)]
 mod module_graph;
 mod nodes;
-mod pruner;
 mod queue;
 mod queue_state;
-#[cfg(feature = "cron")]
-mod recurring;
 mod registry;
-mod rescuer;
-mod scheduler;
 mod store;
 mod supervisor;
 mod timing;
 mod wake;
 mod web;
-mod worker;
+mod workers;
 
 pub use backoff::Backoff;
 pub use completer::Report;
@@ -109,20 +105,14 @@ pub use dashboard::{dashboard, Dashboard};
 pub use error::{Error, Result};
 pub use events::{JobEvent, JobOutcome};
 pub use job::{Job, JobContext, JobError};
-pub use queue::{
-    Dispatch, JobQueue, JobQueueBuilder, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_POOL_SIZE, MAX_DELAY,
-    MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS,
-};
+pub use queue::{Dispatch, JobQueue, JobQueueBuilder};
 pub use registry::Registry;
 pub use store::{JobRecord, QueueCount};
-pub use supervisor::{
-    WorkerHandle, Workers, DEFAULT_CONCURRENCY, DEFAULT_FAILED_RETENTION,
-    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_JOB_TIMEOUT, DEFAULT_POLL_MAX, DEFAULT_POLL_MIN,
-    DEFAULT_PROCESSED_RETENTION, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STALE_AFTER,
-};
+pub use supervisor::{StopSignal, WorkerHandle};
 pub use web::init;
 #[cfg(feature = "metrics")]
 pub use web::metrics;
+pub use workers::Workers;
 
 /// Internals exposed for the crate's own integration tests and benchmarks. Not part of the
 /// API: may change in any release.
@@ -134,8 +124,3 @@ pub mod __private {
         Guarded, Store, CREATE_LEASES,
     };
 }
-
-/// The queue a job goes to unless it names another.
-pub const DEFAULT_QUEUE: &str = "default";
-/// Attempts a job gets unless it sets [`Job::MAX_ATTEMPTS`].
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;

@@ -87,7 +87,7 @@ fn the_module_graph_has_no_circle() {
     let graph = graph();
     assert!(graph.len() > 20, "read the sources: {graph:?}");
     assert!(
-        graph["worker"].contains("executor"),
+        graph["fetcher"].contains("executor"),
         "reads arrows: {graph:?}"
     );
     let mut done = BTreeSet::new();

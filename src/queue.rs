@@ -10,27 +10,14 @@ use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
 use once_cell::sync::OnceCell;
 use tokio::sync::watch;
 
+use crate::defaults::{MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS, MAX_UNIQUE_KEY_CHARS};
 use crate::error::{Error, Result};
-use crate::intake::{Intake, Reservation};
+use crate::handoff::{Intake, Reservation};
 use crate::io_thread::IoThread;
 use crate::job::Job;
 use crate::nodes::{split_urls, Nodes};
 use crate::queue_state::{QueueState, QueueStates};
 use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
-
-/// Largest payload accepted by default (1 MiB): big inputs belong in a table or a bucket,
-/// with the job carrying their key.
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
-/// Connections in the queue's pool by default.
-pub const DEFAULT_POOL_SIZE: usize = 16;
-/// Longest delay a dispatch may ask for (ten years): anything longer is a unit mistake.
-pub const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Longest queue name (the `jobs.queue` column).
-pub const MAX_QUEUE_NAME_CHARS: usize = 64;
-/// Longest unique key (the `jobs.unique_key` column).
-pub const MAX_UNIQUE_KEY_CHARS: usize = 191;
-/// Longest job name (the `jobs.name` column).
-pub const MAX_JOB_NAME_CHARS: usize = 128;
 
 /// How long an idle pooled connection is kept before the pool closes it.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
@@ -90,14 +77,14 @@ pub struct JobQueueBuilder {
 }
 
 impl JobQueueBuilder {
-    /// Connections in the pool ([`DEFAULT_POOL_SIZE`]). Workers use two or three; the rest
+    /// Connections in the pool ([`defaults::POOL_SIZE`](crate::defaults::POOL_SIZE)). Workers use two or three; the rest
     /// serve dispatches from handlers.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
     }
 
-    /// Largest JSON payload a dispatch accepts ([`DEFAULT_MAX_PAYLOAD_BYTES`]).
+    /// Largest JSON payload a dispatch accepts ([`defaults::MAX_PAYLOAD_BYTES`](crate::defaults::MAX_PAYLOAD_BYTES)).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
@@ -185,8 +172,8 @@ impl JobQueue {
     pub fn builder(url: impl Into<String>) -> JobQueueBuilder {
         JobQueueBuilder {
             url: url.into(),
-            pool_size: DEFAULT_POOL_SIZE,
-            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
+            pool_size: crate::defaults::POOL_SIZE,
+            max_payload: crate::defaults::MAX_PAYLOAD_BYTES,
             combine: true,
         }
     }
@@ -402,7 +389,7 @@ impl JobQueue {
 
     fn validate(&self, job: NewJob) -> Result<NewJob> {
         validate_queue_name(&job.queue)?;
-        if job.name.is_empty() || job.name.chars().count() > MAX_JOB_NAME_CHARS {
+        if job.name.is_empty() || job.name.chars().count() > crate::defaults::MAX_JOB_NAME_CHARS {
             return Err(Error::invalid(
                 "job name",
                 format!(
@@ -423,13 +410,13 @@ impl JobQueue {
             ));
         }
         if let Some((key, period)) = &job.unique {
-            if key.is_empty() || key.chars().count() > MAX_UNIQUE_KEY_CHARS {
+            if key.is_empty() || key.chars().count() > crate::defaults::MAX_UNIQUE_KEY_CHARS {
                 return Err(Error::invalid(
                     "unique key",
                     format!("must be 1 to {MAX_UNIQUE_KEY_CHARS} characters"),
                 ));
             }
-            if *period > MAX_DELAY {
+            if *period > crate::defaults::MAX_DELAY {
                 return Err(Error::invalid("unique period", "longer than ten years"));
             }
         }
@@ -437,7 +424,7 @@ impl JobQueue {
             return Err(Error::invalid("max_attempts", "must be at least 1"));
         }
         if let When::After(d) = job.when {
-            if d > MAX_DELAY {
+            if d > crate::defaults::MAX_DELAY {
                 return Err(Error::invalid(
                     "delay",
                     format!("{d:?} is longer than the maximum of ten years"),
@@ -703,7 +690,7 @@ impl<'q> IntoFuture for Dispatch<'q> {
 /// printable text is safe; empty, padded, control characters and overlong are refused.
 pub(crate) fn validate_queue_name(queue: &str) -> Result<()> {
     let chars = queue.chars().count();
-    if chars == 0 || chars > MAX_QUEUE_NAME_CHARS {
+    if chars == 0 || chars > crate::defaults::MAX_QUEUE_NAME_CHARS {
         return Err(Error::invalid(
             "queue name",
             format!("must be 1 to {MAX_QUEUE_NAME_CHARS} characters, got {chars}"),

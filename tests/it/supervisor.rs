@@ -242,6 +242,8 @@ fn fastrand_ms(round: u64) -> u64 {
     [0, 1, 3, 7, 15, 30, 60][(round % 7) as usize]
 }
 
+/// Needs the `test-hooks` feature (`bash .ci/test` enables every feature).
+#[cfg(feature = "test-hooks")]
 #[actix_rt::test]
 async fn a_fetch_loop_that_dies_is_restarted_and_nothing_is_lost() {
     let db = TestDb::new("sup_restart").await;

@@ -290,7 +290,7 @@ pub async fn latency_cross_process(
     }
     workers.shutdown().await;
     total.sort_by(f64::total_cmp);
-    let (min, max) = poll.unwrap_or((lightjobs::DEFAULT_POLL_MIN, lightjobs::DEFAULT_POLL_MAX));
+    let (min, max) = poll.unwrap_or((lightjobs::defaults::POLL_MIN, lightjobs::defaults::POLL_MAX));
     Ok(LatencyResult {
         label: format!(
             "cross-process, poll_interval({:?}, {:?}){}, pauses {:?}",
@@ -390,7 +390,7 @@ pub async fn memory_child(
         .stop_when_empty(true)
         .start()
         .await?;
-    let stop = handle.stop_token();
+    let stop = handle.stop_signal();
     let started = Instant::now();
     let mut samples = vec![(0.0, rss_start_kib)];
     let wait = actix_rt::spawn(handle.wait());
@@ -405,7 +405,7 @@ pub async fn memory_child(
     }
     let rss_end_kib = rss();
     let run_secs = started.elapsed().as_secs_f64();
-    stop.cancel();
+    stop.stop();
     let report = wait.await?;
     let rss_after_stop_kib = rss();
     util::drop_database(server, MEM_DB).await?;

@@ -665,9 +665,9 @@ fn print_latency(out: &mut String, results: &[lj::LatencyResult]) {
          with its own clock (same host). The worker has concurrency {} and is idle between \
          samples; lightjobs's defaults are `poll_interval({:?}, {:?})` with ±20% jitter, \
          doubling while idle.\n",
-        lightjobs::DEFAULT_CONCURRENCY,
-        lightjobs::DEFAULT_POLL_MIN,
-        lightjobs::DEFAULT_POLL_MAX
+        lightjobs::defaults::CONCURRENCY,
+        lightjobs::defaults::POLL_MIN,
+        lightjobs::defaults::POLL_MAX
     );
 }
 

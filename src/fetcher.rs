@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::completer::{record_written, Completions, EventHook, Report};
 use crate::events::{JobEvent, JobOutcome};
 use crate::executor::Executor;
-use crate::intake::{Handoff, Intake, Permits};
+use crate::handoff::{Handoff, Intake, Permits};
 use crate::queue_state::QueueStates;
 use crate::store::{claim_and_complete_or_report, Ask, ClaimedJob, Held, Store};
 use crate::timing::jitter;
@@ -43,7 +43,7 @@ pub(crate) enum Exit {
     MaxJobs,
 }
 
-pub(crate) struct Worker {
+pub(crate) struct Fetcher {
     pub store: Store,
     pub queues: Vec<String>,
     pub worker_id: String,
@@ -80,7 +80,7 @@ pub(crate) struct Worker {
     pub conn_node: Cell<usize>,
 }
 
-impl Worker {
+impl Fetcher {
     pub(crate) async fn run(&self) -> Exit {
         let stop = self.executor.shutdown.clone();
         let slots = &self.slots;
@@ -178,7 +178,7 @@ impl Worker {
                 Ok(n) => {
                     conflicts = 0;
                     if let Some(since) = outage.take() {
-                        tracing::info!(target: "lightjobs::worker", down_for = ?since.elapsed(), "database reachable again");
+                        tracing::info!(target: "lightjobs::fetcher", down_for = ?since.elapsed(), "database reachable again");
                     }
                     n
                 }
@@ -189,7 +189,7 @@ impl Worker {
                     drop(permits);
                     conn = None;
                     conflicts += 1;
-                    tracing::debug!(target: "lightjobs::worker", %error, "claim lost a lock race; retrying");
+                    tracing::debug!(target: "lightjobs::fetcher", %error, "claim lost a lock race; retrying");
                     if conflicts == 1 {
                         continue;
                     }
@@ -210,9 +210,9 @@ impl Worker {
                     conn = None;
                     if outage.is_none() {
                         outage = Some(Instant::now());
-                        tracing::error!(target: "lightjobs::worker", %error, "claiming jobs failed; backing off until the database answers");
+                        tracing::error!(target: "lightjobs::fetcher", %error, "claiming jobs failed; backing off until the database answers");
                     } else {
-                        tracing::debug!(target: "lightjobs::worker", %error, "claim still failing");
+                        tracing::debug!(target: "lightjobs::fetcher", %error, "claim still failing");
                     }
                     idle.grow();
                     if sleep(&mut wake, idle.jittered(), &stop, false).await {
@@ -247,7 +247,7 @@ impl Worker {
                     Ok(0) => return Exit::Empty,
                     Ok(_) => continue,
                     Err(error) => {
-                        tracing::warn!(target: "lightjobs::worker", %error, "could not move due jobs to pending before stopping; trying again");
+                        tracing::warn!(target: "lightjobs::fetcher", %error, "could not move due jobs to pending before stopping; trying again");
                         if sleep(&mut wake, idle.jittered(), &stop, false).await {
                             return Exit::Stopped;
                         }
@@ -296,7 +296,7 @@ impl Worker {
                     .await
                 {
                     conn = None;
-                    tracing::debug!(target: "lightjobs::worker", %error, "writing completions failed; claiming instead");
+                    tracing::debug!(target: "lightjobs::fetcher", %error, "writing completions failed; claiming instead");
                     break;
                 }
             }
@@ -446,12 +446,12 @@ impl Worker {
                         }
                     }
                     if lost > 0 {
-                        tracing::warn!(target: "lightjobs::worker", lost, "this process stalled past its staleness and other processes took over some of its jobs; stopping them here");
+                        tracing::warn!(target: "lightjobs::fetcher", lost, "this process stalled past its staleness and other processes took over some of its jobs; stopping them here");
                     }
                     return;
                 }
                 Err(error) => {
-                    tracing::debug!(target: "lightjobs::worker", %error, "checking which claims are still ours failed; retrying");
+                    tracing::debug!(target: "lightjobs::fetcher", %error, "checking which claims are still ours failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
@@ -464,7 +464,7 @@ impl Worker {
     /// did not commit after all.
     fn release_in_doubt(&self, queue: &str, in_doubt: Vec<Held>) {
         if !in_doubt.is_empty() {
-            tracing::warn!(target: "lightjobs::worker", jobs = in_doubt.len(), "claim commit outcome unknown; releasing the jobs");
+            tracing::warn!(target: "lightjobs::fetcher", jobs = in_doubt.len(), "claim commit outcome unknown; releasing the jobs");
         }
         for (id, token) in in_doubt {
             let _ = self.results.send(JobEvent {

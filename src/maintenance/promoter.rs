@@ -16,13 +16,13 @@ const BATCH: u64 = 1000;
 /// The queue settings are re-read every this many ticks (about a second).
 const SETTINGS_EVERY: u32 = 10;
 
-pub(crate) struct Scheduler {
+pub(crate) struct Promoter {
     pub store: Store,
     pub interval: Duration,
     pub queues: QueueStates,
 }
 
-impl Scheduler {
+impl Promoter {
     /// Promotes every due job; returns how many.
     pub(crate) async fn run_once(&self) -> crate::Result<u64> {
         let mut total = 0;
@@ -55,16 +55,16 @@ impl Scheduler {
         loop {
             if tick % SETTINGS_EVERY == 0 {
                 if let Err(error) = self.refresh_queues().await {
-                    tracing::debug!(target: "lightjobs::scheduler", %error, "reading queue settings failed");
+                    tracing::debug!(target: "lightjobs::promoter", %error, "reading queue settings failed");
                 }
                 match self.store.adopt_seed_rows(BATCH).await {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!(target: "lightjobs::scheduler", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
+                        tracing::info!(target: "lightjobs::promoter", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
                         crate::wake::wake_workers();
                     }
                     Err(error) => {
-                        tracing::debug!(target: "lightjobs::scheduler", %error, "taking up seed-shaped rows failed");
+                        tracing::debug!(target: "lightjobs::promoter", %error, "taking up seed-shaped rows failed");
                     }
                 }
             }
@@ -72,11 +72,11 @@ impl Scheduler {
             match self.run_once().await {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::debug!(target: "lightjobs::scheduler", promoted = n, "scheduled jobs are due");
+                    tracing::debug!(target: "lightjobs::promoter", promoted = n, "scheduled jobs are due");
                     crate::wake::wake_workers();
                 }
                 Err(error) => {
-                    tracing::debug!(target: "lightjobs::scheduler", %error, "promoting due jobs failed");
+                    tracing::debug!(target: "lightjobs::promoter", %error, "promoting due jobs failed");
                 }
             }
             if pause(self.interval, &stop).await {

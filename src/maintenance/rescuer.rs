@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::heartbeat::{connected_for, Liveness};
+use crate::maintenance::heartbeat::{connected_for, Liveness};
 use crate::store::Store;
 
 /// How long the rescuer lease lasts if its holder dies during a pass (it is given back at

@@ -1,0 +1,50 @@
+//! Every default and limit in one place: what a setting is when you do not set it, and
+//! the bounds a dispatch or a setting must stay within.
+
+use std::time::Duration;
+
+/// The queue a job goes to unless it names another.
+pub const QUEUE: &str = "default";
+/// Attempts a job gets unless it sets [`Job::MAX_ATTEMPTS`](crate::Job::MAX_ATTEMPTS).
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Jobs run at once by default. A slot is a future on the worker's runtime, not a thread,
+/// and a claim takes as many jobs as there are free slots, so a larger default costs little
+/// and makes each claim's batch larger (no-op jobs drain at 0.98× the raw SQL floor with 100
+/// slots, 0.28× with 10, same run; BENCHMARKS.md).
+pub const CONCURRENCY: usize = 100;
+/// First idle poll interval; also the wait after a claim that found fewer jobs than slots.
+pub const POLL_MIN: Duration = Duration::from_millis(50);
+/// Longest idle poll interval, reached only after 30 s without jobs. Dispatches from the
+/// same process wake workers at once, so this bounds only how late a job dispatched by
+/// another process is noticed on a quiet queue.
+pub const POLL_MAX: Duration = Duration::from_secs(1);
+/// How long one run may take unless the job sets [`Job::TIMEOUT`](crate::Job::TIMEOUT).
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long running jobs get to finish at shutdown before they are released.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+/// How often a worker process refreshes its heartbeat row.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// A process whose heartbeat is older than this is dead: its jobs are rescued. Five missed
+/// beats, so a slow database or a busy host does not look like a death, while a crashed
+/// process's jobs run again within seconds.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+/// How long `processed` (and `cancelled`) jobs are kept before the pruner deletes them.
+pub const PROCESSED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How long `failed` jobs are kept: long enough to notice, read the error and retry.
+pub const FAILED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Connections in the queue's pool by default.
+pub const POOL_SIZE: usize = 16;
+/// Largest payload accepted by default (1 MiB): big inputs belong in a table or a bucket,
+/// with the job carrying their key.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+// Limits: the columns' sizes and a guard against unit mistakes.
+
+/// Longest delay a dispatch may ask for (ten years): anything longer is a unit mistake.
+pub const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest queue name (the `jobs.queue` column).
+pub const MAX_QUEUE_NAME_CHARS: usize = 64;
+/// Longest job name (the `jobs.name` column).
+pub const MAX_JOB_NAME_CHARS: usize = 128;
+/// Longest unique key (the `jobs.unique_key` column).
+pub const MAX_UNIQUE_KEY_CHARS: usize = 191;
