@@ -1,0 +1,108 @@
+//! [`Dispatch`]: the options of one dispatch (delay, priority, queue, uniqueness,
+//! attempts), inserted when awaited or inside a caller's transaction.
+
+use super::*;
+
+/// A dispatch being prepared; `.await` it to insert the job.
+#[must_use = "a dispatch does nothing until it is awaited"]
+pub struct Dispatch<'q> {
+    pub(super) queue: &'q JobQueue,
+    pub(super) job: Result<NewJob>,
+}
+
+impl<'q> Dispatch<'q> {
+    fn set(mut self, f: impl FnOnce(&mut NewJob)) -> Self {
+        if let Ok(job) = self.job.as_mut() {
+            f(job);
+        }
+        self
+    }
+
+    /// Runs the job no sooner than `delay` from now (the database's clock).
+    pub fn delay(self, delay: Duration) -> Self {
+        self.set(|j| j.when = When::After(delay))
+    }
+
+    /// Runs the job no sooner than `at`. A time in the past means at once.
+    pub fn run_at(self, at: SystemTime) -> Self {
+        self.set(|j| j.when = When::At(at))
+    }
+
+    /// Lower runs first among ready jobs of a queue (like Unix `nice`); default 0.
+    pub fn priority(self, priority: i16) -> Self {
+        self.set(|j| j.priority = priority)
+    }
+
+    /// Sends the job to `queue` instead of [`Job::QUEUE`].
+    pub fn on_queue(self, queue: &str) -> Self {
+        self.set(|j| j.queue = queue.to_owned())
+    }
+
+    /// Makes the job unique by `key`: while a job with this key is scheduled, pending or
+    /// running, the dispatch inserts nothing and returns that job's id. A unique index
+    /// decides, so two processes dispatching the same key at once get one job.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Rebuild { user: u64 }
+    /// # impl Job for Rebuild { const NAME: &'static str = "rebuild";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn f(queue: JobQueue) -> lightjobs::Result<()> {
+    /// let a = queue.dispatch(Rebuild { user: 7 }).unique("rebuild:7").await?;
+    /// let b = queue.dispatch(Rebuild { user: 7 }).unique("rebuild:7").await?;
+    /// assert_eq!(a, b);
+    /// # Ok(()) }
+    /// ```
+    pub fn unique(self, key: &str) -> Self {
+        self.unique_for(key, Duration::ZERO)
+    }
+
+    /// Like [`unique`](Self::unique), and the key stays taken for `period` after the
+    /// dispatch even once the job has finished: at most one job per key per period.
+    pub fn unique_for(self, key: &str, period: Duration) -> Self {
+        let key = key.to_owned();
+        self.set(|j| j.unique = Some((key, period)))
+    }
+
+    /// Overrides [`Job::MAX_ATTEMPTS`].
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        self.set(|j| j.max_attempts = attempts)
+    }
+
+    /// Inserts the job through `conn`: your own `mysql_async` transaction (it commits or
+    /// rolls back with your rows) or connection. Call [`JobQueue::notify_workers`] after
+    /// your commit for an immediate start; otherwise the next poll picks it up.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # use mysql_async::{prelude::*, TxOpts};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail { to: String }
+    /// # impl Job for SendMail { const NAME: &'static str = "send_mail";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn signup(queue: JobQueue) -> lightjobs::Result<()> {
+    /// # let pool = mysql_async::Pool::new("mysql://app@127.0.0.1/app");
+    /// let mut conn = pool.get_conn().await?; // your application's own pool
+    /// let mut tx = conn.start_transaction(TxOpts::default()).await?;
+    /// tx.exec_drop("INSERT INTO users (email) VALUES (?)", ("a@example.com",)).await?;
+    /// queue.dispatch(SendMail { to: "a@example.com".into() }).within(&mut tx).await?;
+    /// tx.commit().await?;
+    /// queue.notify_workers();
+    /// # Ok(()) }
+    /// ```
+    pub async fn within<Q: Queryable>(self, conn: &mut Q) -> Result<u64> {
+        let job = self.job.and_then(|j| self.queue.validate(j))?;
+        self.queue.check_ready().await?;
+        Store::insert_job(conn, &job).await
+    }
+}
+
+impl<'q> IntoFuture for Dispatch<'q> {
+    type Output = Result<u64>;
+    type IntoFuture = BoxFuture<'q, Result<u64>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let queue = self.queue;
+        let job = self.job;
+        Box::pin(async move { queue.insert(job?).await })
+    }
+}

@@ -1,0 +1,153 @@
+//! The operator's operations on the table, shared by the dashboard and the CLI's tools:
+//! find, list, retry, cancel, discard, prune, pause, resume, limits, stats.
+
+use super::*;
+
+impl JobQueue {
+    /// One job by id.
+    pub async fn find(&self, id: u64) -> Result<Option<JobRecord>> {
+        self.on_io(move |store| async move { store.find_job(id).await })
+            .await
+    }
+
+    /// Jobs with `status` (`pending`, `running`, `processed`, `failed`), newest first.
+    pub async fn list(
+        &self,
+        status: &str,
+        queue: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<JobRecord>> {
+        let (status, queue) = (status.to_owned(), queue.map(str::to_owned));
+        self.on_io(
+            move |store| async move { store.list_jobs(&status, queue.as_deref(), limit).await },
+        )
+        .await
+    }
+
+    /// Puts one `failed` job back to `pending` with a fresh set of attempts and its
+    /// `last_error` cleared. Returns false when no failed job has this id.
+    pub async fn retry_failed(&self, id: u64) -> Result<bool> {
+        let retried = self
+            .on_io(move |store| async move { store.retry_failed(Some(id), None).await })
+            .await?;
+        self.notify_workers();
+        Ok(retried == 1)
+    }
+
+    /// Puts every `failed` job (of `queue`, or of all queues) back to `pending`.
+    pub async fn retry_all_failed(&self, queue: Option<&str>) -> Result<u64> {
+        let queue = queue.map(str::to_owned);
+        let n = self
+            .on_io(move |store| async move { store.retry_failed(None, queue.as_deref()).await })
+            .await?;
+        self.notify_workers();
+        Ok(n)
+    }
+
+    /// Deletes `processed` jobs finished longer than `processed` ago and, when given,
+    /// `failed` jobs finished longer than `failed` ago, 1,000 rows per statement.
+    pub async fn prune(&self, processed: Duration, failed: Option<Duration>) -> Result<u64> {
+        self.on_io(move |store| async move { store.prune_finished(processed, failed, 1000).await })
+            .await
+    }
+
+    /// Cancels a job that has not started (`pending` or `scheduled` → `cancelled`).
+    /// Returns false when no waiting job has this id (it ran, runs, or does not exist).
+    pub async fn cancel(&self, id: u64) -> Result<bool> {
+        self.on_io(move |store| async move { store.cancel_job(id).await })
+            .await
+    }
+
+    /// Deletes a `failed` job. Returns false when no failed job has this id.
+    pub async fn discard_failed(&self, id: u64) -> Result<bool> {
+        self.on_io(move |store| async move { store.discard_failed(id).await })
+            .await
+    }
+
+    /// Pauses `queue` in every process: running jobs finish, no new ones are claimed
+    /// (workers see it within about a second). Dispatching to it still works.
+    pub async fn pause(&self, queue: &str) -> Result<()> {
+        self.set_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue.
+    pub async fn resume(&self, queue: &str) -> Result<()> {
+        self.set_paused(queue, false).await?;
+        self.notify_workers();
+        Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        validate_queue_name(queue)?;
+        let name = queue.to_owned();
+        self.on_io(move |store| async move { store.set_paused(&name, paused).await })
+            .await?;
+        self.apply_locally(|state| {
+            if paused {
+                state.paused.insert(queue.to_owned());
+            } else {
+                state.paused.remove(queue);
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies a change just written to `lightjobs_queues` to this process's workers.
+    fn apply_locally(&self, change: impl Fn(&mut QueueState)) {
+        let states = self
+            .inner
+            .local_states
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        for state in states.iter() {
+            change(&mut state.write().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Lets changes made through this queue reach `states` at once.
+    pub(crate) fn add_local_states(&self, states: QueueStates) {
+        self.inner
+            .local_states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(states);
+    }
+
+    pub(crate) fn remove_local_states(&self, states: &QueueStates) {
+        self.inner
+            .local_states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, states));
+    }
+
+    /// Limits `queue` to `limit` running jobs across every process (`None` lifts it).
+    /// Claims on a limited queue take turns on the queue's row, so keep it for queues that
+    /// need it (a rate-limited API), not for every queue.
+    pub async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        validate_queue_name(queue)?;
+        let name = queue.to_owned();
+        self.on_io(move |store| async move { store.set_global_limit(&name, limit).await })
+            .await?;
+        self.apply_locally(|state| {
+            if limit.is_some() {
+                state.limited.insert(queue.to_owned());
+            } else {
+                state.limited.remove(queue);
+            }
+        });
+        Ok(())
+    }
+
+    /// The paused queues.
+    pub async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.on_io(|store| async move { store.paused_queues().await })
+            .await
+    }
+
+    /// Job counts per queue and status.
+    pub async fn stats(&self) -> Result<Vec<QueueCount>> {
+        self.on_io(|store| async move { store.count_jobs().await })
+            .await
+    }
+}
