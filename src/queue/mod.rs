@@ -49,7 +49,7 @@ struct Inner {
     combine: bool,
     server: tokio::sync::OnceCell<ServerInfo>,
     /// Workers of this process started on this queue, which take jobs handed to them at
-    /// dispatch (see [`intake`](crate::intake)).
+    /// dispatch (see [`handoff`](crate::handoff)).
     intakes: std::sync::RwLock<Vec<Arc<Intake>>>,
     /// The queue settings as the workers of this process on this queue see them: a pause
     /// or a limit set through this queue applies to them at once, not at their next read.
