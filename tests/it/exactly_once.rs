@@ -4,6 +4,7 @@
 
 use crate::common;
 
+use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -682,6 +683,65 @@ async fn a_handoff_whose_insert_reply_is_lost_is_released_and_runs_once() {
     let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
     verdict.assert_clean("handoff INSERT reply lost");
     assert_eq!((verdict.jobs, verdict.runs), (1, 1));
+    db.drop_db().await;
+}
+
+/// The reply to a combined INSERT (dispatches made at the same moment share one statement)
+/// is lost after the server committed it: every caller in that statement gets an error,
+/// none hangs, the connection thread goes on (the next dispatch works), and each row the
+/// statement wrote runs once like any other job.
+#[actix_rt::test]
+async fn a_combined_insert_whose_reply_is_lost_fails_its_callers_and_its_rows_run_once() {
+    const CALLERS: usize = 12;
+    let db = TestDb::new("once_combined_lost").await;
+    db.migrated().await;
+    let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
+    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
+    // A first dispatch opens the connection, so the dispatches below arrive together.
+    let first = queue.dispatch(Audited { millis: 0 }).await.unwrap();
+    // Only the combiner's and dispatch_many's INSERTs end with RETURNING (MariaDB).
+    proxy.drop_reply_after("RETURNING id", 1);
+    let results = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(
+            (0..CALLERS).map(|_| queue.dispatch(Audited { millis: 0 }).into_future()),
+        ),
+    )
+    .await
+    .expect("no caller hangs on a lost reply");
+    assert_eq!(proxy.fired(), 1, "the reply was dropped once");
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        ok < CALLERS,
+        "the callers of the lost statement get an error: {results:?}"
+    );
+    let after = tokio::time::timeout(
+        Duration::from_secs(30),
+        queue.dispatch(Audited { millis: 0 }),
+    )
+    .await
+    .expect("the connection thread goes on")
+    .expect("the next dispatch works");
+    assert!(after > first);
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM jobs").await;
+    assert!(
+        rows >= ok as u64 + 2 && rows <= CALLERS as u64 + 2,
+        "{rows} rows for {ok} dispatches reported done, of {CALLERS}"
+    );
+    eprintln!(
+        "combined INSERT reply lost: {} of {CALLERS} callers got an error, {} of their rows were written",
+        CALLERS - ok,
+        rows - ok as u64 - 2
+    );
+
+    let direct = JobQueue::connect(&db.url).unwrap();
+    let audit_log = Audit::default();
+    let handle = workers(&db, &direct, &audit_log).start().await.unwrap();
+    settle(&db, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+    let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
+    verdict.assert_clean("combined INSERT reply lost");
+    assert_eq!(verdict.runs, rows, "every written row ran once");
     db.drop_db().await;
 }
 
