@@ -13,8 +13,11 @@ use crate::store::Store;
 pub(crate) const FOREIGN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// Jobs of unknown types that have waited this long are reported.
 pub(crate) const FOREIGN_WARN_AFTER: Duration = Duration::from_secs(300);
-/// Most jobs failed by one statement.
-const BATCH: u64 = 1000;
+/// How many of the longest-waiting due jobs one look reads: the cost of a look is bounded
+/// by this, however large a backlog of this process's own jobs is.
+const SCAN: u64 = 10_000;
+/// Looks in a row that fail jobs, at most, before the next pause.
+const FAIL_ROUNDS: u32 = 10;
 
 pub(crate) struct ForeignJobs {
     pub queues: Vec<String>,
@@ -33,7 +36,7 @@ impl ForeignJobs {
             .fail_after
             .map_or(self.warn_after, |f| f.min(self.warn_after));
         let groups = store
-            .foreign_waiting(&self.queues, &self.names, warn_after)
+            .foreign_waiting(&self.queues, &self.names, warn_after, SCAN)
             .await?;
         let mut waiting = 0;
         for (queue, name, n, waited) in &groups {
@@ -58,13 +61,14 @@ impl ForeignJobs {
             crate::metrics::set_foreign(&self.queues, &gauge);
         }
         let mut failed = 0;
-        if let Some(after) = self.fail_after {
-            loop {
+        // Only when this look found some: otherwise the scan would find none either.
+        if let (Some(after), true) = (self.fail_after, waiting > 0) {
+            for _ in 0..FAIL_ROUNDS {
                 let n = store
-                    .fail_foreign(&self.queues, &self.names, after, BATCH)
+                    .fail_foreign(&self.queues, &self.names, after, SCAN)
                     .await?;
                 failed += n;
-                if n < BATCH {
+                if n == 0 {
                     break;
                 }
             }

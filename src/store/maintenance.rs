@@ -4,6 +4,12 @@
 use super::*;
 
 /// ` AND queue IN (…) AND name NOT IN (…)`: the rows of `queues` no type in `names` runs.
+/// The `scan` longest-waiting due jobs that are older than a bound (parameters: the age in
+/// microseconds, `scan`), read in the order of the seed's `KEY status`.
+const OLDEST_DUE: &str = "SELECT id, queue, name, scheduled_at FROM jobs \
+     WHERE status = 'pending' AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+     ORDER BY scheduled_at LIMIT ?";
+
 pub(super) fn foreign_filter(queues: &[String], names: &[&str]) -> String {
     let list =
         |items: &mut dyn Iterator<Item = &str>| items.map(sql_string).collect::<Vec<_>>().join(",");
@@ -42,14 +48,16 @@ impl Store {
         Ok(conn.affected_rows())
     }
 
-    /// Due jobs on `queues` of types not in `names` that have waited longer than `older`:
-    /// (queue, name, how many, longest wait). Read through the seed's `KEY status`, so only
-    /// rows pending that long are read.
+    /// Due jobs on `queues` of types not in `names` among the `scan` longest-waiting due
+    /// jobs older than `older`: (queue, name, how many, longest wait). The inner read walks
+    /// the seed's `KEY status` from the oldest due row and stops after `scan` rows, so a
+    /// large backlog of this process's own jobs costs at most `scan` index entries.
     pub(crate) async fn foreign_waiting(
         &self,
         queues: &[String],
         names: &[&str],
         older: Duration,
+        scan: u64,
     ) -> Result<Vec<(String, String, u64, Duration)>> {
         let mut conn = self.nodes.get_conn().await?;
         let rows: Vec<(String, String, u64, i64)> = conn
@@ -57,12 +65,12 @@ impl Store {
                 format!(
                     "SELECT queue, name, COUNT(*), \
                      TIMESTAMPDIFF(MICROSECOND, MIN(scheduled_at), UTC_TIMESTAMP(6)) \
-                     FROM jobs WHERE status = 'pending' \
-                     AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{} \
+                     FROM ({}) head WHERE TRUE{} \
                      GROUP BY queue, name ORDER BY queue, name LIMIT 100",
+                    OLDEST_DUE,
                     foreign_filter(queues, names)
                 ),
-                (micros(older),),
+                (micros(older), scan),
             )
             .await?;
         Ok(rows
@@ -74,28 +82,40 @@ impl Store {
             .collect())
     }
 
-    /// Fails due jobs on `queues` of types not in `names` that have waited longer than
-    /// `older` (at most `limit`); returns how many. A worker that claimed one meanwhile
-    /// has it `running`, so the status guard leaves it alone.
+    /// Fails the due jobs on `queues` of types not in `names`, among the `scan`
+    /// longest-waiting due jobs older than `older`; returns how many. The ids are read
+    /// first (bounded as in [`foreign_waiting`](Self::foreign_waiting)); a worker that
+    /// claimed one meanwhile has it `running`, so the status guard leaves it alone.
     pub(crate) async fn fail_foreign(
         &self,
         queues: &[String],
         names: &[&str],
         older: Duration,
-        limit: u64,
+        scan: u64,
     ) -> Result<u64> {
         let mut conn = self.nodes.get_conn().await?;
+        let ids: Vec<u64> = conn
+            .exec(
+                format!(
+                    "SELECT id FROM ({}) head WHERE TRUE{}",
+                    OLDEST_DUE,
+                    foreign_filter(queues, names)
+                ),
+                (micros(older), scan),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
         conn.exec_drop(
             format!(
                 "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
                  last_error = CONCAT('unknown job `', name, '`: no worker running this job type \
                  took it within ', ?, ' (Workers::fail_unknown_after)') \
-                 WHERE status = 'pending' \
-                 AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND{} \
-                 ORDER BY scheduled_at LIMIT ?",
-                foreign_filter(queues, names)
+                 WHERE id IN ({}) AND status = 'pending'",
+                id_list(ids.into_iter())
             ),
-            (format!("{older:?}"), micros(older), limit),
+            (format!("{older:?}"),),
         )
         .await?;
         Ok(conn.affected_rows())
