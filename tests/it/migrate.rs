@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{Record, TestDb};
+use common::{record_run, Record, TestDb};
 use lightjobs::{Job, JobContext, JobError, JobQueue, Workers};
 use mysql_async::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -201,20 +201,6 @@ async fn processes_migrating_at_once_all_succeed() {
     assert_eq!(applied, all_versions().len() as u64);
     db.queue().check_ready().await.unwrap();
     db.drop_db().await;
-}
-
-/// Writes `runs` rows (tag = the job's input) through the pool in the workers' data.
-async fn record_run(ctx: &JobContext, tag: &str) -> Result<(), JobError> {
-    let pool = ctx
-        .data::<mysql_async::Pool>()
-        .ok_or_else(|| JobError::fail("no pool"))?;
-    let mut conn = pool.get_conn().await?;
-    conn.exec_drop(
-        "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, ?)",
-        (ctx.id(), ctx.attempt(), tag),
-    )
-    .await?;
-    Ok(())
 }
 
 /// The Rust port of a Lightpack job the PHP app dispatched as

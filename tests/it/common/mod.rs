@@ -189,17 +189,23 @@ impl Job for Record {
     const MAX_ATTEMPTS: u32 = 3;
 
     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
-        let pool = ctx
-            .data::<Pool>()
-            .ok_or_else(|| JobError::fail("no pool"))?;
-        let mut conn = pool.get_conn().await?;
-        conn.exec_drop(
-            "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, ?)",
-            (ctx.id(), ctx.attempt(), &self.tag),
-        )
-        .await?;
-        Ok(())
+        record_run(ctx, &self.tag).await
     }
+}
+
+/// Writes a `runs` row (this run's job id, attempt and `tag`) through the pool given with
+/// `Workers::data`: what every recording test job does.
+pub async fn record_run(ctx: &JobContext, tag: &str) -> Result<(), JobError> {
+    let pool = ctx
+        .data::<Pool>()
+        .ok_or_else(|| JobError::fail("no pool"))?;
+    let mut conn = pool.get_conn().await?;
+    conn.exec_drop(
+        "INSERT INTO runs (job_id, attempt, tag) VALUES (?, ?, ?)",
+        (ctx.id(), ctx.attempt(), tag),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Fails with `message` on every attempt before `succeed_on`, retryable or not.
