@@ -48,10 +48,15 @@ fn node(action: &str, n: usize) {
     if let Ok(dir) = std::env::var("LIGHTJOBS_TEST_GALERA_DIR") {
         args.push(dir);
     }
+    let started = Instant::now();
     let status = Command::new("bash")
         .args(&args)
         .status()
         .expect("bash runs");
+    eprintln!(
+        "galera {action} {n}: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     assert!(status.success(), "galera {action} {n} failed");
 }
 
