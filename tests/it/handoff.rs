@@ -154,7 +154,23 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
         .start()
         .await
         .unwrap();
-    // Dispatches keep coming until after the shutdown has finished, so some race it.
+    // First a handoff, one dispatch at a time so that no backlog builds up (a loaded
+    // machine may need a few: a dispatch landing during a claim goes through the table).
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let id = queue.dispatch(Sleep { millis: 0 }).await.unwrap();
+        ids.push(id);
+        wait_status(&db, id, "processed").await;
+        if row(&db, id).await.2 {
+            break;
+        }
+        assert!(
+            i < 49,
+            "no dispatch of 50 to an idle worker was handed over"
+        );
+    }
+    // Then dispatches keep coming until after the shutdown has finished, so some race it,
+    // by both paths.
     let stopped = std::rc::Rc::new(std::cell::Cell::new(false));
     let dispatcher = {
         let queue = queue.clone();
@@ -175,22 +191,10 @@ async fn dispatches_racing_a_shutdown_are_run_or_left_waiting() {
             ids
         })
     };
-    // The shutdown starts once a dispatch has been handed over (a loaded machine may take
-    // a while to get the first one), so dispatches race both paths.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let handed: u64 = db
-            .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
-            .await;
-        if handed > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no dispatch was handed over");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let report = handle.shutdown().await;
     stopped.set(true);
-    let ids = dispatcher.await.unwrap();
+    ids.extend(dispatcher.await.unwrap());
     // A handoff that found the worker gone is released in the background.
     let deadline = Instant::now() + Duration::from_secs(10);
     while db.count("running").await > 0 {
