@@ -745,6 +745,53 @@ async fn a_combined_insert_whose_reply_is_lost_fails_its_callers_and_its_rows_ru
     db.drop_db().await;
 }
 
+/// Dispatches wait for the combined statement in flight, so that batches grow, but not for
+/// one that has stalled: with the server's reply to one INSERT held back for 3 s, the
+/// dispatches made meanwhile go in statements of their own and return, and the stalled one
+/// gets its id when its reply comes.
+#[actix_rt::test]
+async fn a_stalled_combined_insert_holds_up_no_other_dispatch() {
+    const STALL: Duration = Duration::from_secs(3);
+    let db = TestDb::new("once_combined_stalled").await;
+    db.migrated().await;
+    let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
+    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
+    let first = queue.dispatch(Audited { millis: 0 }).await.unwrap();
+    proxy.stall("RETURNING id", STALL, 1);
+    let started = Instant::now();
+    let stalled = {
+        let queue = queue.clone();
+        actix_rt::spawn(async move { queue.dispatch(Audited { millis: 0 }).await })
+    };
+    while proxy.fired() == 0 {
+        assert!(started.elapsed() < STALL, "the stall never fired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut others = Vec::new();
+    for _ in 0..10 {
+        others.push(queue.dispatch(Audited { millis: 0 }).await.unwrap());
+    }
+    let others_took = started.elapsed();
+    assert!(
+        !stalled.is_finished() && others_took < STALL,
+        "10 dispatches waited {others_took:?} behind the stalled statement"
+    );
+    let stalled = stalled
+        .await
+        .unwrap()
+        .expect("the stalled dispatch gets its id");
+    assert!(started.elapsed() >= STALL);
+    let mut ids = others.clone();
+    ids.extend([first, stalled]);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "every dispatch has an id of its own");
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM jobs").await;
+    assert_eq!(rows, 12);
+    eprintln!("stalled combined INSERT: 10 dispatches beside it took {others_took:?}");
+    db.drop_db().await;
+}
+
 /// Result writes still refused at the shutdown deadline are left behind (the process is
 /// going away), and then the worker row is gone, so another process rescues the jobs at
 /// once rather than after a staleness of silence.
