@@ -230,6 +230,8 @@ impl Nodes {
                     if i != current && galera {
                         // Before any connection of the process goes to the node.
                         if let Err(error) = catch_up(&mut conn).await {
+                            // Closed, not pooled: the session may still wait on every read.
+                            let _ = conn.disconnect().await;
                             last_error = Some(error);
                             continue;
                         }

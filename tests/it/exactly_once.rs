@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::audit::{audit, Audit, Audited};
 use common::faults::{self, Fault};
+use common::proxy::upstream;
 use common::{Block, Flaky, Record, Stolen, TestDb};
 use lightjobs::__private::{claim_and_complete, Store};
 use lightjobs::{JobEvent, JobOutcome, JobQueue, Workers};
@@ -606,23 +607,6 @@ async fn two_recurring_registrations_of_one_job_both_run() {
         "{refused}"
     );
     db.drop_db().await;
-}
-
-/// The server the tests use, as a socket address for the proxy.
-fn upstream(url: &str) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.rsplit('@').next())
-        .and_then(|rest| rest.split('/').next())
-        .unwrap();
-    let host = if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:3306")
-    };
-    host.to_socket_addrs().unwrap().next().unwrap()
 }
 
 /// The reply to a claim's COMMIT is lost on the wire after the server committed: the

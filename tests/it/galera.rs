@@ -502,3 +502,88 @@ async fn processes_move_back_to_the_first_node_once_it_is_synced_again() {
     let _ = std::fs::remove_file(&log);
     assert!(verdict.runs > 600, "{verdict:?}");
 }
+
+/// A move waits for the new node to catch up with the cluster; when that wait fails, the
+/// node is passed over for the next healthy one, and taken once it catches up. Node 1 is
+/// unreachable (a proxy that refuses connections) and node 2's catch-up is cut by a proxy:
+/// the process works through node 3, then moves to node 2 when the cut stops, and every
+/// job runs once.
+#[actix_rt::test]
+async fn a_node_that_fails_to_catch_up_is_passed_over_until_it_does() {
+    use common::proxy::{upstream, FaultProxy};
+    const DB: &str = "ljg_catch_up";
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster();
+    let urls = fresh_db(&nodes, DB).await;
+    let to1 = FaultProxy::start(upstream(&urls[0]));
+    let to2 = FaultProxy::start(upstream(&urls[1]));
+    to1.set_down(true);
+    to2.cut_before("wsrep_last_committed", 100_000);
+    let list = [
+        to1.rewrite_url(&urls[0]),
+        to2.rewrite_url(&urls[1]),
+        urls[2].clone(),
+    ]
+    .join(",");
+    let queue = JobQueue::connect(&list).unwrap();
+    queue.migrate().await.unwrap();
+    let audit_log = Audit::default();
+    let workers = Workers::new(queue.clone())
+        .register::<Audited>()
+        .data(audit_log.clone())
+        .concurrency(4)
+        .start()
+        .await
+        .unwrap();
+    let processed = format!("SELECT COUNT(*) FROM {DB}.jobs WHERE status = 'processed'");
+    let run = |n: u64| {
+        let (queue, node, processed) = (queue.clone(), nodes[2].clone(), processed.clone());
+        async move {
+            queue
+                .dispatch_many((0..20).map(|_| Audited { millis: 1 }))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count_on(&node, &processed).await.unwrap_or(0) < n {
+                assert!(Instant::now() < deadline, "{n} jobs not processed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    run(20).await;
+    assert!(to2.fired() >= 1, "node 2's catch-up was never tried");
+    // Each second's check opens a probe on node 2 that the cut then closes: read a few
+    // times rather than once.
+    let on = |i: usize| sessions_of(&nodes[i], DB);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (on2, on3) = (on(1).await.unwrap_or(u64::MAX), on(2).await.unwrap_or(0));
+        if on2 == 0 && on3 > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "while node 2 cannot catch up: {on2} sessions on node 2, {on3} on node 3"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    to2.disarm();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (on2, on3) = (on(1).await.unwrap_or(0), on(2).await.unwrap_or(u64::MAX));
+        if on2 > 0 && on3 == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30 s after the cut stopped: {on2} sessions on node 2, {on3} on node 3"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run(40).await;
+    workers.shutdown().await;
+    let verdict = audit(&urls[2], &audit_log.runs(), &[], |_| false).await;
+    verdict.assert_clean("a node that failed to catch up");
+    assert_eq!(verdict.runs, 40);
+}

@@ -523,3 +523,21 @@ fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
     let value = b.get(1..1 + width)?.iter().rev();
     Some((value.fold(0, |acc, &x| acc << 8 | u64::from(x)), 1 + width))
 }
+
+/// The server a `mysql://` URL names, as a socket address for the proxy (port 3306 when
+/// the URL gives none).
+pub fn upstream(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.rsplit('@').next())
+        .and_then(|rest| rest.split('/').next())
+        .unwrap();
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:3306")
+    };
+    host.to_socket_addrs().unwrap().next().unwrap()
+}
