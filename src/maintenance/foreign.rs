@@ -11,6 +11,8 @@ use crate::store::Store;
 
 /// How often the table is looked at.
 pub(crate) const FOREIGN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How soon a look that failed (the database away, a write refused) is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Jobs of unknown types that have waited this long are reported.
 pub(crate) const FOREIGN_WARN_AFTER: Duration = Duration::from_secs(300);
 /// How many of the longest-waiting due jobs one look reads: the cost of a look is bounded
@@ -81,10 +83,14 @@ impl ForeignJobs {
 
     pub(crate) async fn run(&self, store: &Store, stop: CancellationToken) {
         loop {
-            if let Err(error) = self.run_once(store).await {
-                tracing::debug!(target: "lightjobs::foreign", %error, "looking for jobs of unknown types failed");
-            }
-            if crate::timing::pause(self.interval, &stop).await {
+            let next = match self.run_once(store).await {
+                Ok(_) => self.interval,
+                Err(error) => {
+                    tracing::debug!(target: "lightjobs::foreign", %error, "looking for jobs of unknown types failed");
+                    self.interval.min(RETRY_AFTER)
+                }
+            };
+            if crate::timing::pause(next, &stop).await {
                 return;
             }
         }

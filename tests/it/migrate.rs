@@ -345,3 +345,54 @@ async fn moving_from_lightpack_runs_every_job_once() {
     drop(conn);
     db.drop_db().await;
 }
+
+/// Taking up a Lightpack app's rows fails while the server refuses it (a trigger that
+/// `SIGNAL`s on every `new` → `pending` for 2.5 s): the rows stay `new`, nothing runs, and
+/// once the server accepts again each row is taken up and runs once.
+#[actix_rt::test]
+async fn seed_rows_the_server_refuses_to_take_up_wait_and_then_run_once() {
+    use common::faults::{self, Fault};
+    let db = TestDb::new("migrate_adopt_refused").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    let rule = faults::inject(
+        &db,
+        Fault::update("new", "pending", 1205, Duration::from_millis(2500)),
+    )
+    .await;
+    for i in 0..5 {
+        let payload = format!(r#"{{"to":"php-{i}"}}"#);
+        php_dispatch(&db, "App\\Jobs\\SendMail", &payload, Duration::ZERO).await;
+    }
+    let workers = Workers::new(queue.clone())
+        .register::<SendMail>()
+        .data(db.pool.clone())
+        .start()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while faults::fired(&db, rule).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the promoter did not try twice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        db.count("new").await,
+        5,
+        "refused: every row is still `new`"
+    );
+    let runs: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
+    assert_eq!(runs, 0);
+    db.wait_for("processed", 5, Duration::from_secs(20)).await;
+    let report = workers.shutdown().await;
+    assert_eq!(report.processed, 5);
+    let mut conn = db.pool.get_conn().await.unwrap();
+    let mut tags: Vec<String> = conn.query("SELECT tag FROM runs").await.unwrap();
+    tags.sort();
+    let want: Vec<String> = (0..5).map(|i| format!("php-{i}")).collect();
+    assert_eq!(tags, want, "each row ran once");
+    drop(conn);
+    db.drop_db().await;
+}

@@ -446,13 +446,7 @@ async fn long_waiting_jobs_of_unknown_types_are_reported_and_failed_only_when_as
     reporting.shutdown().await;
     assert_eq!(db.count("pending").await, 4, "reported, not touched");
 
-    let failing = Workers::new(queue.clone())
-        .register::<Record>()
-        .queues(["ghosts"])
-        .fail_unknown_after(Duration::from_secs(5 * 60))
-        .start()
-        .await
-        .unwrap();
+    let failing = ghost_failer(&queue).await;
     db.wait_for("failed", 2, Duration::from_secs(15)).await;
     failing.shutdown().await;
     let mut conn = db.pool.get_conn().await.unwrap();
@@ -481,4 +475,50 @@ async fn long_waiting_jobs_of_unknown_types_are_reported_and_failed_only_when_as
     );
     drop(conn);
     db.drop_db().await;
+}
+
+/// Failing jobs of an unknown type is refused by the server for a while (a trigger that
+/// `SIGNAL`s on `pending` → `failed` for 1.5 s): the look fails, the jobs stay `pending`,
+/// and the look is tried again within seconds, not after the minute between looks.
+#[actix_rt::test]
+async fn failing_unknown_types_refused_by_the_server_is_tried_again_soon() {
+    use common::faults::{self, Fault};
+    let db = TestDb::new("web_unknown_refused").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    db.exec(
+        "INSERT INTO jobs (name, payload, status, queue, scheduled_at) VALUES \
+         ('ghost', '{}', 'pending', 'ghosts', UTC_TIMESTAMP(6) - INTERVAL 10 MINUTE), \
+         ('ghost', '{}', 'pending', 'ghosts', UTC_TIMESTAMP(6) - INTERVAL 20 MINUTE)",
+    )
+    .await;
+    let rule = faults::inject(
+        &db,
+        Fault::update("pending", "failed", 1205, Duration::from_millis(1500)),
+    )
+    .await;
+    let failing = ghost_failer(&queue).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while faults::fired(&db, rule).await == 0 {
+        assert!(Instant::now() < deadline, "the first look did not try");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(db.count("pending").await, 2, "refused: nothing failed yet");
+    // Well before the next minute's look.
+    db.wait_for("failed", 2, Duration::from_secs(20)).await;
+    failing.shutdown().await;
+    let attempts: u64 = db.scalar("SELECT SUM(attempts) FROM jobs").await;
+    assert_eq!(attempts, 0, "no attempt was spent");
+    db.drop_db().await;
+}
+
+/// Workers on queue `ghosts` that run `Record` and fail other types after 5 minutes.
+async fn ghost_failer(queue: &JobQueue) -> lightjobs::WorkerHandle {
+    Workers::new(queue.clone())
+        .register::<Record>()
+        .queues(["ghosts"])
+        .fail_unknown_after(Duration::from_secs(5 * 60))
+        .start()
+        .await
+        .unwrap()
 }
