@@ -14,7 +14,9 @@
 //!
 //! Each caller gets its own id, or its own error: when the server refuses a combined
 //! statement nothing of it was written, and its rows are inserted one by one, so a bad row
-//! fails alone. Unique dispatches, `within(tx)` and the in-process handoff keep their own
+//! fails alone. A dispatch handed to a local worker joins the batch as a row inserted
+//! already claimed (`running` under that worker, with the claim's token) and goes to the
+//! worker once the statement commits. Unique dispatches and `within(tx)` keep their own
 //! paths.
 
 use std::collections::VecDeque;
@@ -25,7 +27,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::store::{NewJob, Store};
+use crate::handoff::Reservation;
+use crate::store::{Claim, NewJob, Store};
 
 /// Rows in one statement at most.
 pub(crate) const MAX_ROWS: usize = 100;
@@ -44,6 +47,8 @@ pub(crate) struct Pending {
     pub(crate) job: NewJob,
     /// The server speaks MariaDB (`INSERT … RETURNING`).
     pub(crate) mariadb: bool,
+    /// A local worker's free slot: the row is inserted already claimed and handed over.
+    pub(crate) handoff: Option<Reservation>,
     pub(crate) reply: oneshot::Sender<Result<u64>>,
 }
 
@@ -151,16 +156,24 @@ fn gather(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
 
 async fn insert(store: &Store, batch: Vec<Pending>) {
     let mariadb = batch[0].mariadb;
-    let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
     let inserted = async {
+        let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
+        let claims: Vec<Option<Claim<'_>>> = batch
+            .iter()
+            .map(|p| p.handoff.as_ref().map(Reservation::claim))
+            .collect();
         let mut conn = store.nodes().get_conn().await?;
-        Store::insert_rows(&mut conn, &jobs, mariadb).await
+        Store::insert_rows(&mut conn, &jobs, &claims, mariadb).await
     }
     .await;
     match inserted {
         Ok(ids) if ids.len() == batch.len() => {
             tracing::trace!(target: "lightjobs::queue", rows = ids.len(), "dispatches combined");
             for (p, id) in batch.into_iter().zip(ids) {
+                let id = match p.handoff {
+                    Some(reservation) => reservation.deliver(store, id, p.job),
+                    None => id,
+                };
                 let _ = p.reply.send(Ok(id));
             }
         }
@@ -171,6 +184,10 @@ async fn insert(store: &Store, batch: Vec<Pending>) {
                 batch.len()
             );
             for p in batch {
+                // The rows were written, but which id is whose is unknown.
+                if let Some(reservation) = p.handoff {
+                    reservation.release(store, &p.job.queue);
+                }
                 let _ = p.reply.send(Err(Error::Schema(message.clone())));
             }
         }
@@ -179,18 +196,27 @@ async fn insert(store: &Store, batch: Vec<Pending>) {
             // its own, and only the bad one fails.
             tracing::debug!(target: "lightjobs::queue", %error, rows = batch.len(), "combined dispatch refused; inserting its rows one by one");
             for p in batch {
-                let one = async {
-                    let mut conn = store.nodes().get_conn().await?;
-                    Store::insert_job(&mut conn, &p.job).await
-                }
-                .await;
+                let one = match p.handoff {
+                    Some(reservation) => reservation.insert(store.clone(), p.job).await,
+                    None => {
+                        async {
+                            let mut conn = store.nodes().get_conn().await?;
+                            Store::insert_job(&mut conn, &p.job).await
+                        }
+                        .await
+                    }
+                };
                 let _ = p.reply.send(one);
             }
         }
         Err(error) => {
             // The connection failed: the statement may or may not have committed, for all
-            // of the rows alike, and each caller is told so.
+            // of the rows alike, and each caller is told so; a row handed to a worker is
+            // released by its token if it exists. A refusal wrote nothing.
             for p in batch {
+                if let (Some(reservation), false) = (p.handoff, error.is_server_refusal()) {
+                    reservation.release(store, &p.job.queue);
+                }
                 let _ = p.reply.send(Err(error.duplicate()));
             }
         }
@@ -214,6 +240,7 @@ mod tests {
                 unique: None,
             },
             mariadb,
+            handoff: None,
             reply: oneshot::channel().0,
         }
     }

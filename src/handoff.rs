@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::queue_state::QueueStates;
-use crate::store::{ClaimedJob, NewJob, Store, When};
+use crate::store::{Claim, ClaimedJob, NewJob, Store, When};
 
 /// The worker slot, and the per-queue slot where the queue has a limit in this process.
 pub(crate) type Permits = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
@@ -92,6 +92,14 @@ impl Intake {
 }
 
 impl Reservation {
+    /// The claim a row inserted for this reservation carries.
+    pub(crate) fn claim(&self) -> Claim<'_> {
+        Claim {
+            worker: &self.intake.worker_id,
+            token: self.token,
+        }
+    }
+
     /// Inserts `job` as claimed and hands it to the worker. Runs on the queue's connection
     /// thread, so a caller that stops waiting does not strand the job half-way.
     ///
@@ -99,28 +107,33 @@ impl Reservation {
     /// reached the server, the row (if any) is given back to `pending` in the background,
     /// retrying until the database answers.
     pub(crate) async fn insert(self, store: Store, job: NewJob) -> Result<u64> {
-        let worker = self.intake.worker_id.clone();
         let inserted = async {
             let mut conn = store.nodes().get_conn().await?;
-            Store::insert_claimed(&mut conn, &job, &worker, self.token).await
+            Store::insert_claimed(&mut conn, &job, &self.intake.worker_id, self.token).await
         }
         .await;
-        let id = match inserted {
-            Ok(id) => id,
+        match inserted {
+            Ok(id) => Ok(self.deliver(&store, id, job)),
             Err(error) => {
                 // A statement the server refused did nothing; anything else may have
                 // committed before the reply was lost.
                 if !error.is_server_refusal() {
-                    release_in_background(store, job.queue, worker, self.token);
+                    self.release(&store, &job.queue);
                 }
-                return Err(error);
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// Hands `job`, inserted as claimed with id `id`, to the worker; if the worker is gone,
+    /// the row is released in the background. Returns `id`.
+    pub(crate) fn deliver(self, store: &Store, id: u64, job: NewJob) -> u64 {
         let queue = job.queue.clone();
+        let (worker, token) = (self.intake.worker_id.clone(), self.token);
         let handoff = Handoff {
             job: ClaimedJob {
                 id,
-                token: self.token,
+                token,
                 name: job.name.to_owned(),
                 payload: job.payload,
                 queue: job.queue,
@@ -131,9 +144,20 @@ impl Reservation {
             permits: self.permits,
         };
         if self.intake.jobs.send(handoff).is_err() {
-            release_in_background(store, queue, worker, self.token);
+            release_in_background(store.clone(), queue, worker, token);
         }
-        Ok(id)
+        id
+    }
+
+    /// Gives back a row that may have been inserted for this reservation (its INSERT's
+    /// outcome is in doubt), in the background.
+    pub(crate) fn release(self, store: &Store, queue: &str) {
+        release_in_background(
+            store.clone(),
+            queue.to_owned(),
+            self.intake.worker_id.clone(),
+            self.token,
+        );
     }
 }
 

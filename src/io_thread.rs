@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::combiner::{self, Pending};
 use crate::error::{Error, Result};
+use crate::handoff::Reservation;
 use crate::nodes::Nodes;
 use crate::store::Store;
 
@@ -53,13 +54,20 @@ impl IoThread {
         Ok(IoThread { tasks, dispatches })
     }
 
-    /// Inserts one plain job, combined with the dispatches arriving at the same time.
-    pub(crate) async fn dispatch(&self, job: crate::store::NewJob, mariadb: bool) -> Result<u64> {
+    /// Inserts one plain job, combined with the dispatches arriving at the same time; with
+    /// `handoff`, inserted already claimed and handed to that local worker.
+    pub(crate) async fn dispatch(
+        &self,
+        job: crate::store::NewJob,
+        mariadb: bool,
+        handoff: Option<Reservation>,
+    ) -> Result<u64> {
         let (reply, id) = oneshot::channel();
         self.dispatches
             .send(Pending {
                 job,
                 mariadb,
+                handoff,
                 reply,
             })
             .map_err(|_| Error::QueueClosed)?;

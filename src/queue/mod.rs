@@ -233,9 +233,16 @@ impl JobQueue {
         let name = job.name;
         let queue_name = job.queue.clone();
         if let Some(reservation) = self.reserve(&job) {
-            let id = self
-                .on_io(move |store| reservation.insert(store, job))
-                .await?;
+            let id = if self.inner.combine {
+                let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
+                self.inner
+                    .io
+                    .dispatch(job, mariadb, Some(reservation))
+                    .await?
+            } else {
+                self.on_io(move |store| reservation.insert(store, job))
+                    .await?
+            };
             tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched to a local worker");
             return Ok(id);
         }
@@ -247,7 +254,7 @@ impl JobQueue {
             .await?
         } else {
             let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
-            self.inner.io.dispatch(job, mariadb).await?
+            self.inner.io.dispatch(job, mariadb, None).await?
         };
         self.notify_workers();
         tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");

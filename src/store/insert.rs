@@ -16,7 +16,42 @@ pub(super) const INSERT_ROW: &str =
      > UTC_TIMESTAMP(6), 'scheduled', 'pending'), ?, ?, ?, \
      COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))";
 
+/// [`INSERT_SQL`] with the columns of a claim, for batches with rows inserted already
+/// claimed by a local worker (the handoff).
+const INSERT_CLAIMABLE_SQL: &str = "INSERT INTO jobs (name, payload, status, queue, priority, \
+     max_attempts, scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
+     VALUES";
+
+/// [`INSERT_ROW`] with a claim: given a token, the row is `running` under its worker with its
+/// first attempt counted and `reserved_at = created_at`, as a claim by the fetch loop leaves
+/// it; without one it is an ordinary row.
+const CLAIMABLE_ROW: &str = "(?, ?, IF(? IS NOT NULL, 'running', \
+     IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) > UTC_TIMESTAMP(6), 'scheduled', \
+     'pending')), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
+     UTC_TIMESTAMP(6), IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)";
+
+/// A row inserted already claimed: the local worker it is handed to and the claim's token.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claim<'a> {
+    pub worker: &'a str,
+    pub token: u64,
+}
+
 impl NewJob {
+    /// [`CLAIMABLE_ROW`]'s parameters: [`INSERT_ROW`]'s with the claim's around them.
+    fn claimable_params(&self, claim: Option<Claim<'_>>) -> Result<Vec<Value>> {
+        let token: Value = claim.map(|c| c.token).into();
+        let mut params = self.params()?;
+        params.insert(2, token.clone());
+        params.extend([
+            token.clone(),
+            claim.map(|c| c.worker).into(),
+            token.clone(),
+            token,
+        ]);
+        Ok(params)
+    }
+
     fn params(&self) -> Result<Vec<Value>> {
         let (delay, at) = self.when.params()?;
         Ok(vec![
@@ -163,25 +198,37 @@ impl Store {
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
             let rows: Vec<&NewJob> = chunk.iter().collect();
-            ids.extend(Self::insert_rows(&mut tx, &rows, mariadb).await?);
+            ids.extend(Self::insert_rows(&mut tx, &rows, &[], mariadb).await?);
         }
         tx.commit().await?;
         Ok(ids)
     }
 
     /// Inserts `jobs` (at most 1,000, none unique) in one statement; returns their ids in
-    /// order. Outside a transaction the statement is its own: all rows or none.
+    /// order. `claims`, when not empty, gives each row its claim, if any (rows handed to a
+    /// local worker). Outside a transaction the statement is its own: all rows or none.
     pub(crate) async fn insert_rows<Q: Queryable>(
         conn: &mut Q,
         jobs: &[&NewJob],
+        claims: &[Option<Claim<'_>>],
         mariadb: bool,
     ) -> Result<Vec<u64>> {
-        let mut sql = String::from(INSERT_SQL);
-        let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * 9);
+        let claimed = claims.iter().any(Option::is_some);
+        let (head, row, per_row) = if claimed {
+            (INSERT_CLAIMABLE_SQL, CLAIMABLE_ROW, 14)
+        } else {
+            (INSERT_SQL, INSERT_ROW, 9)
+        };
+        let mut sql = String::from(head);
+        let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * per_row);
         for (i, job) in jobs.iter().enumerate() {
             sql.push_str(if i == 0 { " " } else { ", " });
-            sql.push_str(INSERT_ROW);
-            params.extend(job.params()?);
+            sql.push_str(row);
+            if claimed {
+                params.extend(job.claimable_params(claims.get(i).copied().flatten())?);
+            } else {
+                params.extend(job.params()?);
+            }
         }
         if mariadb {
             // RETURNING gives the real ids whatever the auto-increment lock mode.

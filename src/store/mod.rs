@@ -25,6 +25,7 @@ mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
 pub(crate) use claim::{claim_and_complete_or_report, Ask};
+pub(crate) use insert::Claim;
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
 pub(crate) use sql::*;
 

@@ -636,24 +636,56 @@ async fn a_claim_whose_commit_reply_is_lost_is_released_and_runs_once() {
     db.drop_db().await;
 }
 
+/// `n` dispatches made at once, one statement's reply dropped by `proxy` (armed by the
+/// caller); none may hang.
+async fn dispatch_through_a_lost_reply(
+    queue: &JobQueue,
+    proxy: &common::proxy::FaultProxy,
+    n: usize,
+) -> Vec<lightjobs::Result<u64>> {
+    let results = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(
+            (0..n).map(|_| queue.dispatch(Audited { millis: 0 }).into_future()),
+        ),
+    )
+    .await
+    .expect("no caller hangs on a lost reply");
+    assert_eq!(proxy.fired(), 1, "the reply was dropped once");
+    results
+}
+
+/// A migrated database reached through a fault proxy, and this process's workers (8
+/// slots) waiting between polls. A long poll: the fetch loop holds the free slots while it
+/// claims, so dispatches are handed over only while it waits.
+async fn idle_workers_behind_a_proxy(
+    db: &TestDb,
+) -> (
+    common::proxy::FaultProxy,
+    JobQueue,
+    Audit,
+    lightjobs::WorkerHandle,
+) {
+    db.migrated().await;
+    let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
+    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
+    let audit_log = Audit::default();
+    let handle = workers(db, &queue, &audit_log)
+        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (proxy, queue, audit_log, handle)
+}
+
 /// The reply to a local handoff's INSERT is lost after the row was committed `running`
 /// under this process's worker: the dispatch reports an error, the row is released by its
 /// token in the background, and the job runs once.
 #[actix_rt::test]
 async fn a_handoff_whose_insert_reply_is_lost_is_released_and_runs_once() {
     let db = TestDb::new("once_handoff_lost").await;
-    db.migrated().await;
-    let proxy = common::proxy::FaultProxy::start(upstream(&db.url));
-    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
-    let audit_log = Audit::default();
-    // A long poll: the fetch loop holds the free slots while it claims, so a dispatch is
-    // handed over only while it waits between polls.
-    let handle = workers(&db, &queue, &audit_log)
-        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
-        .start()
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (proxy, queue, audit_log, handle) = idle_workers_behind_a_proxy(&db).await;
     // Only the handoff's INSERT names claim_token.
     proxy.drop_reply_after("claim_token) VALUES", 1);
     let dispatched = queue.dispatch(Audited { millis: 0 }).await;
@@ -667,6 +699,35 @@ async fn a_handoff_whose_insert_reply_is_lost_is_released_and_runs_once() {
     let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
     verdict.assert_clean("handoff INSERT reply lost");
     assert_eq!((verdict.jobs, verdict.runs), (1, 1));
+    db.drop_db().await;
+}
+
+/// The reply to a combined INSERT holding rows handed to this process's idle workers is
+/// lost after the server committed it: each of its callers gets an error, the handed rows
+/// (`running` under a live worker that never got them) are released by their tokens, and
+/// every row the statement wrote runs once; nothing is left `running`.
+#[actix_rt::test]
+async fn a_combined_insert_with_handoffs_whose_reply_is_lost_releases_them_and_runs_each_once() {
+    const CALLERS: usize = 12;
+    let db = TestDb::new("once_combined_handed_lost").await;
+    let (proxy, queue, audit_log, handle) = idle_workers_behind_a_proxy(&db).await;
+    // Only INSERTs of rows handed over name claim_token.
+    proxy.drop_reply_after("claim_token) VALUES", 1);
+    let results = dispatch_through_a_lost_reply(&queue, &proxy, CALLERS).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert!(failed > 0, "the callers of the lost statement get an error");
+    // The released rows go back to `pending` and the fetch loop, woken by the release,
+    // runs them: none stays `running`.
+    settle(&db, Duration::from_secs(60)).await;
+    handle.shutdown().await;
+    let rows: u64 = db.scalar("SELECT COUNT(*) FROM jobs").await;
+    let verdict = audit(&db.url, &audit_log.runs(), &[], |_| false).await;
+    verdict.assert_clean("combined INSERT with handoffs, reply lost");
+    assert_eq!(verdict.runs, rows, "every written row ran once");
+    eprintln!(
+        "combined INSERT with handoffs, reply lost: {failed} of {CALLERS} callers got an error, \
+         {rows} rows written, {rows} runs"
+    );
     db.drop_db().await;
 }
 
@@ -685,15 +746,7 @@ async fn a_combined_insert_whose_reply_is_lost_fails_its_callers_and_its_rows_ru
     let first = queue.dispatch(Audited { millis: 0 }).await.unwrap();
     // Only the combiner's and dispatch_many's INSERTs end with RETURNING (MariaDB).
     proxy.drop_reply_after("RETURNING id", 1);
-    let results = tokio::time::timeout(
-        Duration::from_secs(60),
-        futures::future::join_all(
-            (0..CALLERS).map(|_| queue.dispatch(Audited { millis: 0 }).into_future()),
-        ),
-    )
-    .await
-    .expect("no caller hangs on a lost reply");
-    assert_eq!(proxy.fired(), 1, "the reply was dropped once");
+    let results = dispatch_through_a_lost_reply(&queue, &proxy, CALLERS).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     assert!(
         ok < CALLERS,

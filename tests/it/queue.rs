@@ -425,6 +425,56 @@ async fn combined_dispatches_and_local_handoffs_run_every_job_once() {
     db.drop_db().await;
 }
 
+/// Dispatches handed to idle local workers join the combined INSERT as rows inserted
+/// already claimed: they share statements with the other dispatches, start without a
+/// claim, and every job runs once.
+#[actix_rt::test]
+async fn handed_off_dispatches_share_the_combined_insert() {
+    let db = TestDb::new("queue_combined_handed").await;
+    let queue = db.migrated().await;
+    // A long poll: the fetch loop waits between polls with its 8 slots free.
+    let handle = workers(&db, &queue)
+        .concurrency(8)
+        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<u64> = dispatch_at_once(&queue, 20)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    db.wait_for("processed", 20, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(tag_of(&db, *id).await, format!("t{i}"), "job {id}");
+    }
+    let runs: u64 = db
+        .scalar("SELECT COUNT(DISTINCT job_id) FROM runs HAVING COUNT(*) = 20")
+        .await;
+    assert_eq!(runs, 20, "every job ran once");
+    // A handed-off row was claimed by its INSERT: reserved_at = created_at, one attempt.
+    let handed: u64 = db
+        .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at AND attempts = 1")
+        .await;
+    // UTC_TIMESTAMP(6) is fixed for a statement: rows of one INSERT share `created_at`.
+    let shared: u64 = db
+        .scalar(
+            "SELECT COUNT(*) FROM jobs j WHERE j.reserved_at = j.created_at AND \
+             (SELECT COUNT(*) FROM jobs o WHERE o.created_at = j.created_at) > 1",
+        )
+        .await;
+    let statements: u64 = db
+        .scalar("SELECT COUNT(DISTINCT created_at) FROM jobs")
+        .await;
+    assert!(
+        (1..=8).contains(&handed) && shared > 0 && statements < 20,
+        "{handed} handed over, {shared} of them in a statement with other rows, {statements} statements"
+    );
+    db.drop_db().await;
+}
+
 #[actix_rt::test]
 async fn every_dispatch_in_flight_when_the_queue_is_let_go_gets_its_row() {
     let db = TestDb::new("queue_combined_drop").await;
