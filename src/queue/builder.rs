@@ -41,8 +41,10 @@ impl JobQueueBuilder {
     /// Whether dispatches made at the same moment share one INSERT (on by default): the
     /// connection thread takes every dispatch that has arrived, up to 100, and inserts them
     /// in one statement, each still getting its own id or its own error. It never waits
-    /// for more to come, so a lone dispatch is not delayed. Off, every dispatch is a
-    /// statement and a commit of its own.
+    /// for more to come, so a lone dispatch is not delayed; while a statement is in flight
+    /// the next batch grows behind it (a second starts after 5 ms, or for a full batch).
+    /// Dispatches handed to this process's idle workers join the batch too. Off, every
+    /// dispatch is a statement and a commit of its own.
     ///
     /// ```
     /// let queue = lightjobs::JobQueue::builder("mysql://app@127.0.0.1/app")
