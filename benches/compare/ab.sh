@@ -7,7 +7,8 @@
 #   benches/compare/ab.sh [ROUNDS] [REQUESTS] [BINARY ...]
 #
 # Defaults: 3 rounds, 30,000 requests, target/release/lightjobs-compare (build it first with
-# `cargo build --release`). Needs `ab` (Debian: apache2-utils) and the server at
+# `cargo build --release`). LIGHTJOBS_WEB_SERVE_ARGS passes options to `web-serve`
+# (`--workers`: Workers run in the app's process; `--alone`: a statement per dispatch). Needs `ab` (Debian: apache2-utils) and the server at
 # LIGHTJOBS_BENCH_URL (default mysql://root@127.0.0.1:3306), on this machine: the CPU
 # columns read mariadbd's and the app's CPU time from /proc (µs per request).
 set -euo pipefail
@@ -51,7 +52,8 @@ printf '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n
 for round in $(seq "$rounds"); do
   for bin in "${binaries[@]}"; do
     out="$(mktemp)"
-    "$bin" --url "$url" web-serve >"$out" 2>&1 &
+    # shellcheck disable=SC2086 # the options are words
+    "$bin" --url "$url" web-serve ${LIGHTJOBS_WEB_SERVE_ARGS:-} >"$out" 2>&1 &
     app=$!
     for _ in $(seq 100); do grep -q '^http://' "$out" && break; sleep 0.1; done
     base="$(grep -m1 '^http://' "$out")" || { cat "$out" >&2; exit 1; }
