@@ -8,6 +8,8 @@ pub mod procs;
 pub mod proxy;
 pub mod server;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lightjobs::{Job, JobContext, JobError, JobQueue, Workers};
@@ -293,6 +295,42 @@ fn url_rewriting() {
     assert_eq!(url_with_db("mysql://h", "x"), "mysql://h/x");
 }
 
+/// How many [`Block`] jobs of each queue are running at this moment in the workers given
+/// it as data, and the most that ever ran at once: what a process's own limits promise,
+/// counted where the jobs run (a row's status lags: a finished job stays `running` until
+/// its result is written, while its slot may already run the next).
+#[derive(Clone, Default)]
+pub struct Running(Arc<Mutex<HashMap<String, (usize, usize)>>>);
+
+impl Running {
+    /// The most jobs of `queue` that ran at once so far.
+    pub fn most(&self, queue: &str) -> usize {
+        self.lock().get(queue).map_or(0, |(_, most)| *most)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, usize)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn enter(&self, queue: &str) -> RunningGuard {
+        let mut counts = self.lock();
+        let (now, most) = counts.entry(queue.to_owned()).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+        RunningGuard(self.clone(), queue.to_owned())
+    }
+}
+
+struct RunningGuard(Running, String);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if let Some((now, _)) = self.0.lock().get_mut(&self.1) {
+            *now -= 1;
+        }
+    }
+}
+
 /// Sleeps `millis` with no timeout of its own, then records its run; or returns early with
 /// a retryable error when `cooperative` and shutdown starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +344,7 @@ impl Job for Block {
     const MAX_ATTEMPTS: u32 = 3;
 
     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+        let _running = ctx.data::<Running>().map(|r| r.enter(ctx.queue()));
         let sleep = tokio::time::sleep(Duration::from_millis(self.millis));
         if self.cooperative {
             tokio::select! {
