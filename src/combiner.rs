@@ -104,14 +104,15 @@ pub(crate) async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) 
         if waiting.is_empty() && !open {
             break;
         }
-        let newest_age = flights.newest().map(|at| at.elapsed());
+        let newest = flights.newest();
+        let newest_age = newest.map(|at| at.elapsed());
         if !waiting.is_empty() && may_start(flights.len(), newest_age, batch_full(&waiting)) {
             flights.spawn(store.clone(), gather(&mut waiting));
             continue;
         }
         // A partial batch waits for a statement to end, for more dispatches (they may fill
         // it), or for the newest statement to have stalled.
-        let stall_at = match (waiting.is_empty(), flights.newest()) {
+        let stall_at = match (waiting.is_empty(), newest) {
             (false, Some(at)) if flights.len() < MAX_IN_FLIGHT => Some(at + STALL),
             _ => None,
         };

@@ -232,30 +232,29 @@ impl JobQueue {
         self.check_ready().await?;
         let name = job.name;
         let queue_name = job.queue.clone();
-        if let Some(reservation) = self.reserve(&job) {
-            let id = if self.inner.combine {
-                let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
-                self.inner
-                    .io
-                    .dispatch(job, mariadb, Some(reservation))
-                    .await?
-            } else {
+        let reservation = self.reserve(&job);
+        let handed = reservation.is_some();
+        let id = match reservation {
+            Some(reservation) if !self.inner.combine => {
                 self.on_io(move |store| reservation.insert(store, job))
                     .await?
-            };
+            }
+            None if job.unique.is_some() || !self.inner.combine => {
+                self.on_io(move |store| async move {
+                    let mut conn = store.nodes().get_conn().await?;
+                    Store::insert_job_own(&mut conn, &job).await
+                })
+                .await?
+            }
+            reservation => {
+                let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
+                self.inner.io.dispatch(job, mariadb, reservation).await?
+            }
+        };
+        if handed {
             tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched to a local worker");
             return Ok(id);
         }
-        let id = if job.unique.is_some() || !self.inner.combine {
-            self.on_io(move |store| async move {
-                let mut conn = store.nodes().get_conn().await?;
-                Store::insert_job_own(&mut conn, &job).await
-            })
-            .await?
-        } else {
-            let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
-            self.inner.io.dispatch(job, mariadb, None).await?
-        };
         self.notify_workers();
         tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
         Ok(id)

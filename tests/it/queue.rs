@@ -383,12 +383,7 @@ async fn dispatches_made_at_the_same_moment_share_a_statement_and_each_gets_its_
 async fn a_row_the_server_refuses_fails_alone_among_combined_dispatches() {
     let db = TestDb::new("queue_combined_refused").await;
     let queue = db.migrated().await;
-    db.exec(
-        "CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW \
-         IF NEW.payload LIKE '%\"t7\"%' THEN \
-         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF",
-    )
-    .await;
+    poison(&db, "t7").await;
     queue.dispatch(Record { tag: "warm".into() }).await.unwrap();
     let results = dispatch_at_once(&queue, 20).await;
     for (i, result) in results.into_iter().enumerate() {
@@ -404,6 +399,56 @@ async fn a_row_the_server_refuses_fails_alone_among_combined_dispatches() {
         }
     }
     assert_eq!(db.count("pending").await, 20);
+    db.drop_db().await;
+}
+
+/// A trigger that refuses (`SIGNAL`) the INSERT of any row whose payload holds `tag`.
+async fn poison(db: &TestDb, tag: &str) {
+    db.exec(&format!(
+        "CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW \
+         IF NEW.payload LIKE '%\"{tag}\"%' THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'poisoned row'; END IF"
+    ))
+    .await;
+}
+
+/// The same refusal with rows handed to idle local workers in the statement: it is refused
+/// whole, each row is inserted on its own path (a handed row still handed over), the bad
+/// one fails alone, and every other job runs once; none is left `running`.
+#[actix_rt::test]
+async fn a_refused_row_among_handed_off_dispatches_fails_alone() {
+    let db = TestDb::new("queue_combined_refused_handed").await;
+    let queue = db.migrated().await;
+    poison(&db, "t3").await;
+    let handle = workers(&db, &queue)
+        .concurrency(8)
+        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let results = dispatch_at_once(&queue, 12).await;
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.is_err(), i == 3, "dispatch {i}: {result:?}");
+    }
+    db.wait_for("processed", 11, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+    let runs: Vec<(String, u64)> = {
+        use mysql_async::prelude::*;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT tag, COUNT(*) FROM runs GROUP BY tag HAVING COUNT(*) > 1")
+            .await
+            .unwrap()
+    };
+    assert!(runs.is_empty(), "ran twice: {runs:?}");
+    let total: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
+    assert_eq!(total, 11);
+    assert_eq!(db.count("running").await, 0);
+    let handed: u64 = db
+        .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
+        .await;
+    // Dispatches t0..t7 found the 8 slots free; all but the poisoned one were handed over.
+    assert_eq!(handed, 7, "rows handed over");
     db.drop_db().await;
 }
 
