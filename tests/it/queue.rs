@@ -402,6 +402,19 @@ async fn a_row_the_server_refuses_fails_alone_among_combined_dispatches() {
     db.drop_db().await;
 }
 
+/// Workers with 8 slots, waiting between polls (a long poll) with every slot free, so that
+/// dispatches are handed over.
+async fn idle_workers(db: &TestDb, queue: &JobQueue) -> lightjobs::WorkerHandle {
+    let handle = workers(db, queue)
+        .concurrency(8)
+        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle
+}
+
 /// A trigger that refuses (`SIGNAL`) the INSERT of any row whose payload holds `tag`.
 async fn poison(db: &TestDb, tag: &str) {
     db.exec(&format!(
@@ -420,13 +433,7 @@ async fn a_refused_row_among_handed_off_dispatches_fails_alone() {
     let db = TestDb::new("queue_combined_refused_handed").await;
     let queue = db.migrated().await;
     poison(&db, "t3").await;
-    let handle = workers(&db, &queue)
-        .concurrency(8)
-        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
-        .start()
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handle = idle_workers(&db, &queue).await;
     let results = dispatch_at_once(&queue, 12).await;
     for (i, result) in results.iter().enumerate() {
         assert_eq!(result.is_err(), i == 3, "dispatch {i}: {result:?}");
@@ -486,14 +493,7 @@ async fn combined_dispatches_and_local_handoffs_run_every_job_once() {
 async fn handed_off_dispatches_share_the_combined_insert() {
     let db = TestDb::new("queue_combined_handed").await;
     let queue = db.migrated().await;
-    // A long poll: the fetch loop waits between polls with its 8 slots free.
-    let handle = workers(&db, &queue)
-        .concurrency(8)
-        .poll_interval(Duration::from_secs(10), Duration::from_secs(10))
-        .start()
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handle = idle_workers(&db, &queue).await;
     let ids: Vec<u64> = dispatch_at_once(&queue, 20)
         .await
         .into_iter()
