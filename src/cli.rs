@@ -331,7 +331,6 @@ mod tests {
     fn seed_lines() {
         let mut e = JobEvent {
             id: 123,
-            token: 1,
             name: "send_mail".into(),
             queue: "default".into(),
             attempt: 3,

@@ -48,3 +48,24 @@ pub const MAX_QUEUE_NAME_CHARS: usize = 64;
 pub const MAX_JOB_NAME_CHARS: usize = 128;
 /// Longest unique key (the `jobs.unique_key` column).
 pub const MAX_UNIQUE_KEY_CHARS: usize = 191;
+
+// Deadlines: a database that stops answering without an error (a dropped route, a stopped
+// VM, a firewall that drops packets) becomes an error within these.
+
+/// Getting a connection (from the pool, or a new one: TCP, handshake, session setup).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One statement, from sending it to its last reply. Long enough for a busy server's slow
+/// statement, short enough that a stalled one is noticed within a staleness period; the
+/// operator's bulk operations get [`ADMIN_STATEMENT_TIMEOUT`] instead.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A dispatch, from the call to the new job's id, waiting for a turn included: an HTTP
+/// handler answers 503 within this when the database does not answer.
+pub const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// A statement of the operator's tools over many rows (retry every failed job of a queue).
+pub const ADMIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// TCP keepalive on every connection: an idle pooled connection to a peer that went away
+/// is found broken by the kernel instead of on its next use.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Dispatches waiting for the database at once, at most: past it a dispatch fails at once
+/// as unavailable instead of queueing without bound while the database is away.
+pub const MAX_WAITING_DISPATCHES: usize = 10_000;

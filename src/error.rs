@@ -8,9 +8,37 @@ use std::fmt;
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The database could not be reached or a statement failed.
+    /// A statement failed, or the connection broke while it ran (then it may or may not
+    /// have taken effect).
     #[error("database error: {0}")]
     Database(#[from] mysql_async::Error),
+
+    /// No connection could be had: connecting failed or took longer than the connect
+    /// deadline ([`JobQueueBuilder::connect_timeout`](crate::JobQueueBuilder::connect_timeout)).
+    /// Nothing was sent, so nothing took effect.
+    #[error("could not connect to the database: {0}")]
+    Connect(String),
+
+    /// The database did not answer within a deadline
+    /// ([`JobQueueBuilder::statement_timeout`](crate::JobQueueBuilder::statement_timeout),
+    /// [`JobQueueBuilder::dispatch_timeout`](crate::JobQueueBuilder::dispatch_timeout)): a
+    /// dropped route, a stopped server or a firewall that drops packets raise no error, so
+    /// a deadline is what turns them into one. When `sent`, the statement may still have
+    /// taken effect.
+    #[error("{}", timeout_message(what, *after, *sent))]
+    Timeout {
+        /// What was waited for (`"statement"`, `"dispatch"`).
+        what: &'static str,
+        /// The deadline that passed.
+        after: std::time::Duration,
+        /// Whether the statement may have reached the server.
+        sent: bool,
+    },
+
+    /// Too many dispatches are already waiting for the database (it is slow or away): this
+    /// one is refused at once rather than queued without bound.
+    #[error("too many dispatches are waiting for the database ({0}); try again later")]
+    Backlog(usize),
 
     /// A connection URL could not be parsed.
     #[error("invalid database URL: {0}")]
@@ -133,6 +161,18 @@ impl Error {
         matches!(self, Error::Database(e @ mysql_async::Error::Server(_)) if !is_unavailable(e))
     }
 
+    /// Whether the failed operation may still have taken effect: a statement whose
+    /// connection broke, or whose reply did not come within its deadline. A refusal, a
+    /// failed connect, a deadline that passed before anything was sent, or bad input did
+    /// nothing.
+    pub(crate) fn in_doubt(&self) -> bool {
+        match self {
+            Error::Database(e) => !matches!(e, mysql_async::Error::Server(_)) || is_unavailable(e),
+            Error::Timeout { sent, .. } => *sent,
+            _ => false,
+        }
+    }
+
     /// The same error for another caller (the driver's error cannot be cloned): a server
     /// error as it is, a failed connection as an I/O error with the same message, so that
     /// each reads as in doubt or refused like the original.
@@ -150,6 +190,13 @@ impl Error {
                 Error::Database(E::Driver(mysql_async::DriverError::PoolDisconnected))
             }
             Error::QueueClosed => Error::QueueClosed,
+            Error::Connect(m) => Error::Connect(m.clone()),
+            Error::Timeout { what, after, sent } => Error::Timeout {
+                what,
+                after: *after,
+                sent: *sent,
+            },
+            Error::Backlog(n) => Error::Backlog(*n),
             other => Error::Database(E::Io(mysql_async::IoError::Io(std::io::Error::other(
                 other.to_string(),
             )))),
@@ -168,7 +215,9 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Database(e) => is_unavailable(e),
-            Error::QueueClosed => true,
+            Error::QueueClosed | Error::Connect(_) | Error::Timeout { .. } | Error::Backlog(_) => {
+                true
+            }
             _ => false,
         }
     }
@@ -198,6 +247,15 @@ pub(crate) fn is_unavailable(e: &mysql_async::Error) -> bool {
         E::Server(s) => matches!(s.code, 1040 | 1053 | 2006 | 2013 | 1927 | 4031),
         _ => false,
     }
+}
+
+fn timeout_message(what: &str, after: std::time::Duration, sent: bool) -> String {
+    let doubt = if sent {
+        "; it may still have taken effect"
+    } else {
+        "; nothing was sent"
+    };
+    format!("the database did not answer the {what} within {after:?}{doubt}")
 }
 
 /// Lets `?` work on lightjobs calls inside actix's `fn main() -> std::io::Result<()>`.

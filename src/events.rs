@@ -29,9 +29,11 @@ pub enum JobOutcome {
         /// How long until it runs again.
         delay: Duration,
     },
-    /// This process lost the job's claim while running it (it stalled or lost the
-    /// database for longer than its staleness, and another process rescued the job): the
-    /// run was stopped and nothing is written, since the job is no longer ours.
+    /// The run was stopped because this process could no longer vouch for its claim:
+    /// the database had not confirmed its heartbeat for half its staleness (it was cut
+    /// off, or stalled), so another process may take the job over. Its future was dropped
+    /// and nothing was written for it; once the database answers again the job goes back
+    /// to `pending`, unless another process already rescued it.
     Lost,
 }
 
@@ -40,8 +42,6 @@ pub enum JobOutcome {
 pub struct JobEvent {
     /// `jobs.id`.
     pub id: u64,
-    /// The claim this run belonged to (`jobs.claim_token`).
-    pub(crate) token: u64,
     /// The job's name.
     pub name: String,
     /// Its queue.
@@ -52,11 +52,4 @@ pub struct JobEvent {
     pub duration: Duration,
     /// How it ended.
     pub outcome: JobOutcome,
-}
-
-impl JobEvent {
-    /// The claim this result belongs to.
-    pub(crate) fn held(&self) -> crate::store::Held {
-        (self.id, self.token)
-    }
 }

@@ -69,17 +69,12 @@
 mod backoff;
 #[cfg(feature = "cli")]
 pub mod cli;
-mod combiner;
-mod completer;
 #[cfg(feature = "dashboard")]
 mod dashboard;
 pub mod defaults;
 mod error;
 mod events;
-mod executor;
-mod fetcher;
-mod handoff;
-mod io_thread;
+mod handle;
 mod job;
 mod maintenance;
 #[cfg(feature = "metrics")]
@@ -89,26 +84,23 @@ pub mod migrate;
 mod module_graph;
 mod nodes;
 mod queue;
-mod queue_state;
 mod registry;
+mod runtime;
 mod store;
-mod supervisor;
-mod timing;
-mod wake;
 mod web;
 mod workers;
 
 pub use backoff::Backoff;
-pub use completer::Report;
 #[cfg(feature = "dashboard")]
 pub use dashboard::{dashboard, Dashboard};
 pub use error::{Error, Result};
 pub use events::{JobEvent, JobOutcome};
+pub use handle::{StopSignal, WorkerHandle};
 pub use job::{Job, JobContext, JobError};
 pub use queue::{Dispatch, JobQueue, JobQueueBuilder};
 pub use registry::Registry;
+pub use runtime::completer::Report;
 pub use store::{JobRecord, QueueCount};
-pub use supervisor::{StopSignal, WorkerHandle};
 pub use web::init;
 #[cfg(feature = "metrics")]
 pub use web::metrics;

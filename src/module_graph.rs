@@ -6,8 +6,40 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Top-level module → the top-level modules its code (not comments, not tests) names
-/// through `crate::`.
+/// Code lines of a file: not comments, not its tests.
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The module names a path written after `prefix` starts with: `prefix name`, or each
+/// first name of a list `prefix {a, b::c, D}`.
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect()
+    };
+    let mut names = BTreeSet::new();
+    for (i, _) in code.match_indices(prefix) {
+        let rest = &code[i + prefix.len()..];
+        if let Some(list) = rest.strip_prefix('{') {
+            let list = &list[..list.find('}').unwrap_or(list.len())];
+            names.extend(list.split(',').map(ident));
+        } else {
+            names.insert(ident(rest));
+        }
+    }
+    names.retain(|n| !n.is_empty());
+    names
+}
+
+/// Top-level module → the top-level modules its code names through `crate::`.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -33,25 +65,43 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             if matches!(top.as_str(), "lib" | "bin" | "module_graph") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
             let deps = graph.entry(top.clone()).or_default();
-            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-                for (i, _) in line.match_indices("crate::") {
-                    let name: String = line[i + 7..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                        .collect();
-                    if !name.is_empty() && name != top {
-                        deps.insert(name);
-                    }
-                }
-            }
+            deps.extend(names_after(&code(&path), "crate::"));
+            deps.remove(&top);
         }
     }
     let modules: BTreeSet<String> = graph.keys().cloned().collect();
     for deps in graph.values_mut() {
         deps.retain(|d| modules.contains(d));
+    }
+    graph
+}
+
+/// The roles of one folder (its files but `mod.rs`, the folder's face, which declares them
+/// and whose shared types they use) → the roles of the same folder each one names
+/// (`super::x`, `crate::folder::x`).
+fn folder_graph(folder: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(folder);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_none_or(|e| e != "rs") || stem == "mod" {
+            continue;
+        }
+        let code = code(&path);
+        let mut deps = names_after(&code, "super::");
+        deps.extend(names_after(&code, &format!("crate::{folder}::")));
+        deps.remove(stem);
+        graph.insert(stem.to_owned(), deps);
+    }
+    let roles: BTreeSet<String> = graph.keys().cloned().collect();
+    for deps in graph.values_mut() {
+        deps.retain(|d| roles.contains(d));
     }
     graph
 }
@@ -82,18 +132,40 @@ fn circle(
     None
 }
 
+fn assert_no_circle(what: &str, graph: &BTreeMap<String, BTreeSet<String>>) {
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        if let Some(found) = circle(graph, &mut vec![module.clone()], &mut done) {
+            panic!("a circle in {what}: {}", found.join(" → "));
+        }
+    }
+}
+
 #[test]
 fn the_module_graph_has_no_circle() {
     let graph = graph();
-    assert!(graph.len() > 20, "read the sources: {graph:?}");
+    assert!(graph.len() > 15, "read the sources: {graph:?}");
     assert!(
-        graph["fetcher"].contains("executor"),
+        graph["runtime"].contains("store"),
         "reads arrows: {graph:?}"
     );
-    let mut done = BTreeSet::new();
-    for module in graph.keys() {
-        if let Some(found) = circle(&graph, &mut vec![module.clone()], &mut done) {
-            panic!("a circle in the module graph: {}", found.join(" → "));
-        }
+    assert!(graph["queue"].contains("runtime"), "reads lists: {graph:?}");
+    assert_no_circle("the module graph", &graph);
+}
+
+#[test]
+fn the_roles_of_each_folder_have_no_circle() {
+    let runtime = folder_graph("runtime");
+    assert!(runtime["fetcher"].contains("executor"), "{runtime:?}");
+    assert!(runtime["fetcher"].contains("pacing"), "{runtime:?}");
+    for folder in [
+        "runtime",
+        "store",
+        "queue",
+        "maintenance",
+        "cli",
+        "dashboard",
+    ] {
+        assert_no_circle(&format!("src/{folder}/"), &folder_graph(folder));
     }
 }

@@ -20,12 +20,34 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, Pool};
 use once_cell::sync::Lazy;
 
+use crate::error::Error;
+
 /// How often, with several nodes, the one in use is checked (and an earlier one tried).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long after a move to another node claims wait: two checks, by when every other
 /// process has made the same move and its claims in flight on the old node have ended.
 const SETTLE: Duration = Duration::from_secs(2);
+
+/// How long each step of a database operation may take. A dropped route, a stopped VM or
+/// a firewall that drops packets raise no error: a statement just waits, for as long as
+/// the kernel keeps the socket (minutes). These deadlines turn such a wait into an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// A connection from the pool, a new connection included (TCP, handshake, setup).
+    pub connect: Duration,
+    /// One statement (or one multi-statement) from sending it to its last reply.
+    pub statement: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            connect: crate::defaults::CONNECT_TIMEOUT,
+            statement: crate::defaults::STATEMENT_TIMEOUT,
+        }
+    }
+}
 
 /// A pool per node; cheap to clone (shared).
 #[derive(Clone, Debug)]
@@ -35,6 +57,7 @@ pub(crate) struct Nodes {
 
 #[derive(Debug)]
 struct Inner {
+    deadlines: Deadlines,
     /// Each node's settings, to open a fresh pool when its old one is retired (empty for
     /// a single server, which is never left).
     opts: Vec<Opts>,
@@ -108,13 +131,14 @@ fn next_tick() -> Instant {
 
 impl Nodes {
     /// One pool per node, in order of preference.
-    pub(crate) fn new(opts: Vec<Opts>) -> Nodes {
+    pub(crate) fn new(opts: Vec<Opts>, deadlines: Deadlines) -> Nodes {
         let choice = if opts.len() > 1 {
             Choice::shared(&opts)
         } else {
             Choice::new()
         };
         let inner = Arc::new(Inner {
+            deadlines,
             pools: opts
                 .iter()
                 .cloned()
@@ -134,6 +158,7 @@ impl Nodes {
     pub(crate) fn single(pool: Pool) -> Nodes {
         Nodes {
             inner: Arc::new(Inner {
+                deadlines: Deadlines::default(),
                 opts: Vec::new(),
                 pools: vec![Mutex::new(pool)],
                 choice: Choice::new(),
@@ -151,6 +176,53 @@ impl Nodes {
         lock(&self.inner.pools[i]).clone()
     }
 
+    pub(crate) fn deadlines(&self) -> Deadlines {
+        self.inner.deadlines
+    }
+
+    /// Runs `f` on a connection to the node in use, each step under its deadline: the
+    /// checkout under the connect deadline (a failure there sent nothing:
+    /// [`Error::Connect`]), `f` under `limit` ([`Error::Timeout`], in doubt).
+    ///
+    /// The connection goes back to the pool only when `f` succeeded. After an error, a
+    /// deadline or a panic its state is unknown (a reply still on its way, a transaction
+    /// left open by a raw `START TRANSACTION`), so it is closed, never handed to the next
+    /// caller.
+    pub(crate) async fn run_for<T>(
+        &self,
+        limit: Duration,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let conn = self
+            .get_conn()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let mut checked = Checkout(Some(conn));
+        let Some(conn) = checked.0.as_mut() else {
+            return Err(Error::QueueClosed);
+        };
+        match tokio::time::timeout(limit, f(conn)).await {
+            Ok(Ok(value)) => {
+                checked.keep();
+                Ok(value)
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Timeout {
+                what: "statement",
+                after: limit,
+                sent: true,
+            }),
+        }
+    }
+
+    /// [`run_for`](Self::run_for) under the statement deadline.
+    pub(crate) async fn run<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.run_for(self.inner.deadlines.statement, f).await
+    }
+
     /// A connection to the node in use, moving to another node when it fails or is no
     /// longer healthy.
     pub(crate) async fn get_conn(&self) -> Result<Conn, mysql_async::Error> {
@@ -158,7 +230,16 @@ impl Nodes {
     }
 
     /// [`get_conn`](Self::get_conn), with the index of the node the connection is to.
+    /// Fails with a timed-out I/O error after the connect deadline.
     pub(crate) async fn get_conn_at(&self) -> Result<(usize, Conn), mysql_async::Error> {
+        let limit = self.inner.deadlines.connect;
+        match tokio::time::timeout(limit, self.checkout()).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out("connect", limit)),
+        }
+    }
+
+    async fn checkout(&self) -> Result<(usize, Conn), mysql_async::Error> {
         if self.inner.pools.len() == 1 {
             return Ok((0, self.pool(0).get_conn().await?));
         }
@@ -224,14 +305,18 @@ impl Nodes {
         let current = self.current();
         let mut last_error = None;
         for i in 0..self.inner.pools.len() {
-            match healthy(&self.pool(i)).await {
+            match healthy(&self.pool(i), self.inner.deadlines).await {
                 Ok(Some((mut conn, galera))) => {
                     let choice = &self.inner.choice;
                     if i != current && galera {
                         // Before any connection of the process goes to the node.
-                        if let Err(error) = catch_up(&mut conn).await {
+                        let limit = self.inner.deadlines.statement;
+                        let caught_up = tokio::time::timeout(limit, catch_up(&mut conn))
+                            .await
+                            .unwrap_or_else(|_| Err(timed_out("catch-up", limit)));
+                        if let Err(error) = caught_up {
                             // Closed, not pooled: the session may still wait on every read.
-                            let _ = conn.disconnect().await;
+                            discard(conn);
                             last_error = Some(error);
                             continue;
                         }
@@ -290,14 +375,25 @@ impl Inner {
 /// A connection to `pool`'s node if it can take writes, and whether the node is a Galera
 /// node: a Galera node must be ready and synced (a donor or a joiner is not); a server
 /// without Galera always can.
-async fn healthy(pool: &Pool) -> Result<Option<(Conn, bool)>, mysql_async::Error> {
-    let mut conn = pool.get_conn().await?;
-    let status: Vec<(String, String)> = conn
-        .query(
-            "SHOW GLOBAL STATUS WHERE Variable_name IN \
-             ('wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status')",
-        )
-        .await?;
+async fn healthy(
+    pool: &Pool,
+    deadlines: Deadlines,
+) -> Result<Option<(Conn, bool)>, mysql_async::Error> {
+    let mut conn = tokio::time::timeout(deadlines.connect, pool.get_conn())
+        .await
+        .map_err(|_| timed_out("connect", deadlines.connect))??;
+    let probe = conn.query(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN \
+         ('wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status')",
+    );
+    let status: Vec<(String, String)> = match tokio::time::timeout(deadlines.statement, probe).await
+    {
+        Ok(status) => status?,
+        Err(_) => {
+            discard(conn);
+            return Err(timed_out("probe", deadlines.statement));
+        }
+    };
     let galera = status
         .iter()
         .any(|(name, _)| name.eq_ignore_ascii_case("wsrep_ready"));
@@ -342,6 +438,49 @@ fn is_healthy(status: &[(String, String)]) -> bool {
                 && get("wsrep_cluster_status").is_none_or(|s| s == "Primary")
         }
     }
+}
+
+/// A connection checked out by [`Nodes::run_for`]: closed when dropped, unless kept.
+struct Checkout(Option<Conn>);
+
+impl Checkout {
+    /// Back to the pool: its last statement ended cleanly.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            discard(conn);
+        }
+    }
+}
+
+/// Closes `conn` without returning it to its pool, in the background and within a
+/// second: its state is unknown (a reply may still be on its way, a transaction open), and
+/// a connection on a path that stopped forwarding would hang whoever used it next. Marked
+/// disconnected at once, so the pool drops it whatever the COM_QUIT does.
+pub(crate) fn discard(conn: Conn) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
+            });
+        }
+        // No runtime to close it on (the process is ending): dropped as it is.
+        Err(_) => drop(conn),
+    }
+}
+
+/// The error of a deadline that passed on the driver's side (a connect, a probe): an I/O
+/// error of kind `TimedOut`, which reads as "unavailable" like a refused connection.
+pub(crate) fn timed_out(what: &str, after: Duration) -> mysql_async::Error {
+    mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} took longer than {after:?}"),
+    )))
 }
 
 /// Splits a database setting into the URLs of its nodes: several URLs separated by

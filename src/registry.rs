@@ -99,7 +99,17 @@ fn run<J: Job>(
     ctx: JobContext,
 ) -> Result<LocalBoxFuture<'static, Result<(), JobError>>, JobError> {
     let job: J = serde_json::from_str(payload).map_err(|e| {
-        JobError::fail(format!("payload does not decode as job `{}`: {e}", J::NAME))
+        // The value too, cut short: a row another program wrote says what it holds.
+        let shown: String = payload.chars().take(80).collect();
+        let cut = if shown.len() < payload.len() {
+            "…"
+        } else {
+            ""
+        };
+        JobError::fail(format!(
+            "payload does not decode as job `{}`: {e} (column `payload`: {shown:?}{cut})",
+            J::NAME
+        ))
     })?;
     Ok(Box::pin(async move { job.execute(&ctx).await }))
 }

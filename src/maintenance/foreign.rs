@@ -90,7 +90,7 @@ impl ForeignJobs {
                     self.interval.min(RETRY_AFTER)
                 }
             };
-            if crate::timing::pause(next, &stop).await {
+            if crate::runtime::timing::pause(next, &stop).await {
                 return;
             }
         }

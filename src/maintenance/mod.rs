@@ -12,7 +12,7 @@ mod recurring;
 mod rescuer;
 
 pub(crate) use foreign::{ForeignJobs, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
-use heartbeat::{Heartbeat, Liveness};
+use heartbeat::Heartbeat;
 use promoter::Promoter;
 use pruner::Pruner;
 #[cfg(feature = "cron")]
@@ -21,18 +21,18 @@ use recurring::Recurring;
 pub(crate) use recurring::RecurringJob;
 use rescuer::Rescuer;
 
-use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
-use crate::executor::panic_message;
+use crate::runtime::fence::Fence;
+use crate::runtime::supervise::supervise;
 
 use crate::queue::JobQueue;
-use crate::queue_state::QueueStates;
+use crate::runtime::queue_state::QueueStates;
 use crate::store::{Store, WorkerInfo};
 
 /// How often the pruner looks for old jobs.
@@ -42,43 +42,10 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 /// of a delayed job, at most.
 const SCHEDULER_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Runs `task` again after it panics, with a growing pause (100 ms doubling to 10 s), until
-/// it returns or `stop` fires (`None`). State that must survive a restart lives outside
-/// the task: the free slots, the result channel, the counts.
-pub(crate) async fn supervise<F, Fut, T>(
-    name: &str,
-    stop: Option<&CancellationToken>,
-    mut task: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match AssertUnwindSafe(task()).catch_unwind().await {
-            Ok(value) => return Some(value),
-            Err(panic) => {
-                let message = panic_message(&*panic);
-                tracing::error!(target: "lightjobs::supervisor", task = name, panic = message, ?delay, "task panicked; restarting it");
-            }
-        }
-        let pause = tokio::time::sleep(delay);
-        match stop {
-            Some(stop) => tokio::select! {
-                () = pause => {}
-                () = stop.cancelled() => return None,
-            },
-            None => pause.await,
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-}
-
 /// What the maintenance thread runs with, besides the queue.
 pub(crate) struct Maintenance {
     pub info: WorkerInfo,
-    pub lapses: watch::Sender<u64>,
+    pub fence: Arc<Fence>,
     pub queue_states: QueueStates,
     pub retention: (Duration, Option<Duration>),
     #[cfg(feature = "cron")]
@@ -99,7 +66,7 @@ pub(crate) fn start_maintenance(
     let queue = queue.clone();
     let Maintenance {
         info,
-        lapses,
+        fence,
         queue_states,
         retention,
         #[cfg(feature = "cron")]
@@ -122,19 +89,19 @@ pub(crate) fn start_maintenance(
             };
             runtime.block_on(async move {
                 let store = Store::on(queue.new_pool(6));
-                let liveness = Liveness::default();
                 let rescuer = Rescuer {
                     store: store.clone(),
                     worker_id: info.id.clone(),
                     stale_after: info.stale_after,
                     interval: info.interval,
-                    liveness: liveness.clone(),
+                    fence: fence.clone(),
+                    seen: Default::default(),
+                    trips: Default::default(),
                 };
                 let heartbeat = Heartbeat {
                     store: store.clone(),
                     info,
-                    liveness,
-                    lapses,
+                    fence,
                 };
                 #[cfg(feature = "cron")]
                 let recurring = Recurring::new(queue.clone(), recurring);

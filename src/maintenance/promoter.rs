@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::queue_state::{QueueState, QueueStates};
+use crate::runtime::queue_state::{QueueState, QueueStates};
+use crate::runtime::timing::pause;
 use crate::store::Store;
-use crate::timing::pause;
 
 /// Most jobs moved by one statement.
 const BATCH: u64 = 1000;
@@ -45,7 +45,7 @@ impl Promoter {
             resumed
         };
         if resumed {
-            crate::wake::wake_workers();
+            crate::runtime::wake::wake_workers();
         }
         Ok(())
     }
@@ -61,7 +61,7 @@ impl Promoter {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::info!(target: "lightjobs::promoter", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
-                        crate::wake::wake_workers();
+                        crate::runtime::wake::wake_workers();
                     }
                     Err(error) => {
                         tracing::debug!(target: "lightjobs::promoter", %error, "taking up seed-shaped rows failed");
@@ -73,7 +73,7 @@ impl Promoter {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::debug!(target: "lightjobs::promoter", promoted = n, "scheduled jobs are due");
-                    crate::wake::wake_workers();
+                    crate::runtime::wake::wake_workers();
                 }
                 Err(error) => {
                     tracing::debug!(target: "lightjobs::promoter", %error, "promoting due jobs failed");

@@ -37,7 +37,7 @@ impl Pruner {
 
     pub(crate) async fn run(&self, stop: CancellationToken) {
         loop {
-            if crate::timing::pause(self.interval, &stop).await {
+            if crate::runtime::timing::pause(self.interval, &stop).await {
                 return;
             }
             match self.run_once().await {

@@ -22,6 +22,10 @@ pub struct JobQueueBuilder {
     pub(super) pool_size: usize,
     pub(super) max_payload: usize,
     pub(super) combine: bool,
+    pub(super) deadlines: Deadlines,
+    pub(super) dispatch_timeout: Duration,
+    pub(super) keepalive: Option<Duration>,
+    pub(super) consecutive_ids: bool,
 }
 
 impl JobQueueBuilder {
@@ -57,6 +61,58 @@ impl JobQueueBuilder {
         self
     }
 
+    /// How long getting a connection may take, a new one included
+    /// ([`defaults::CONNECT_TIMEOUT`](crate::defaults::CONNECT_TIMEOUT)). Past it the
+    /// operation fails with [`Error::Connect`]: nothing was sent.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.deadlines.connect = timeout;
+        self
+    }
+
+    /// How long one statement may wait for its reply
+    /// ([`defaults::STATEMENT_TIMEOUT`](crate::defaults::STATEMENT_TIMEOUT)). Past it the
+    /// operation fails with [`Error::Timeout`] and its connection is closed; the statement
+    /// may still have taken effect, and lightjobs settles that as for a lost reply. The
+    /// workers and the tools use the same deadline; the heartbeat uses at most its interval.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.deadlines.statement = timeout;
+        self
+    }
+
+    /// How long a dispatch may take from the call to the new job's id, waiting for its turn
+    /// included ([`defaults::DISPATCH_TIMEOUT`](crate::defaults::DISPATCH_TIMEOUT)). Past
+    /// it the dispatch fails with [`Error::Timeout`], which actix answers with a 503; a
+    /// dispatch still waiting for its turn is then never inserted.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let queue = lightjobs::JobQueue::builder("mysql://app@127.0.0.1/app")
+    ///     .dispatch_timeout(Duration::from_secs(2))
+    ///     .connect_timeout(Duration::from_secs(1))
+    ///     .build()?;
+    /// # Ok::<(), lightjobs::Error>(())
+    /// ```
+    pub fn dispatch_timeout(mut self, timeout: Duration) -> Self {
+        self.dispatch_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalive on every connection ([`defaults::TCP_KEEPALIVE`](crate::defaults::TCP_KEEPALIVE));
+    /// `None` turns it off.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.keepalive = idle;
+        self
+    }
+
+    /// Test hook: multi-row INSERTs learn their ids the way they must on MySQL (which has no
+    /// `RETURNING`), on MariaDB too.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn __consecutive_ids(mut self) -> Self {
+        self.consecutive_ids = true;
+        self
+    }
+
     /// Validates the settings and creates the pool. Connects lazily: nothing touches the
     /// network until the first dispatch or the workers start.
     pub fn build(self) -> Result<JobQueue> {
@@ -72,14 +128,32 @@ impl JobQueueBuilder {
                 "must be between 1 and 16 MiB - 1 (the MEDIUMTEXT column)",
             ));
         }
+        for (what, d) in [
+            ("connect_timeout", self.deadlines.connect),
+            ("statement_timeout", self.deadlines.statement),
+            ("dispatch_timeout", self.dispatch_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::invalid(what, "must be non-zero"));
+            }
+        }
         let nodes = urls
             .iter()
-            .map(|url| Ok(session_opts(Opts::from_url(url)?, constraints)))
+            .map(|url| {
+                Ok(session_opts(
+                    Opts::from_url(url)?,
+                    constraints,
+                    self.keepalive,
+                ))
+            })
             .collect::<Result<Vec<Opts>>>()?;
         Ok(JobQueue {
             inner: Arc::new(Inner {
-                io: IoThread::start(nodes.clone())?,
+                io: IoThread::start(nodes.clone(), self.deadlines)?,
                 nodes,
+                deadlines: self.deadlines,
+                dispatch_timeout: self.dispatch_timeout,
+                consecutive_ids: self.consecutive_ids,
                 max_payload: self.max_payload,
                 combine: self.combine,
                 server: tokio::sync::OnceCell::new(),
@@ -91,8 +165,9 @@ impl JobQueueBuilder {
 }
 
 /// A node's options with the queue's pool and session settings.
-fn session_opts(opts: Opts, constraints: PoolConstraints) -> Opts {
+fn session_opts(opts: Opts, constraints: PoolConstraints, keepalive: Option<Duration>) -> Opts {
     OptsBuilder::from_opts(opts)
+        .tcp_keepalive(keepalive)
         // Returning a connection to the pool would otherwise reset the session, drop its
         // prepared statements and rerun the setup: three round trips per checkout.
         // With mysql_async's default idle TTL of zero, a pool whose minimum is 0 closes

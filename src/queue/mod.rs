@@ -1,7 +1,9 @@
 //! [`JobQueue`]: the handle handlers dispatch through.
 
 mod builder;
+mod combiner;
 mod dispatch;
+mod io_thread;
 mod operations;
 
 pub use builder::JobQueueBuilder;
@@ -15,16 +17,16 @@ use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
 use once_cell::sync::OnceCell;
-use tokio::sync::watch;
 
 use crate::defaults::{MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS, MAX_UNIQUE_KEY_CHARS};
 use crate::error::{Error, Result};
-use crate::handoff::{Intake, Reservation};
-use crate::io_thread::IoThread;
 use crate::job::Job;
-use crate::nodes::{split_urls, Nodes};
-use crate::queue_state::{QueueState, QueueStates};
-use crate::store::{JobRecord, NewJob, QueueCount, Store, When};
+use crate::nodes::{split_urls, Deadlines, Nodes};
+use crate::runtime::handoff::{Intake, Reservation};
+use crate::runtime::queue_state::{QueueState, QueueStates};
+use crate::store::{JobRecord, NewIds, NewJob, QueueCount, Store, When};
+use combiner::Ticket;
+use io_thread::IoThread;
 
 static GLOBAL: OnceCell<JobQueue> = OnceCell::new();
 
@@ -44,12 +46,16 @@ struct Inner {
     /// Each node's options, in order of preference; kept so the workers can open pools of
     /// their own (see `Workers::start`).
     nodes: Vec<Opts>,
+    deadlines: Deadlines,
+    dispatch_timeout: Duration,
+    /// Test hook: multi-row INSERTs take MySQL's path (consecutive ids) on MariaDB too.
+    consecutive_ids: bool,
     io: IoThread,
     max_payload: usize,
     combine: bool,
     server: tokio::sync::OnceCell<ServerInfo>,
     /// Workers of this process started on this queue, which take jobs handed to them at
-    /// dispatch (see [`handoff`](crate::handoff)).
+    /// dispatch (see [`handoff`](crate::runtime::handoff)).
     intakes: std::sync::RwLock<Vec<Arc<Intake>>>,
     /// The queue settings as the workers of this process on this queue see them: a pause
     /// or a limit set through this queue applies to them at once, not at their next read.
@@ -58,7 +64,8 @@ struct Inner {
 
 #[derive(Debug, Clone, Copy)]
 struct ServerInfo {
-    mariadb: bool,
+    /// How multi-row INSERTs learn their ids on this server.
+    ids: NewIds,
 }
 
 impl JobQueue {
@@ -73,6 +80,10 @@ impl JobQueue {
             pool_size: crate::defaults::POOL_SIZE,
             max_payload: crate::defaults::MAX_PAYLOAD_BYTES,
             combine: true,
+            deadlines: Deadlines::default(),
+            dispatch_timeout: crate::defaults::DISPATCH_TIMEOUT,
+            keepalive: Some(crate::defaults::TCP_KEEPALIVE),
+            consecutive_ids: false,
         }
     }
 
@@ -117,6 +128,7 @@ impl JobQueue {
                         .into()
                 })
                 .collect(),
+            self.inner.deadlines,
         )
     }
 
@@ -130,14 +142,10 @@ impl JobQueue {
         self.inner.io.run(f).await
     }
 
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        crate::wake::subscribe()
-    }
-
     /// Wakes this process's workers, e.g. after committing a transaction that dispatched
     /// jobs with [`Dispatch::within`].
     pub fn notify_workers(&self) {
-        crate::wake::wake_workers();
+        crate::runtime::wake::wake_workers();
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
@@ -152,7 +160,7 @@ impl JobQueue {
         self.inner
             .server
             .get_or_try_init(|| async {
-                let (version, applied) = self
+                let (version, step, applied) = self
                     .on_io(|store| async move { store.read_server_state().await })
                     .await?;
                 crate::migrate::check_server_version(&version)?;
@@ -166,20 +174,28 @@ impl JobQueue {
                         applied.map_or("none".to_owned(), |v| v.to_string()),
                     )));
                 }
-                Ok(ServerInfo {
-                    mariadb: version.to_ascii_lowercase().contains("mariadb"),
-                })
+                let mariadb = version.to_ascii_lowercase().contains("mariadb");
+                let ids = if mariadb && !self.inner.consecutive_ids {
+                    NewIds::Returning
+                } else {
+                    NewIds::Consecutive { step }
+                };
+                Ok(ServerInfo { ids })
             })
             .await?;
         Ok(())
     }
 
-    async fn check_server(&self) -> Result<bool> {
-        let (version, _) = self
+    async fn check_server(&self) -> Result<()> {
+        let (version, _, _) = self
             .on_io(|store| async move { store.read_server_state().await })
             .await?;
-        crate::migrate::check_server_version(&version)?;
-        Ok(version.to_ascii_lowercase().contains("mariadb"))
+        crate::migrate::check_server_version(&version)
+    }
+
+    /// How multi-row INSERTs learn their ids (known once `check_ready` succeeded).
+    fn new_ids(&self) -> NewIds {
+        self.inner.server.get().map_or(NewIds::Returning, |s| s.ids)
     }
 
     /// Starts a dispatch of `job`; set options on the returned [`Dispatch`], then `.await` it
@@ -218,37 +234,58 @@ impl JobQueue {
             .map(|job| self.new_job(&job).and_then(|j| self.validate(j)))
             .collect::<Result<Vec<_>>>()?;
         self.check_ready().await?;
-        let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
+        let new_ids = self.new_ids();
         let ids = self
-            .on_io(move |store| async move { store.insert_jobs(&rows, mariadb).await })
+            .on_io(move |store| async move { store.insert_jobs(&rows, new_ids).await })
             .await?;
         self.notify_workers();
         Ok(ids)
     }
 
-    /// Validates and inserts a prepared row through the queue's own pool.
+    /// Validates and inserts a prepared row through the queue's own pool, within the
+    /// dispatch deadline.
     pub(crate) async fn insert(&self, job: NewJob) -> Result<u64> {
         let job = self.validate(job)?;
+        let limit = self.inner.dispatch_timeout;
+        let ticket = Arc::new(Ticket::default());
+        match tokio::time::timeout(limit, self.insert_valid(job, ticket.clone())).await {
+            Ok(result) => result,
+            // A dispatch still waiting for its turn is given up and never inserted; one
+            // already sent may have been.
+            Err(_) => Err(Error::Timeout {
+                what: "dispatch",
+                after: limit,
+                sent: !ticket.abandon(),
+            }),
+        }
+    }
+
+    async fn insert_valid(&self, job: NewJob, ticket: Arc<Ticket>) -> Result<u64> {
         self.check_ready().await?;
-        let name = job.name;
-        let queue_name = job.queue.clone();
+        let (name, queue_name) = (job.name, job.queue.clone());
         let reservation = self.reserve(&job);
         let handed = reservation.is_some();
         let id = match reservation {
             Some(reservation) if !self.inner.combine => {
+                ticket.mark_sent();
                 self.on_io(move |store| reservation.insert(store, job))
                     .await?
             }
             None if job.unique.is_some() || !self.inner.combine => {
+                ticket.mark_sent();
                 self.on_io(move |store| async move {
-                    let mut conn = store.nodes().get_conn().await?;
-                    Store::insert_job_own(&mut conn, &job).await
+                    store
+                        .nodes()
+                        .run(async |conn| Store::insert_job_own(conn, &job).await)
+                        .await
                 })
                 .await?
             }
             reservation => {
-                let mariadb = self.inner.server.get().is_some_and(|s| s.mariadb);
-                self.inner.io.dispatch(job, mariadb, reservation).await?
+                self.inner
+                    .io
+                    .dispatch(job, self.new_ids(), reservation, ticket)
+                    .await?
             }
         };
         if handed {

@@ -10,45 +10,28 @@ pub(super) const RECORD_SELECT: &str =
      DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f') FROM jobs";
 
 impl JobRecord {
-    fn from_row(row: mysql_async::Row) -> JobRecord {
-        type Cols = (
-            u64,
-            String,
-            String,
-            String,
-            u32,
-            u32,
-            Option<String>,
-            String,
-            String,
-            String,
-            Option<String>,
-        );
-        let (
-            id,
-            name,
-            queue,
-            status,
-            attempts,
-            max_attempts,
-            last_error,
-            payload,
-            created_at,
-            scheduled_at,
-            finished_at,
-        ): Cols = mysql_async::from_row(row);
+    /// Decodes a row of [`RECORD_SELECT`] value by value, never panicking: the operator
+    /// must be able to look at a row another program wrote badly. Text that is not UTF-8
+    /// is shown with replacement characters; a value that does not decode as a number
+    /// shows as 0; a date that does not format (a zero date) as the text the server gave.
+    fn from_row(mut row: Row) -> JobRecord {
+        let mut number = |i: usize| -> u64 { row.take_opt(i).and_then(|v| v.ok()).unwrap_or(0) };
+        let id = number(0);
+        let attempts = u32::try_from(number(4)).unwrap_or(u32::MAX);
+        let max_attempts = u32::try_from(number(5)).unwrap_or(u32::MAX);
+        let mut text = |i: usize| text(&mut row, i);
         JobRecord {
             id,
-            name,
-            queue,
-            status,
+            name: text(1).unwrap_or_default(),
+            queue: text(2).unwrap_or_default(),
+            status: text(3).unwrap_or_default(),
             attempts,
             max_attempts,
-            last_error,
-            payload,
-            created_at,
-            scheduled_at,
-            finished_at,
+            last_error: text(6),
+            payload: text(7).unwrap_or_default(),
+            created_at: text(8).unwrap_or_default(),
+            scheduled_at: text(9).unwrap_or_default(),
+            finished_at: text(10),
         }
     }
 }
@@ -56,15 +39,18 @@ impl JobRecord {
 impl Store {
     /// One job by id.
     pub(crate) async fn find_job(&self, id: u64) -> Result<Option<JobRecord>> {
-        let mut conn = self.nodes.get_conn().await?;
-        let rows = conn
-            .exec_map(
-                format!("{RECORD_SELECT} WHERE id = ?"),
-                (id,),
-                JobRecord::from_row,
-            )
-            .await?;
-        Ok(rows.into_iter().next())
+        self.nodes
+            .run(async |conn| {
+                let rows = conn
+                    .exec_map(
+                        format!("{RECORD_SELECT} WHERE id = ?"),
+                        (id,),
+                        JobRecord::from_row,
+                    )
+                    .await?;
+                Ok(rows.into_iter().next())
+            })
+            .await
     }
 
     /// Jobs with `status`, newest first.
@@ -74,67 +60,82 @@ impl Store {
         queue: Option<&str>,
         limit: u64,
     ) -> Result<Vec<JobRecord>> {
-        let mut conn = self.nodes.get_conn().await?;
-        Ok(conn
-            .exec_map(
-                format!(
-                    "{RECORD_SELECT} WHERE status = ? AND (? IS NULL OR queue = ?) \
-                     ORDER BY id DESC LIMIT ?"
-                ),
-                (status, queue, queue, limit),
-                JobRecord::from_row,
-            )
-            .await?)
+        self.nodes
+            .run(async |conn| {
+                Ok(conn
+                    .exec_map(
+                        format!(
+                            "{RECORD_SELECT} WHERE status = ? AND (? IS NULL OR queue = ?) \
+                             ORDER BY id DESC LIMIT ?"
+                        ),
+                        (status, queue, queue, limit),
+                        JobRecord::from_row,
+                    )
+                    .await?)
+            })
+            .await
     }
 
     /// `failed` → `pending` with a fresh set of attempts; `id` None retries all (of `queue`).
     pub(crate) async fn retry_failed(&self, id: Option<u64>, queue: Option<&str>) -> Result<u64> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
-             reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL, \
-             last_error = NULL \
-             WHERE status = 'failed' AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)",
-            (id, id, queue, queue),
-        )
-        .await?;
-        Ok(conn.affected_rows())
+        self.nodes
+            .run_for(crate::defaults::ADMIN_STATEMENT_TIMEOUT, async |conn| {
+                conn.exec_drop(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
+                     reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL, \
+                     last_error = NULL \
+                     WHERE status = 'failed' AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)",
+                    (id, id, queue, queue),
+                )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 
     /// `pending`/`scheduled` → `cancelled`. True when the job was waiting.
     pub(crate) async fn cancel_job(&self, id: u64) -> Result<bool> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "UPDATE jobs SET status = 'cancelled', finished_at = UTC_TIMESTAMP(6), \
-             last_error = COALESCE(last_error, 'cancelled') \
-             WHERE id = ? AND status IN ('pending', 'scheduled')",
-            (id,),
-        )
-        .await?;
-        Ok(conn.affected_rows() == 1)
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = UTC_TIMESTAMP(6), \
+                     last_error = COALESCE(last_error, 'cancelled') \
+                     WHERE id = ? AND status IN ('pending', 'scheduled')",
+                    (id,),
+                )
+                .await?;
+                Ok(conn.affected_rows() == 1)
+            })
+            .await
     }
 
     /// Deletes a `failed` job. True when there was one.
     pub(crate) async fn discard_failed(&self, id: u64) -> Result<bool> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop("DELETE FROM jobs WHERE id = ? AND status = 'failed'", (id,))
-            .await?;
-        Ok(conn.affected_rows() == 1)
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop("DELETE FROM jobs WHERE id = ? AND status = 'failed'", (id,))
+                    .await?;
+                Ok(conn.affected_rows() == 1)
+            })
+            .await
     }
 
     /// Counts per queue and status.
     pub(crate) async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
-        let mut conn = self.nodes.get_conn().await?;
-        Ok(conn
-            .query_map(
-                "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status \
-                 ORDER BY queue, status",
-                |(queue, status, count)| QueueCount {
-                    queue,
-                    status,
-                    count,
-                },
-            )
-            .await?)
+        self.nodes
+            .run(async |conn| {
+                Ok(conn
+                    .query_map(
+                        "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status \
+                         ORDER BY queue, status",
+                        |(queue, status, count)| QueueCount {
+                            queue,
+                            status,
+                            count,
+                        },
+                    )
+                    .await?)
+            })
+            .await
     }
 }

@@ -14,17 +14,14 @@ pub fn claim_sql(queue: &str, limit: usize) -> String {
 /// [`claim_sql`] for a worker that runs only the job types `names` (all when empty): the
 /// others are left, unlocked and untouched, for a worker that has them. The index still
 /// serves the range and the order; a row of another name at the head is read and passed
-/// over, not locked (READ COMMITTED releases rows the WHERE rejects).
+/// over, not locked (READ COMMITTED releases rows the WHERE rejects). Names match byte for
+/// byte: the table's collation pads with spaces, so a plain `name IN ('sleepy')` would
+/// also take a row named `sleepy ` that no worker runs.
 pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
     let mut only = String::new();
     if !names.is_empty() {
-        only.push_str(" AND name IN (");
-        for (i, name) in names.iter().enumerate() {
-            if i > 0 {
-                only.push(',');
-            }
-            only.push_str(&sql_string(name));
-        }
+        only.push_str(" AND CAST(name AS BINARY) IN (");
+        only.push_str(&bytes_list(names.iter().copied()));
         only.push(')');
     }
     format!(
@@ -59,6 +56,7 @@ pub async fn claim_and_complete(
         limit,
         limited: false,
         names: &[],
+        token: new_token(),
     };
     claim_and_complete_or_report(conn, ask, worker, done, &mut Vec::new()).await
 }
@@ -93,7 +91,7 @@ pub(crate) async fn claim_and_complete_or_report(
     let result = claim_transaction(conn, ask, worker, done, in_doubt).await;
     match &result {
         Err(error) => {
-            if error.is_server_refusal() {
+            if !error.in_doubt() {
                 in_doubt.clear();
             }
             let _ = conn.query_drop("ROLLBACK").await;
@@ -112,12 +110,14 @@ pub(crate) async fn claim_and_complete_or_report(
 }
 
 /// What a claim asks for: up to `limit` jobs of `queue`, of the types `names` (any when
-/// empty); `limited` when the queue has a global limit to respect.
+/// empty), under the claim token `token`; `limited` when the queue has a global limit to
+/// respect.
 pub(crate) struct Ask<'a> {
     pub queue: &'a str,
     pub limit: usize,
     pub limited: bool,
     pub names: &'a [&'a str],
+    pub token: u64,
 }
 
 pub(super) async fn claim_transaction(
@@ -132,9 +132,9 @@ pub(super) async fn claim_transaction(
         mut limit,
         limited,
         names,
+        token,
     } = ask;
-    type Claimed = (u64, String, String, u32, u32, i64);
-    let mut rows: Vec<Claimed> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     if limited && limit > 0 {
         let q = sql_string(queue);
         let result = conn
@@ -160,7 +160,7 @@ pub(super) async fn claim_transaction(
                 claim_sql_for(queue, limit, names)
             ))
             .await?;
-        rows = read_sets::<Claimed>(result)
+        rows = read_sets::<Row>(result)
             .await?
             .into_iter()
             .flatten()
@@ -168,9 +168,13 @@ pub(super) async fn claim_transaction(
     } else {
         conn.query_drop("START TRANSACTION").await?;
     }
-    // Every claim has a token of its own: each later write matches (id, token), so it can
-    // never touch a newer claim of the same job, whatever happened to `attempts` meanwhile.
-    let token = new_token();
+    // Every claim has a token of its own (chosen by the caller, so that it can tell its
+    // rows before the reply comes): each later write matches (id, token), so it can never
+    // touch a newer claim of the same job, whatever happened to `attempts` meanwhile.
+    // Each row decoded on its own: a value another program wrote that does not decode
+    // fails that job alone (a row whose id does not decode is left as it is, locked only
+    // until this transaction ends).
+    let rows: Vec<ClaimRow> = rows.into_iter().filter_map(ClaimRow::decode).collect();
     let mut second = String::new();
     if !rows.is_empty() {
         let _ = write!(
@@ -178,7 +182,7 @@ pub(super) async fn claim_transaction(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {}, \
              reserved_at = UTC_TIMESTAMP(6), claim_token = {token} WHERE id IN ({}); ",
             sql_string(worker),
-            id_list(rows.iter().map(|r| r.0))
+            id_list(rows.iter().map(|r| r.id))
         );
     }
     if !done.is_empty() {
@@ -190,7 +194,7 @@ pub(super) async fn claim_transaction(
         );
     }
     second.push_str("COMMIT");
-    in_doubt.extend(rows.iter().map(|r| (r.0, token)));
+    in_doubt.extend(rows.iter().map(|r| (r.id, token)));
     let result = conn.query_iter(second).await?;
     let completed = read_sets::<i64>(result)
         .await?
@@ -200,20 +204,78 @@ pub(super) async fn claim_transaction(
         .map_or(0, |n| u64::try_from(n).unwrap_or(0));
     let claimed = rows
         .into_iter()
-        .map(
-            |(id, name, payload, attempts, max_attempts, waited_us)| ClaimedJob {
-                id,
-                token,
-                name,
-                payload,
-                queue: queue.to_owned(),
-                attempt: attempts + 1,
-                max_attempts,
-                waited: Duration::from_micros(u64::try_from(waited_us).unwrap_or(0)),
-            },
-        )
+        .map(|row| row.into_job(queue, token))
         .collect();
     Ok((claimed, completed))
+}
+
+/// A claimed row as read, each value decoded on its own.
+struct ClaimRow {
+    id: u64,
+    name: String,
+    payload: String,
+    attempts: u32,
+    max_attempts: u32,
+    /// Microseconds it has been due; NULL for a zero date (`0000-00-00`), which MariaDB's
+    /// default `sql_mode` lets another program write.
+    waited_us: Option<i64>,
+    defect: Option<String>,
+}
+
+impl ClaimRow {
+    fn decode(mut row: Row) -> Option<ClaimRow> {
+        let id: u64 = row.take_opt(0)?.ok()?;
+        let mut defect = None;
+        let mut note = |problem: String| {
+            defect.get_or_insert(format!("bad row written by another program: {problem}"));
+        };
+        let mut text = |i: usize, column: &str| -> String {
+            let bytes: Vec<u8> = row.take_opt(i).and_then(|v| v.ok()).unwrap_or_default();
+            String::from_utf8(bytes).unwrap_or_else(|e| {
+                let lossy = String::from_utf8_lossy(e.as_bytes());
+                let shown: String = lossy.chars().take(60).collect();
+                note(format!("column `{column}` is not UTF-8 text: {shown:?}"));
+                lossy.into_owned()
+            })
+        };
+        let name = text(1, "name");
+        let payload = text(2, "payload");
+        let attempts: u32 = row.take_opt(3).and_then(|v| v.ok()).unwrap_or(0);
+        let max_attempts: u32 = row.take_opt(4).and_then(|v| v.ok()).unwrap_or(0);
+        let waited_us: Option<i64> = row.take_opt(5).and_then(|v| v.ok());
+        if attempts >= max_attempts {
+            note(format!(
+                "`attempts` ({attempts}) is not below `max_attempts` ({max_attempts}): no \
+                 attempt left to run"
+            ));
+        }
+        Some(ClaimRow {
+            id,
+            name,
+            payload,
+            attempts,
+            max_attempts,
+            waited_us,
+            defect,
+        })
+    }
+
+    fn into_job(self, queue: &str, token: u64) -> ClaimedJob {
+        ClaimedJob {
+            id: self.id,
+            token,
+            name: self.name,
+            payload: self.payload,
+            queue: queue.to_owned(),
+            attempt: self.attempts.saturating_add(1),
+            max_attempts: self.max_attempts,
+            waited: Duration::from_micros(
+                self.waited_us
+                    .map_or(0, |us| u64::try_from(us).unwrap_or(0)),
+            ),
+            defect: self.defect,
+        }
+    }
 }
 
 /// Reads every result of a multi-statement and returns the rows of each set.
@@ -258,9 +320,12 @@ impl Store {
         limit: usize,
         worker: &str,
     ) -> Result<Vec<ClaimedJob>> {
-        let mut conn = self.nodes.get_conn().await?;
-        Ok(claim_and_complete(&mut conn, queue, limit, worker, &[])
-            .await?
-            .jobs)
+        self.nodes
+            .run(async |conn| {
+                Ok(claim_and_complete(conn, queue, limit, worker, &[])
+                    .await?
+                    .jobs)
+            })
+            .await
     }
 }

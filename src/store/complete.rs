@@ -11,30 +11,19 @@ impl Store {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.nodes.get_conn().await?;
-        conn.query_drop(format!(
-            "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}",
-            success_guard(held)
-        ))
-        .await?;
-        if conn.affected_rows() == held.len() as u64 {
-            return Ok(held.iter().map(|h| h.0).collect());
-        }
-        written_successes(&mut conn, held).await
-    }
-
-    /// Ids of `held` still `running` under these very claims.
-    pub(crate) async fn still_held(&self, held: &[Held]) -> Result<Vec<u64>> {
-        if held.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.nodes.get_conn().await?;
-        Ok(conn
-            .query(format!(
-                "SELECT id FROM jobs WHERE {} AND status = 'running'",
-                token_match(held)
-            ))
-            .await?)
+        self.nodes
+            .run(async |conn| {
+                conn.query_drop(format!(
+                    "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}",
+                    success_guard(held)
+                ))
+                .await?;
+                if conn.affected_rows() == held.len() as u64 {
+                    return Ok(held.iter().map(|h| h.0).collect());
+                }
+                written_successes(conn, held).await
+            })
+            .await
     }
 
     /// Back to `pending` (or `scheduled`, when `delay` is not zero), keeping the error.
@@ -106,28 +95,34 @@ impl Store {
         if held.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.nodes.get_conn().await?;
-        conn.query_drop(format!(
-            "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts, 1) - 1, \
-             reserved_by = NULL, reserved_at = NULL WHERE {}",
-            claim_guard(held, worker)
-        ))
-        .await?;
-        Ok(conn.affected_rows())
+        self.nodes
+            .run(async |conn| {
+                conn.query_drop(format!(
+                    "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts, 1) - 1, \
+                     reserved_by = NULL, reserved_at = NULL WHERE {}",
+                    claim_guard(held, worker)
+                ))
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 
     /// Gives back a handed-off job that never reached its worker: `pending`, attempt
     /// returned. Matches nothing if the INSERT never happened or the job has moved on.
     pub async fn release_handoff(&self, queue: &str, worker: &str, token: u64) -> Result<u64> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \
-             reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
-             WHERE queue = ? AND status = 'running' AND claim_token = ? AND reserved_by = ? \
-             AND attempts = 1",
-            (queue, token, worker),
-        )
-        .await?;
-        Ok(conn.affected_rows())
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \
+                     reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
+                     WHERE queue = ? AND status = 'running' AND claim_token = ? AND reserved_by = ? \
+                     AND attempts = 1",
+                    (queue, token, worker),
+                )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 }

@@ -30,6 +30,18 @@ const CLAIMABLE_ROW: &str = "(?, ?, IF(? IS NOT NULL, 'running', \
      'pending')), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
      UTC_TIMESTAMP(6), IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)";
 
+/// How a multi-row INSERT learns the ids of its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NewIds {
+    /// MariaDB: `INSERT … RETURNING id`, the real ids whatever the auto-increment mode.
+    Returning,
+    /// MySQL, which has no RETURNING: consecutive from the first id, `step`
+    /// (`@@auto_increment_increment`) apart. The step is read when the queue first checks
+    /// the server, never after an INSERT: a read that failed there would leave rows written
+    /// with nobody told their ids, and a caller would insert them again.
+    Consecutive { step: u64 },
+}
+
 /// A row inserted already claimed: the local worker it is handed to and the claim's token.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Claim<'a> {
@@ -187,21 +199,27 @@ impl Store {
 
     /// Inserts many jobs, 1,000 rows per statement, all in one transaction; returns their
     /// ids in order.
-    pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], mariadb: bool) -> Result<Vec<u64>> {
+    pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], ids: NewIds) -> Result<Vec<u64>> {
         // A prepared statement takes at most 65,535 placeholders (9 per row).
         const ROWS_PER_STATEMENT: usize = 1000;
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.nodes.get_conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        let mut ids = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<&NewJob> = chunk.iter().collect();
-            ids.extend(Self::insert_rows(&mut tx, &rows, &[], mariadb).await?);
-        }
-        tx.commit().await?;
-        Ok(ids)
+        // Each statement of the batch gets the statement deadline.
+        let chunks = u32::try_from(jobs.len().div_ceil(ROWS_PER_STATEMENT)).unwrap_or(u32::MAX);
+        let limit = self.nodes.deadlines().statement.saturating_mul(chunks + 1);
+        self.nodes
+            .run_for(limit, async |conn| {
+                let mut tx = conn.start_transaction(TxOpts::default()).await?;
+                let mut new = Vec::with_capacity(jobs.len());
+                for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+                    let rows: Vec<&NewJob> = chunk.iter().collect();
+                    new.extend(Self::insert_rows(&mut tx, &rows, &[], ids).await?);
+                }
+                tx.commit().await?;
+                Ok(new)
+            })
+            .await
     }
 
     /// Inserts `jobs` (at most 1,000, none unique) in one statement; returns their ids in
@@ -211,7 +229,7 @@ impl Store {
         conn: &mut Q,
         jobs: &[&NewJob],
         claims: &[Option<Claim<'_>>],
-        mariadb: bool,
+        ids: NewIds,
     ) -> Result<Vec<u64>> {
         let claimed = claims.iter().any(Option::is_some);
         let (head, row, per_row) = if claimed {
@@ -230,21 +248,16 @@ impl Store {
                 params.extend(job.params()?);
             }
         }
-        if mariadb {
-            // RETURNING gives the real ids whatever the auto-increment lock mode.
-            sql.push_str(" RETURNING id");
-            return Ok(conn.exec::<u64, _, _>(sql, params).await?);
-        }
-        // MySQL has no RETURNING; a multi-row insert gets consecutive ids (step
-        // auto_increment_increment) under innodb_autoinc_lock_mode 0/1 and, in practice, 2.
+        let step = match ids {
+            NewIds::Returning => {
+                sql.push_str(" RETURNING id");
+                return Ok(conn.exec::<u64, _, _>(sql, params).await?);
+            }
+            NewIds::Consecutive { step } => step,
+        };
+        // A multi-row insert gets consecutive ids (step auto_increment_increment) under
+        // innodb_autoinc_lock_mode 0/1 and, in practice, 2.
         let first = insert_one(conn, sql, params).await?;
-        if jobs.len() == 1 {
-            return Ok(vec![first]);
-        }
-        let step: Option<u64> = conn
-            .query_first("SELECT @@auto_increment_increment")
-            .await?;
-        let step = step.unwrap_or(1);
         Ok((0..jobs.len() as u64).map(|i| first + i * step).collect())
     }
 }

@@ -75,12 +75,17 @@ impl Store {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut conn = self.nodes.get_conn().await?;
-        if !acquire_lease(&mut conn, name, holder, ttl).await? {
+        let taken = self
+            .nodes
+            .run(async |conn| Ok(acquire_lease(conn, name, holder, ttl).await?))
+            .await?;
+        if !taken {
             return Ok(None);
         }
         let result = f().await;
-        release_lease(&mut conn, name, holder).await?;
+        self.nodes
+            .run(async |conn| Ok(release_lease(conn, name, holder).await?))
+            .await?;
         result.map(Some)
     }
 }

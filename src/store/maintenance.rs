@@ -3,6 +3,22 @@
 
 use super::*;
 
+/// What the rescuer reads to judge who is alive: each registered process (id, heartbeat
+/// value, staleness) and each holder of a running job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// (id, heartbeat value, staleness) of every row of `lightjobs_workers`.
+    pub workers: Vec<(String, String, Duration)>,
+    /// Every `reserved_by` of a `running` job (`None`: a row nobody holds).
+    pub holders: Vec<Option<String>>,
+}
+
+/// Column `i` of `row` as text, whatever bytes it holds (`None` for NULL).
+pub(super) fn text(row: &mut mysql_async::Row, i: usize) -> Option<String> {
+    let bytes: Option<Vec<u8>> = row.take_opt(i).and_then(|v| v.ok());
+    bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// ` AND queue IN (…) AND name NOT IN (…)`: the rows of `queues` no type in `names` runs.
 /// The `scan` longest-waiting due jobs that are older than a bound (parameters: the age in
 /// microseconds, `scan`), read in the order of the seed's `KEY status`.
@@ -11,12 +27,15 @@ const OLDEST_DUE: &str = "SELECT id, queue, name, scheduled_at FROM jobs \
      ORDER BY scheduled_at LIMIT ?";
 
 pub(super) fn foreign_filter(queues: &[String], names: &[&str]) -> String {
-    let list =
-        |items: &mut dyn Iterator<Item = &str>| items.map(sql_string).collect::<Vec<_>>().join(",");
+    let queues = queues
+        .iter()
+        .map(|q| sql_string(q))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Byte for byte, as the claim matches them: `sleepy ` is not `sleepy`.
     format!(
-        " AND queue IN ({}) AND name NOT IN ({})",
-        list(&mut queues.iter().map(String::as_str)),
-        list(&mut names.iter().copied())
+        " AND queue IN ({queues}) AND CAST(name AS BINARY) NOT IN ({})",
+        bytes_list(names.iter().copied())
     )
 }
 
@@ -24,28 +43,34 @@ impl Store {
     /// Moves `scheduled` jobs that are due to `pending`, oldest first, at most `limit`.
     /// Served by the seed's `KEY status (status, scheduled_at)`: a range read of due rows.
     pub(crate) async fn promote_scheduled(&self, limit: u64) -> Result<u64> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' \
-             AND scheduled_at <= UTC_TIMESTAMP(6) ORDER BY scheduled_at LIMIT ?",
-            (limit,),
-        )
-        .await?;
-        Ok(conn.affected_rows())
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' \
+                     AND scheduled_at <= UTC_TIMESTAMP(6) ORDER BY scheduled_at LIMIT ?",
+                    (limit,),
+                )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 
     /// Takes up rows a Lightpack app still writes during a move (the seed's columns only,
     /// status `new`): due ones become `pending`, later ones `scheduled`. The seed's
     /// `KEY status` serves it; with no such rows it reads one index entry.
     pub(crate) async fn adopt_seed_rows(&self, limit: u64) -> Result<u64> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "UPDATE jobs SET status = IF(scheduled_at <= UTC_TIMESTAMP(6), 'pending', 'scheduled') \
-             WHERE status = 'new' ORDER BY scheduled_at LIMIT ?",
-            (limit,),
-        )
-        .await?;
-        Ok(conn.affected_rows())
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "UPDATE jobs SET status = IF(scheduled_at <= UTC_TIMESTAMP(6), 'pending', 'scheduled') \
+                     WHERE status = 'new' ORDER BY scheduled_at LIMIT ?",
+                    (limit,),
+                )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 
     /// Due jobs on `queues` of types not in `names` among the `scan` longest-waiting due
@@ -59,27 +84,36 @@ impl Store {
         older: Duration,
         scan: u64,
     ) -> Result<Vec<(String, String, u64, Duration)>> {
-        let mut conn = self.nodes.get_conn().await?;
-        let rows: Vec<(String, String, u64, i64)> = conn
-            .exec(
-                format!(
-                    "SELECT queue, name, COUNT(*), \
-                     TIMESTAMPDIFF(MICROSECOND, MIN(scheduled_at), UTC_TIMESTAMP(6)) \
-                     FROM ({}) head WHERE TRUE{} \
-                     GROUP BY queue, name ORDER BY queue, name LIMIT 100",
-                    OLDEST_DUE,
-                    foreign_filter(queues, names)
-                ),
-                (micros(older), scan),
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(queue, name, n, waited)| {
-                let waited = Duration::from_micros(u64::try_from(waited).unwrap_or(0));
-                (queue, name, n, waited)
+        self.nodes
+            .run(async |conn| {
+                let rows: Vec<Row> = conn
+                    .exec(
+                        format!(
+                            "SELECT queue, name, COUNT(*), \
+                             TIMESTAMPDIFF(MICROSECOND, MIN(scheduled_at), UTC_TIMESTAMP(6)) \
+                             FROM ({}) head WHERE TRUE{} \
+                             GROUP BY queue, name ORDER BY queue, name LIMIT 100",
+                            OLDEST_DUE,
+                            foreign_filter(queues, names)
+                        ),
+                        (micros(older), scan),
+                    )
+                    .await?;
+                // Decoded value by value: a zero date gives a NULL wait, a name another
+                // program wrote may not be UTF-8.
+                Ok(rows
+                    .into_iter()
+                    .map(|mut row| {
+                        let queue = text(&mut row, 0).unwrap_or_default();
+                        let name = text(&mut row, 1).unwrap_or_default();
+                        let n: u64 = row.take_opt(2).and_then(|v| v.ok()).unwrap_or(0);
+                        let waited: Option<i64> = row.take_opt(3).and_then(|v| v.ok());
+                        let waited = waited.map_or(0, |us| u64::try_from(us).unwrap_or(0));
+                        (queue, name, n, Duration::from_micros(waited))
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     /// Fails the due jobs on `queues` of types not in `names`, among the `scan`
@@ -93,101 +127,160 @@ impl Store {
         older: Duration,
         scan: u64,
     ) -> Result<u64> {
-        let mut conn = self.nodes.get_conn().await?;
-        let ids: Vec<u64> = conn
-            .exec(
-                format!(
-                    "SELECT id FROM ({}) head WHERE TRUE{}",
-                    OLDEST_DUE,
-                    foreign_filter(queues, names)
-                ),
-                (micros(older), scan),
-            )
-            .await?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        conn.exec_drop(
-            format!(
-                "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
-                 last_error = CONCAT('unknown job `', name, '`: no worker running this job type \
-                 took it within ', ?, ' (Workers::fail_unknown_after)') \
-                 WHERE id IN ({}) AND status = 'pending'",
-                id_list(ids.into_iter())
-            ),
-            (format!("{older:?}"),),
-        )
-        .await?;
-        Ok(conn.affected_rows())
+        self.nodes
+            .run(async |conn| {
+                let ids: Vec<u64> = conn
+                    .exec(
+                        format!(
+                            "SELECT id FROM ({}) head WHERE TRUE{}",
+                            OLDEST_DUE,
+                            foreign_filter(queues, names)
+                        ),
+                        (micros(older), scan),
+                    )
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                conn.exec_drop(
+                    format!(
+                        "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+                         last_error = CONCAT('unknown job `', name, '`: no worker running this job type \
+                         took it within ', ?, ' (Workers::fail_unknown_after)') \
+                         WHERE id IN ({}) AND status = 'pending'",
+                        id_list(ids.into_iter())
+                    ),
+                    (format!("{older:?}"),),
+                )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 
-    /// Returns jobs held by dead processes to `pending` (or `failed` when that was their
-    /// last attempt). Returns (to pending, to failed).
-    ///
-    /// A holder is dead when its heartbeat is older than its own staleness (`stale` for
-    /// rows that do not say, and for holders with no row at all). No holder is judged
-    /// from heartbeats nobody could have written: one whose staleness is longer than
-    /// `connected_for` (how long this process has been writing its own heartbeat without a
-    /// break) counts as alive, so after an outage live processes get a full staleness
-    /// period to beat again before anyone calls them dead.
-    ///
-    /// `me` is the rescuing process: its own heartbeat must be fresh when the statement
-    /// runs (within two of its intervals), by the database's clock. So a statement that
-    /// waited out a stall of the database itself, during which nobody could beat, judges
-    /// nobody.
-    pub async fn rescue_stuck(
+    /// Every registered process with the value of its heartbeat (compared, never read as
+    /// a time: it was stamped by whichever node's clock took the write) and its
+    /// staleness (`stale` for rows that do not say), and every holder of a `running` job
+    /// (`None` for a row no process holds). Read through the seed's `KEY status`, so the
+    /// cost is the running jobs, not the table.
+    pub(crate) async fn read_liveness(&self, stale: Duration) -> Result<Liveness> {
+        self.nodes
+            .run(async |conn| {
+                let rows: Vec<mysql_async::Row> = conn
+                    .exec(
+                        "SELECT id, DATE_FORMAT(heartbeat_at, '%Y%m%d%H%i%s%f'), \
+                         COALESCE(stale_after_us, ?) FROM lightjobs_workers",
+                        (micros(stale),),
+                    )
+                    .await?;
+                let workers = rows
+                    .into_iter()
+                    .filter_map(|mut row| {
+                        let id = text(&mut row, 0)?;
+                        let beat = text(&mut row, 1).unwrap_or_default();
+                        let stale_us: Option<i64> = row.take_opt(2).and_then(|v| v.ok());
+                        let stale = stale_us.map_or(stale, |us| {
+                            Duration::from_micros(u64::try_from(us).unwrap_or(0))
+                        });
+                        Some((id, beat, stale))
+                    })
+                    .collect();
+                let holders: Vec<Option<Vec<u8>>> = conn
+                    .query(
+                        "SELECT DISTINCT reserved_by FROM jobs FORCE INDEX (status) \
+                         WHERE status = 'running'",
+                    )
+                    .await?;
+                let holders = holders
+                    .into_iter()
+                    .map(|h| h.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect();
+                Ok(Liveness { workers, holders })
+            })
+            .await
+    }
+
+    /// Returns the `running` jobs of `holder`, a process judged dead, to `pending` (or
+    /// `failed` when that was their last attempt), at most `limit`; returns (to pending,
+    /// to failed). Guarded by what the judgement saw: the holder's heartbeat still has
+    /// the value `beat` (`None`: the holder still has no row), so a process that beat
+    /// again meanwhile keeps its jobs.
+    pub async fn rescue_holder(
         &self,
-        me: &str,
-        stale: Duration,
-        connected_for: Duration,
+        holder: Option<&str>,
+        beat: Option<&str>,
         limit: u64,
     ) -> Result<(u64, u64)> {
-        let own = micros(stale);
-        let connected = micros(connected_for);
-        if connected < own {
-            return Ok((0, 0));
-        }
-        // A job claimed moments ago by a process that has not beaten yet is left alone by
-        // the reserved_at condition.
-        let dead_holder = format!(
-            "status = 'running' AND reserved_at < UTC_TIMESTAMP(6) - INTERVAL {own} MICROSECOND \
-             AND EXISTS (SELECT 1 FROM lightjobs_workers m WHERE m.id = {} \
-                 AND m.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL \
-                     2 * COALESCE(m.heartbeat_us, {own} / 2) MICROSECOND) \
-             AND NOT EXISTS (SELECT 1 FROM lightjobs_workers w WHERE w.id = jobs.reserved_by \
-                 AND (w.heartbeat_at >= UTC_TIMESTAMP(6) - INTERVAL \
-                      COALESCE(w.stale_after_us, {own}) MICROSECOND \
-                      OR COALESCE(w.stale_after_us, {own}) > {connected}))",
-            sql_string(me)
-        );
-        let mut conn = self.nodes.get_conn().await?;
-        let ids: Vec<u64> = conn
-            .query(format!(
-                "SELECT id FROM jobs WHERE {dead_holder} ORDER BY id LIMIT {limit}"
-            ))
-            .await?;
-        if ids.is_empty() {
-            return Ok((0, 0));
-        }
-        let ids = id_list(ids.into_iter());
-        let died = "CONCAT('worker ', COALESCE(reserved_by, '?'), ' stopped heartbeating \
-             while running this job";
-        // The token stays: a run that still finishes (its process had stalled, not died)
-        // can record its success while the job has not been claimed again.
-        conn.query_drop(format!(
-            "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
-             last_error = {died}, its last attempt') \
-             WHERE id IN ({ids}) AND attempts >= max_attempts AND {dead_holder}"
-        ))
-        .await?;
-        let failed = conn.affected_rows();
-        conn.query_drop(format!(
-            "UPDATE jobs SET status = 'pending', last_error = {died}'), reserved_by = NULL, \
-             reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) \
-             WHERE id IN ({ids}) AND {dead_holder}"
-        ))
-        .await?;
-        Ok((conn.affected_rows(), failed))
+        let who = match holder {
+            Some(h) => format!("reserved_by = {}", sql_string(h)),
+            None => "reserved_by IS NULL".to_owned(),
+        };
+        let still = match (holder, beat) {
+            (Some(h), Some(beat)) => format!(
+                "EXISTS (SELECT 1 FROM lightjobs_workers w WHERE w.id = {} \
+                 AND DATE_FORMAT(w.heartbeat_at, '%Y%m%d%H%i%s%f') <=> {})",
+                sql_string(h),
+                sql_string(beat)
+            ),
+            (Some(h), None) => format!(
+                "NOT EXISTS (SELECT 1 FROM lightjobs_workers w WHERE w.id = {})",
+                sql_string(h)
+            ),
+            (None, _) => "TRUE".to_owned(),
+        };
+        let dead_holder = format!("status = 'running' AND {who} AND {still}");
+        self.nodes
+            .run(async |conn| {
+                let ids: Vec<u64> = conn
+                    .query(format!(
+                        "SELECT id FROM jobs FORCE INDEX (status) WHERE {dead_holder} \
+                         ORDER BY id LIMIT {limit}"
+                    ))
+                    .await?;
+                if ids.is_empty() {
+                    return Ok((0, 0));
+                }
+                let ids = id_list(ids.into_iter());
+                let died = "CONCAT('worker ', COALESCE(reserved_by, '?'), ' stopped heartbeating \
+                     while running this job";
+                // The token stays: a run that still finishes (its process had stalled, not
+                // died) can record its success while the job has not been claimed again.
+                conn.query_drop(format!(
+                    "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+                     last_error = {died}, its last attempt') \
+                     WHERE id IN ({ids}) AND attempts >= max_attempts AND {dead_holder}"
+                ))
+                .await?;
+                let failed = conn.affected_rows();
+                conn.query_drop(format!(
+                    "UPDATE jobs SET status = 'pending', last_error = {died}'), reserved_by = NULL, \
+                     reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) \
+                     WHERE id IN ({ids}) AND {dead_holder}"
+                ))
+                .await?;
+                Ok((conn.affected_rows(), failed))
+            })
+            .await
+    }
+
+    /// The claims `worker` holds in the table: every `running` row under its id, read
+    /// through the seed's `KEY status` (the running jobs, not the table).
+    pub(crate) async fn held_by(&self, worker: &str) -> Result<Vec<Held>> {
+        self.nodes
+            .run(async |conn| {
+                let rows: Vec<(u64, Option<u64>)> = conn
+                    .exec(
+                        "SELECT id, claim_token FROM jobs FORCE INDEX (status) \
+                         WHERE status = 'running' AND reserved_by = ?",
+                        (worker,),
+                    )
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, token)| (id, token.unwrap_or(0)))
+                    .collect())
+            })
+            .await
     }
 
     /// Deletes finished jobs older than the given ages, in batches of `batch` rows so no
@@ -201,7 +294,6 @@ impl Store {
         batch: u64,
     ) -> Result<u64> {
         let mut total = 0;
-        let mut conn = self.nodes.get_conn().await?;
         let targets = [
             (status::PROCESSED, Some(processed_age)),
             ("cancelled", Some(processed_age)),
@@ -209,7 +301,23 @@ impl Store {
         ];
         for (status, age) in targets {
             let Some(age) = age else { continue };
+            // One batch per operation, each under its own deadline.
             loop {
+                let (deleted, more) = self.prune_batch(status, age, batch).await?;
+                total += deleted;
+                if !more {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes up to `batch` rows of `status` finished more than `age` ago; returns how
+    /// many, and whether the batch was full (there may be more).
+    async fn prune_batch(&self, status: &str, age: Duration, batch: u64) -> Result<(u64, bool)> {
+        self.nodes
+            .run(async |conn| {
                 // Chosen with an index hint first: a DELETE takes none, and on its own the
                 // optimizer prefers the seed's status index plus a sort of every old row.
                 let ids: Vec<u64> = conn
@@ -222,20 +330,19 @@ impl Store {
                     )
                     .await?;
                 if ids.is_empty() {
-                    break;
+                    return Ok((0, false));
                 }
-                conn.query_drop(format!(
-                    "DELETE FROM jobs WHERE id IN ({}) AND status = '{status}' \
-                     AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))",
-                    id_list(ids.iter().copied())
-                ))
+                conn.exec_drop(
+                    format!(
+                        "DELETE FROM jobs WHERE id IN ({}) AND status = ? \
+                         AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))",
+                        id_list(ids.iter().copied())
+                    ),
+                    (status,),
+                )
                 .await?;
-                total += conn.affected_rows();
-                if (ids.len() as u64) < batch {
-                    break;
-                }
-            }
-        }
-        Ok(total)
+                Ok((conn.affected_rows(), ids.len() as u64 >= batch))
+            })
+            .await
     }
 }

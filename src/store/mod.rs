@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Pool, QueryResult, TextProtocol, TxOpts, Value};
+use mysql_async::{Conn, Pool, QueryResult, Row, TextProtocol, TxOpts, Value};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -25,8 +25,10 @@ mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
 pub(crate) use claim::{claim_and_complete_or_report, Ask};
-pub(crate) use insert::Claim;
+pub(crate) use insert::{Claim, NewIds};
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
+use maintenance::text;
+pub use maintenance::Liveness;
 pub(crate) use sql::*;
 
 /// Statuses stored in `jobs.status` (besides `pending`, `scheduled`, `running`, and
@@ -97,6 +99,9 @@ pub struct ClaimedJob {
     pub max_attempts: u32,
     /// How long it was due before this claim (the queue latency).
     pub waited: Duration,
+    /// Why the row cannot be run as it is (a value another program wrote that does not
+    /// decode, no attempt left): the run fails at once with this, naming the column.
+    pub defect: Option<String>,
 }
 
 /// A job as stored, for inspection tools.
@@ -193,29 +198,39 @@ impl Store {
         &self.nodes
     }
 
-    /// `SELECT VERSION()` and the newest applied migration (None when the table is missing).
-    pub(crate) async fn read_server_state(&self) -> Result<(String, Option<u32>)> {
-        let mut conn = self.nodes.get_conn().await?;
-        let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
-        let applied: Result<Option<Option<u32>>, _> = conn
-            .query_first("SELECT MAX(version) FROM lightjobs_migrations WHERE success = 1")
-            .await;
-        let applied = match applied {
-            Ok(v) => v.flatten(),
-            // 1146: table does not exist.
-            Err(mysql_async::Error::Server(e)) if e.code == 1146 => None,
-            Err(e) => return Err(e.into()),
-        };
-        Ok((version.unwrap_or_default(), applied))
+    /// `SELECT VERSION()`, `@@auto_increment_increment` and the newest applied migration
+    /// (None when the table is missing).
+    pub(crate) async fn read_server_state(&self) -> Result<(String, u64, Option<u32>)> {
+        self.nodes
+            .run(async |conn| {
+                let server: Option<(String, u64)> = conn
+                    .query_first("SELECT VERSION(), @@auto_increment_increment")
+                    .await?;
+                let (version, step) = server.unwrap_or_default();
+                let applied: Result<Option<Option<u32>>, _> = conn
+                    .query_first("SELECT MAX(version) FROM lightjobs_migrations WHERE success = 1")
+                    .await;
+                let applied = match applied {
+                    Ok(v) => v.flatten(),
+                    // 1146: table does not exist.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1146 => None,
+                    Err(e) => return Err(e.into()),
+                };
+                Ok((version, step.max(1), applied))
+            })
+            .await
     }
 
     async fn guarded(&self, sql: String, params: Vec<Value>) -> Result<Guarded> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(sql, params).await?;
-        Ok(if conn.affected_rows() == 1 {
-            Guarded::Applied
-        } else {
-            Guarded::Lost
-        })
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(sql, params).await?;
+                Ok(if conn.affected_rows() == 1 {
+                    Guarded::Applied
+                } else {
+                    Guarded::Lost
+                })
+            })
+            .await
     }
 }

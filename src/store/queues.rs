@@ -5,52 +5,64 @@ use super::*;
 impl Store {
     /// Pauses or resumes a queue for every process.
     pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "INSERT INTO lightjobs_queues (queue, paused, updated_at) \
-             VALUES (?, ?, UTC_TIMESTAMP(6)) \
-             ON DUPLICATE KEY UPDATE paused = VALUES(paused), updated_at = VALUES(updated_at)",
-            (queue, paused),
-        )
-        .await?;
-        Ok(())
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "INSERT INTO lightjobs_queues (queue, paused, updated_at) \
+                     VALUES (?, ?, UTC_TIMESTAMP(6)) \
+                     ON DUPLICATE KEY UPDATE paused = VALUES(paused), updated_at = VALUES(updated_at)",
+                    (queue, paused),
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Sets or clears a queue's limit across processes.
     pub(crate) async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
-        let mut conn = self.nodes.get_conn().await?;
-        conn.exec_drop(
-            "INSERT INTO lightjobs_queues (queue, paused, global_limit, updated_at) \
-             VALUES (?, 0, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
-             global_limit = VALUES(global_limit), updated_at = VALUES(updated_at)",
-            (queue, limit),
-        )
-        .await?;
-        Ok(())
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "INSERT INTO lightjobs_queues (queue, paused, global_limit, updated_at) \
+                     VALUES (?, 0, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE \
+                     global_limit = VALUES(global_limit), updated_at = VALUES(updated_at)",
+                    (queue, limit),
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// (queue, paused, global limit) of every queue with settings.
     pub(crate) async fn queue_settings(&self) -> Result<Vec<(String, bool, Option<u32>)>> {
-        let mut conn = self.nodes.get_conn().await?;
-        // Read as wide integers: a value written by hand (paused = 2, a negative limit)
-        // must not make the decoding panic in the maintenance thread.
-        let rows: Vec<(String, Option<i64>, Option<i64>)> = conn
-            .query("SELECT queue, paused + 0, global_limit + 0 FROM lightjobs_queues")
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(queue, paused, limit)| {
-                let limit = limit.map(|l| u32::try_from(l.max(0)).unwrap_or(u32::MAX));
-                (queue, paused.unwrap_or(0) != 0, limit)
+        self.nodes
+            .run(async |conn| {
+                // Read as wide integers: a value written by hand (paused = 2, a negative limit)
+                // must not make the decoding panic in the maintenance thread.
+                let rows: Vec<(String, Option<i64>, Option<i64>)> = conn
+                    .query("SELECT queue, paused + 0, global_limit + 0 FROM lightjobs_queues")
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(queue, paused, limit)| {
+                        let limit = limit.map(|l| u32::try_from(l.max(0)).unwrap_or(u32::MAX));
+                        (queue, paused.unwrap_or(0) != 0, limit)
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     /// The paused queues.
     pub(crate) async fn paused_queues(&self) -> Result<Vec<String>> {
-        let mut conn = self.nodes.get_conn().await?;
-        Ok(conn
-            .query("SELECT queue FROM lightjobs_queues WHERE paused <> 0 ORDER BY queue")
-            .await?)
+        self.nodes
+            .run(async |conn| {
+                Ok(conn
+                    .query("SELECT queue FROM lightjobs_queues WHERE paused <> 0 ORDER BY queue")
+                    .await?)
+            })
+            .await
     }
 }

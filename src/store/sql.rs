@@ -53,6 +53,23 @@ pub(super) fn sql_string(s: &str) -> String {
     out
 }
 
+/// `X'…',X'…'`: strings as binary literals, for comparisons byte for byte (no collation,
+/// no padding) against `CAST(column AS BINARY)`.
+pub(super) fn bytes_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for (i, s) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("X'");
+        for b in s.bytes() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push('\'');
+    }
+    out
+}
+
 pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }

@@ -18,7 +18,7 @@ use lightjobs::JobQueue;
 
 /// One fault test at a time: they start processes and measure recovery times, which
 /// other tests' load on two cores would blur.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn duplicates(db: &TestDb) -> u64 {
     db.scalar(
@@ -361,13 +361,15 @@ async fn two_processes_scheduling_the_same_tick_make_one_job() {
 }
 
 /// The database is killed and comes back after longer than the staleness, while two live
-/// worker processes run long jobs: every heartbeat is stale when it returns, yet no live
-/// process is judged dead (a rescuer first has to have been connected for the other's whole
-/// staleness itself), so every job runs once and none fails. The processes beat at very
-/// different rates: the fast one is back (and its rescuer running) seconds before the slow
-/// one's next beat.
+/// worker processes run long jobs. Neither can vouch for its claims past its lease (half
+/// its staleness), so both stop their runs; when the database is back each gives its jobs
+/// back (attempts returned) and they run again, to the end, once. No live process is
+/// judged dead from the stale heartbeats (a rescuer first has to see a heartbeat stand
+/// still for a whole staleness after its own lease is back), so no single-attempt job
+/// fails. The processes beat at very different rates: the fast one is back (and its
+/// rescuer running) seconds before the slow one's next beat.
 #[actix_rt::test]
-async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
+async fn an_outage_longer_than_the_lease_stops_the_runs_and_each_job_then_runs_once() {
     const JOBS: u64 = 10;
     let _serial = SERIAL.lock().await;
     let bin = worker_binary();
@@ -443,7 +445,12 @@ async fn an_outage_longer_than_the_staleness_rescues_no_live_job() {
         outage.as_secs_f64()
     );
     verdict.assert_clean("database down longer than the staleness");
-    assert_eq!(verdict.runs, JOBS, "every job ran once");
+    assert_eq!(verdict.finished, JOBS, "every job ran to its end once");
+    assert_eq!(
+        verdict.runs,
+        2 * JOBS,
+        "each run from before the outage was stopped by its lease, then run again"
+    );
     let _ = std::fs::remove_file(&log);
     drop(queue);
     drop(server);

@@ -18,6 +18,7 @@ mod migrate;
 mod queue;
 mod recurring;
 mod rescuer;
+mod silent;
 mod store;
 mod supervisor;
 mod web;

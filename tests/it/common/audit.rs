@@ -164,6 +164,8 @@ impl Job for Audited {
 pub struct Verdict {
     pub jobs: u64,
     pub runs: u64,
+    /// Runs that ran to their end (the others were cut short).
+    pub finished: u64,
     /// Jobs with more than one finished run, none of them in a disturbed process.
     pub twice: u64,
     /// Pairs of runs of one job that overlapped in time (a run cut short counts until it
@@ -178,9 +180,15 @@ pub struct Verdict {
 impl Verdict {
     pub fn print(&self, fault: &str) {
         eprintln!(
-            "audit [{fault}]: {} jobs, {} runs, {} ran twice, {} overlaps, {} unfinished, \
-             {} wrongly failed",
-            self.jobs, self.runs, self.twice, self.overlaps, self.unfinished, self.wrongly_failed
+            "audit [{fault}]: {} jobs, {} runs ({} to the end), {} ran twice, {} overlaps, \
+             {} unfinished, {} wrongly failed",
+            self.jobs,
+            self.runs,
+            self.finished,
+            self.twice,
+            self.overlaps,
+            self.unfinished,
+            self.wrongly_failed
         );
     }
 
@@ -216,6 +224,7 @@ pub async fn audit(
     let mut verdict = Verdict {
         jobs: rows.len() as u64,
         runs: runs.len() as u64,
+        finished: runs.iter().filter(|r| r.ended.is_some()).count() as u64,
         ..Verdict::default()
     };
     let mut by_job: HashMap<u64, Vec<&Run>> = HashMap::new();

@@ -79,6 +79,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     fired: AtomicUsize,
+    /// While set, nothing is forwarded either way and nothing is closed: a black hole.
+    held: AtomicBool,
 }
 
 impl Shared {
@@ -103,6 +105,13 @@ impl Shared {
 
     fn fire(&self) {
         self.fired.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Blocks while the proxy holds its traffic (unless the link is closed meanwhile).
+    fn wait_while_held(&self, link: &Link) {
+        while self.held.load(Ordering::SeqCst) && !link.closed.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -223,6 +232,15 @@ impl FaultProxy {
         if down {
             st.links.values().for_each(|l| l.close());
         }
+    }
+
+    /// While on, the proxy stops forwarding in both directions without closing anything, and
+    /// new connections are accepted but get no greeting: what a dropped route, a stopped VM
+    /// or a firewall that drops packets look like (no RST, no FIN, no error). Turned off,
+    /// what was held is delivered, late, as TCP would once the path is back (a statement
+    /// its client gave up on may still run then).
+    pub fn hold(&self, on: bool) {
+        self.shared.held.store(on, Ordering::SeqCst);
     }
 
     /// How many faults have fired so far (a dropped reply counts when its connection is cut).
@@ -360,6 +378,7 @@ fn client_to_server(link: &Link, shared: &Shared) -> io::Result<()> {
             Some(Fault::DropReply) | None => {}
         }
         continued = payload.len() == MAX_PAYLOAD;
+        shared.wait_while_held(link);
         (&link.server).write_all(&frame)?;
     }
 }
@@ -438,6 +457,7 @@ fn server_to_client(link: &Link, shared: &Shared) -> io::Result<()> {
             continue;
         }
         drop(st);
+        shared.wait_while_held(link);
         (&link.client).write_all(&frame)?;
     }
 }

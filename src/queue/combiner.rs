@@ -20,15 +20,17 @@
 //! paths.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::handoff::Reservation;
-use crate::store::{Claim, NewJob, Store};
+use crate::runtime::handoff::Reservation;
+use crate::store::{Claim, NewIds, NewJob, Store};
 
 /// Rows in one statement at most.
 pub(crate) const MAX_ROWS: usize = 100;
@@ -45,12 +47,58 @@ pub(crate) const STALL: Duration = Duration::from_millis(5);
 /// One dispatch waiting for its row.
 pub(crate) struct Pending {
     pub(crate) job: NewJob,
-    /// The server speaks MariaDB (`INSERT … RETURNING`).
-    pub(crate) mariadb: bool,
+    /// How the INSERT learns its ids on this server.
+    pub(crate) ids: NewIds,
     /// A local worker's free slot: the row is inserted already claimed and handed over.
     pub(crate) handoff: Option<Reservation>,
     pub(crate) reply: oneshot::Sender<Result<u64>>,
+    /// Sent, or given up by its caller: whichever comes first.
+    pub(crate) ticket: Arc<Ticket>,
+    /// Its place among the dispatches allowed to wait (see
+    /// [`MAX_WAITING_DISPATCHES`](crate::defaults::MAX_WAITING_DISPATCHES)).
+    pub(crate) _place: OwnedSemaphorePermit,
 }
+
+/// Whether a waiting dispatch went into a statement or its caller gave up on it (its
+/// deadline passed): exactly one of the two happens, so a caller told "nothing was sent"
+/// never finds its job inserted after all.
+#[derive(Debug, Default)]
+pub(crate) struct Ticket(AtomicU8);
+
+const WAITING: u8 = 0;
+const SENT: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Ticket {
+    /// Takes the dispatch into a statement; false when its caller gave up first.
+    fn send(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Marks a dispatch that goes its own way (not through the combiner) as sent.
+    pub(crate) fn mark_sent(&self) {
+        self.send();
+    }
+
+    /// Gives the dispatch up; false when it was already sent (it may be inserted).
+    pub(crate) fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+impl Pending {
+    /// Still wanted: its caller waits and has not given up.
+    fn wanted(&self) -> bool {
+        !self.reply.is_closed() && self.ticket.0.load(Ordering::Acquire) != ABANDONED
+    }
+}
+
+/// How often a long waiting list is swept of dispatches whose callers gave up.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether a batch may start now, given how many statements are in flight, how long ago
 /// the newest of them started, and whether a whole batch is waiting.
@@ -97,9 +145,16 @@ pub(crate) async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) 
     let mut flights = Flights::default();
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let mut open = true;
+    let mut swept = Instant::now();
     loop {
         while let Ok(p) = rx.try_recv() {
             waiting.push_back(p);
+        }
+        // While the database is away the list grows: the callers whose deadline passed
+        // give their places back now, not when their turn would have come.
+        if waiting.len() > MAX_ROWS && swept.elapsed() >= SWEEP_EVERY {
+            waiting.retain(Pending::wanted);
+            swept = Instant::now();
         }
         if waiting.is_empty() && !open {
             break;
@@ -107,7 +162,10 @@ pub(crate) async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Pending>) 
         let newest = flights.newest();
         let newest_age = newest.map(|at| at.elapsed());
         if !waiting.is_empty() && may_start(flights.len(), newest_age, batch_full(&waiting)) {
-            flights.spawn(store.clone(), gather(&mut waiting));
+            let batch = gather(&mut waiting);
+            if !batch.is_empty() {
+                flights.spawn(store.clone(), batch);
+            }
             continue;
         }
         // A partial batch waits for a statement to end, for more dispatches (they may fill
@@ -136,37 +194,51 @@ fn batch_full(waiting: &VecDeque<Pending>) -> bool {
 
 /// The first of `waiting` and those after it, up to [`MAX_ROWS`] rows and [`MAX_BYTES`] of
 /// payload, all of one protocol; the rest stay waiting, in order.
+/// Dispatches whose callers gave up are dropped, never sent.
 fn gather(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
-    let Some(first) = waiting.pop_front() else {
-        return Vec::new();
-    };
-    let mut bytes = first.job.payload.len();
-    let mut batch = vec![first];
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut bytes = 0;
     while batch.len() < MAX_ROWS {
         let Some(p) = waiting.front() else {
             break;
         };
-        bytes += p.job.payload.len();
-        if bytes > MAX_BYTES || p.mariadb != batch[0].mariadb {
+        let fits = batch
+            .first()
+            .is_none_or(|first| bytes + p.job.payload.len() <= MAX_BYTES && p.ids == first.ids);
+        if !fits {
             break;
         }
-        batch.extend(waiting.pop_front());
+        let Some(p) = waiting.pop_front() else {
+            break;
+        };
+        if !p.wanted() {
+            continue;
+        }
+        bytes += p.job.payload.len();
+        batch.push(p);
     }
     batch
 }
 
-async fn insert(store: &Store, batch: Vec<Pending>) {
-    let mariadb = batch[0].mariadb;
-    let inserted = async {
-        let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
-        let claims: Vec<Option<Claim<'_>>> = batch
-            .iter()
-            .map(|p| p.handoff.as_ref().map(Reservation::claim))
-            .collect();
-        let mut conn = store.nodes().get_conn().await?;
-        Store::insert_rows(&mut conn, &jobs, &claims, mariadb).await
-    }
-    .await;
+async fn insert(store: &Store, mut batch: Vec<Pending>) {
+    let ids = batch[0].ids;
+    let inserted = store
+        .nodes()
+        .run(async |conn| {
+            // Only now, with a connection in hand, is a row sent: a caller whose deadline
+            // passed while the connection was being had is left out, and told so.
+            batch.retain(|p| !p.reply.is_closed() && p.ticket.send());
+            let jobs: Vec<&NewJob> = batch.iter().map(|p| &p.job).collect();
+            let claims: Vec<Option<Claim<'_>>> = batch
+                .iter()
+                .map(|p| p.handoff.as_ref().map(Reservation::claim))
+                .collect();
+            if jobs.is_empty() {
+                return Ok(Vec::new());
+            }
+            Store::insert_rows(conn, &jobs, &claims, ids).await
+        })
+        .await;
     match inserted {
         Ok(ids) if ids.len() == batch.len() => {
             tracing::trace!(target: "lightjobs::queue", rows = ids.len(), "dispatches combined");
@@ -187,7 +259,7 @@ async fn insert(store: &Store, batch: Vec<Pending>) {
             for p in batch {
                 // The rows were written, but which id is whose is unknown.
                 if let Some(reservation) = p.handoff {
-                    reservation.release(store, &p.job.queue);
+                    reservation.in_doubt();
                 }
                 let _ = p.reply.send(Err(Error::Schema(message.clone())));
             }
@@ -200,11 +272,10 @@ async fn insert(store: &Store, batch: Vec<Pending>) {
                 let one = match p.handoff {
                     Some(reservation) => reservation.insert(store.clone(), p.job).await,
                     None => {
-                        async {
-                            let mut conn = store.nodes().get_conn().await?;
-                            Store::insert_job(&mut conn, &p.job).await
-                        }
-                        .await
+                        store
+                            .nodes()
+                            .run(async |conn| Store::insert_job(conn, &p.job).await)
+                            .await
                     }
                 };
                 let _ = p.reply.send(one);
@@ -215,8 +286,8 @@ async fn insert(store: &Store, batch: Vec<Pending>) {
             // of the rows alike, and each caller is told so; a row handed to a worker is
             // released by its token if it exists. A refusal wrote nothing.
             for p in batch {
-                if let (Some(reservation), false) = (p.handoff, error.is_server_refusal()) {
-                    reservation.release(store, &p.job.queue);
+                if let (Some(reservation), true) = (p.handoff, error.in_doubt()) {
+                    reservation.in_doubt();
                 }
                 let _ = p.reply.send(Err(error.duplicate()));
             }
@@ -230,6 +301,11 @@ mod tests {
     use crate::store::When;
 
     fn pending(bytes: usize, mariadb: bool) -> Pending {
+        let ids = if mariadb {
+            NewIds::Returning
+        } else {
+            NewIds::Consecutive { step: 1 }
+        };
         Pending {
             job: NewJob {
                 name: "t",
@@ -240,9 +316,18 @@ mod tests {
                 when: When::After(Duration::ZERO),
                 unique: None,
             },
-            mariadb,
+            ids,
             handoff: None,
-            reply: oneshot::channel().0,
+            reply: {
+                // A caller that waits: its receiver outlives the test.
+                let (reply, waits) = oneshot::channel();
+                std::mem::forget(waits);
+                reply
+            },
+            ticket: Arc::default(),
+            _place: Arc::new(tokio::sync::Semaphore::new(1))
+                .try_acquire_owned()
+                .expect("a free place"),
         }
     }
 
@@ -265,7 +350,34 @@ mod tests {
         let mut other: VecDeque<Pending> = [pending(10, true), pending(10, false)].into();
         assert!(!batch_full(&other));
         assert_eq!(gather(&mut other).len(), 1);
-        assert!(other.front().is_some_and(|p| !p.mariadb));
+        assert!(other.front().is_some_and(|p| p.ids != NewIds::Returning));
+    }
+
+    #[test]
+    fn dispatches_whose_callers_gave_up_are_never_sent() {
+        let gone = Pending {
+            reply: oneshot::channel().0,
+            ..pending(10, true)
+        };
+        let abandoned = pending(10, true);
+        assert!(
+            abandoned.ticket.abandon(),
+            "still waiting: the caller may give up"
+        );
+        let kept = pending(10, true);
+        let ticket = kept.ticket.clone();
+        let mut waiting: VecDeque<Pending> = [gone, abandoned, kept].into();
+        let batch = gather(&mut waiting);
+        assert_eq!(batch.len(), 1);
+        assert!(Arc::ptr_eq(&batch[0].ticket, &ticket));
+        assert!(
+            batch[0].ticket.send(),
+            "taken into a statement, not yet sent"
+        );
+        assert!(
+            !ticket.abandon(),
+            "sent: its caller must be told it may be inserted"
+        );
     }
 
     #[test]

@@ -7,27 +7,48 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use super::completer::Finished;
 use crate::events::{JobEvent, JobOutcome};
 use crate::job::{DataMap, JobContext, JobError};
 use crate::registry::{unknown_job, Registry};
 use crate::store::ClaimedJob;
-use std::sync::Arc;
 
 /// Runs jobs with the registry's handlers under the workers' limits.
 #[derive(Clone)]
 pub(crate) struct Executor {
-    pub registry: Registry,
-    pub default_timeout: Duration,
-    /// Cancelled when shutdown starts: jobs may look at it through their context.
-    pub shutdown: CancellationToken,
-    /// Cancelled when the grace period is over: running jobs are dropped and released.
-    pub abort: CancellationToken,
-    pub data: Arc<DataMap>,
+    registry: Registry,
+    default_timeout: Duration,
+    /// Cancelled when shutdown starts (by the handle or a signal); jobs may look at it
+    /// through their context.
+    shutdown: CancellationToken,
+    /// Cancelled when the grace period is over (by the shutdown): running jobs are
+    /// dropped and released.
+    abort: CancellationToken,
+    data: Arc<DataMap>,
 }
 
 impl Executor {
-    /// Runs `job`; `lost` fires when this process learns the claim is no longer its own.
-    pub(crate) async fn run(&self, job: &ClaimedJob, lost: &CancellationToken) -> JobEvent {
+    pub(crate) fn new(
+        registry: Registry,
+        default_timeout: Duration,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+        data: Arc<DataMap>,
+    ) -> Executor {
+        Executor {
+            registry,
+            default_timeout,
+            shutdown,
+            abort,
+            data,
+        }
+    }
+
+    /// Runs `job`; `stop` fires when this process can no longer vouch for the claim (see
+    /// [`Fence`](super::fence::Fence)): the run is dropped where it stands.
+    pub(crate) async fn run(&self, job: &ClaimedJob, stop: &CancellationToken) -> Finished {
         let span = tracing::info_span!(
             "job",
             id = job.id,
@@ -43,7 +64,7 @@ impl Executor {
         let outcome = tokio::select! {
             biased;
             outcome = self.run_inner(job).instrument(span.clone()) => outcome,
-            () = lost.cancelled() => JobOutcome::Lost,
+            () = stop.cancelled() => JobOutcome::Lost,
         };
         let duration = started.elapsed();
         #[cfg(feature = "metrics")]
@@ -73,21 +94,28 @@ impl Executor {
             }
             JobOutcome::Lost => {
                 span.record("outcome", "lost");
-                tracing::warn!(target: "lightjobs::executor", ?duration, "job stopped: this process lost its claim (stalled past the staleness) and another process took it over");
+                tracing::warn!(target: "lightjobs::executor", ?duration, "job stopped: the database has not confirmed this process's heartbeat for half its staleness, so another process may take the job over");
             }
         }
-        JobEvent {
-            id: job.id,
+        Finished {
             token: job.token,
-            name: job.name.clone(),
-            queue: job.queue.clone(),
-            attempt: job.attempt,
-            duration,
-            outcome,
+            event: JobEvent {
+                id: job.id,
+                name: job.name.clone(),
+                queue: job.queue.clone(),
+                attempt: job.attempt,
+                duration,
+                outcome,
+            },
         }
     }
 
     async fn run_inner(&self, job: &ClaimedJob) -> JobOutcome {
+        if let Some(defect) = &job.defect {
+            return JobOutcome::Failed {
+                error: defect.clone(),
+            };
+        }
         let Some(entry) = self.registry.entry(&job.name) else {
             return classify(job, unknown_job(&job.name, &self.registry), |_| {
                 Duration::ZERO
@@ -172,6 +200,7 @@ mod tests {
             attempt,
             max_attempts,
             waited: Duration::ZERO,
+            defect: None,
         }
     }
 

@@ -1,4 +1,8 @@
 //! Writes job results back to the table in batches, and keeps them until they are written.
+//!
+//! It takes [`Command`]s, not the public [`JobEvent`]s: a result carries the claim it
+//! belongs to (which the public event does not show), and giving back claims in doubt is
+//! a command of its own rather than an event with made-up fields.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -10,8 +14,43 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::ledger::Ledger;
 use crate::events::{JobEvent, JobOutcome};
 use crate::store::{Guarded, Held, Store};
+
+/// A run's result on its way to the table: the event to report once written, and the
+/// claim whose guard the write carries.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    pub token: u64,
+    pub event: JobEvent,
+}
+
+impl Finished {
+    pub(crate) fn held(&self) -> Held {
+        (self.event.id, self.token)
+    }
+}
+
+impl Command {
+    /// How many claims it concerns.
+    fn claims(&self) -> usize {
+        match self {
+            Command::Write(_) => 1,
+            Command::Release(held) => held.len(),
+        }
+    }
+}
+
+/// What the completer is asked to write.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A run's result.
+    Write(Finished),
+    /// Claims whose commit is in doubt (a claim's reply was lost): back to `pending` with
+    /// the attempt returned, if they exist and are still ours.
+    Release(Vec<Held>),
+}
 
 /// Most results written by one statement.
 const MAX_BATCH: usize = 500;
@@ -57,47 +96,48 @@ pub(crate) fn emit<'a>(hook: &Option<EventHook>, events: impl Iterator<Item = &'
 
 /// Counts the successes of `done` found written (`written` ids) as processed and reports
 /// them to the hook; the others were no longer ours: counted as lost, never reported.
-/// Shared by the fetch loop (successes folded into a claim) and the completer.
+/// Either way the claims are settled. Shared by the fetch loop (successes folded into a
+/// claim) and the completer.
 pub(crate) fn record_written(
-    done: Vec<JobEvent>,
+    done: Vec<Finished>,
     written: &[u64],
     report: &mut Report,
     hook: &Option<EventHook>,
+    ledger: &Ledger,
 ) {
     let written: HashSet<u64> = written.iter().copied().collect();
-    let (ours, lost): (Vec<JobEvent>, Vec<JobEvent>) =
-        done.into_iter().partition(|e| written.contains(&e.id));
+    for f in &done {
+        ledger.settled(f.held());
+    }
+    let (ours, lost): (Vec<Finished>, Vec<Finished>) = done
+        .into_iter()
+        .partition(|f| written.contains(&f.event.id));
     report.processed += ours.len() as u64;
     report.lost += lost.len() as u64;
     if !lost.is_empty() {
         tracing::warn!(target: "lightjobs::completer", lost = lost.len(), "completed jobs were no longer ours");
     }
-    emit(hook, ours.iter());
+    emit(hook, ours.iter().map(|f| &f.event));
 }
 
 /// Successes waiting for a transaction to write them: the fetch loop folds them into its
 /// next claim (one commit for both); at shutdown they go to the completer.
 #[derive(Default)]
 pub(crate) struct Completions {
-    events: RefCell<Vec<JobEvent>>,
+    /// Pushed by the run tasks, taken by the fetch loop (or, at shutdown, the drain).
+    events: RefCell<Vec<Finished>>,
+    /// Wakes the fetch loop's idle wait: successes must not wait for a poll.
     pub notify: Notify,
 }
 
 impl Completions {
-    pub(crate) fn push(&self, event: JobEvent) {
+    pub(crate) fn push(&self, event: Finished) {
         self.events.borrow_mut().push(event);
         self.notify.notify_one();
     }
 
-    pub(crate) fn take(&self) -> Vec<JobEvent> {
+    pub(crate) fn take(&self) -> Vec<Finished> {
         std::mem::take(&mut *self.events.borrow_mut())
-    }
-
-    /// Returns events a failed transaction did not write, ahead of newer ones.
-    pub(crate) fn put_back(&self, mut events: Vec<JobEvent>) {
-        let mut current = self.events.borrow_mut();
-        events.append(&mut current);
-        *current = events;
     }
 }
 
@@ -118,20 +158,42 @@ impl std::ops::Add for Report {
 }
 
 pub(crate) struct Completer {
-    pub store: Store,
-    pub worker_id: String,
-    pub hook: Option<EventHook>,
+    store: Store,
+    worker_id: String,
+    hook: Option<EventHook>,
     /// The shutdown deadline: once cancelled, a write that fails is not tried again.
-    pub give_up: CancellationToken,
-    /// Kept outside `run` so that a restarted completer goes on counting; shared with the
-    /// fetch loop, which writes most successes.
-    pub report: Rc<Cell<Report>>,
+    /// Cancelled by the shutdown; read here.
+    give_up: CancellationToken,
+    /// Kept outside `run` so that a restarted completer goes on counting; written here and
+    /// by the fetch loop, which writes most successes; read at the end.
+    report: Rc<Cell<Report>>,
+    /// Claims are settled here once their result is written.
+    ledger: Rc<Ledger>,
 }
 
 impl Completer {
-    /// Runs until every sender is gone and everything received is written (or given up).
-    /// The receiver lives outside, so a supervisor can restart a completer that panicked
-    /// without losing the results still queued.
+    pub(crate) fn new(
+        store: Store,
+        worker_id: String,
+        hook: Option<EventHook>,
+        give_up: CancellationToken,
+        ledger: Rc<Ledger>,
+    ) -> Completer {
+        Completer {
+            store,
+            worker_id,
+            hook,
+            give_up,
+            report: Rc::new(Cell::new(Report::default())),
+            ledger,
+        }
+    }
+
+    /// The counts, shared with the fetch loop.
+    pub(crate) fn report(&self) -> Rc<Cell<Report>> {
+        self.report.clone()
+    }
+
     /// Writes results as they come, until every sender is gone and everything received is
     /// written (or given up). The receiver lives outside, so a supervisor can restart a
     /// completer that panicked without losing the results still queued.
@@ -144,9 +206,9 @@ impl Completer {
     /// fires (the shutdown deadline) is a write that still fails left behind; its job
     /// stays `running` until the rescuer of another process takes it, which the removal
     /// (or staleness) of this process's heartbeat row allows.
-    pub(crate) async fn run(&self, rx: &Mutex<mpsc::UnboundedReceiver<JobEvent>>) {
+    pub(crate) async fn run(&self, rx: &Mutex<mpsc::UnboundedReceiver<Command>>) {
         let mut rx = rx.lock().await;
-        let mut pending: Vec<JobEvent> = Vec::with_capacity(MAX_BATCH);
+        let mut pending: Vec<Command> = Vec::with_capacity(MAX_BATCH);
         let mut delay = Duration::from_millis(50);
         let mut failing_since: Option<Instant> = None;
         let mut last_log = Instant::now();
@@ -178,10 +240,11 @@ impl Completer {
                 continue;
             };
             if self.give_up.is_cancelled() {
+                let unwritten = failed.iter().map(Command::claims).sum::<usize>() as u64;
                 self.report.set(
                     self.report.get()
                         + Report {
-                            unwritten: failed.len() as u64,
+                            unwritten,
                             ..Report::default()
                         },
                 );
@@ -211,87 +274,127 @@ impl Completer {
     }
 
     /// Tries every write of `batch` once: successes in one statement, releases in
-    /// another, the other results one by one. Returns the events whose write failed, with
-    /// the last error.
+    /// another, the other results one by one. Returns the commands whose write failed,
+    /// with the last error.
     async fn write_once(
         &self,
-        batch: Vec<JobEvent>,
+        batch: Vec<Command>,
         report: &mut Report,
-    ) -> (Vec<JobEvent>, Option<crate::Error>) {
+    ) -> (Vec<Command>, Option<crate::Error>) {
         let mut failed = Vec::new();
         let mut last_error = None;
-        let (done, rest): (Vec<JobEvent>, Vec<JobEvent>) = batch
-            .into_iter()
-            .partition(|e| e.outcome == JobOutcome::Processed);
-        if !done.is_empty() {
-            let held: Vec<Held> = done.iter().map(JobEvent::held).collect();
-            match self.store.mark_completed(&held).await {
-                Ok(ids) => record_written(done, &ids, report, &self.hook),
-                Err(error) => {
-                    failed.extend(done);
-                    last_error = Some(error);
-                }
+        let mut fail = |commands: Vec<Command>, error: crate::Error| {
+            failed.extend(commands);
+            last_error = Some(error);
+        };
+        let mut done = Vec::new();
+        let mut released = Vec::new();
+        let mut in_doubt = Vec::new();
+        let mut rest = Vec::new();
+        for command in batch {
+            match command {
+                Command::Write(f) if f.event.outcome == JobOutcome::Processed => done.push(f),
+                Command::Write(f) if f.event.outcome == JobOutcome::Released => released.push(f),
+                Command::Write(f) => rest.push(f),
+                Command::Release(held) => in_doubt.extend(held),
             }
         }
-        let (released, rest): (Vec<JobEvent>, Vec<JobEvent>) = rest
-            .into_iter()
-            .partition(|e| e.outcome == JobOutcome::Released);
-        if !released.is_empty() {
-            let held: Vec<Held> = released.iter().map(JobEvent::held).collect();
-            match self.store.release_jobs(&held, &self.worker_id).await {
-                Ok(n) => {
-                    report.released += n;
-                    self.emit(released.iter());
-                }
-                Err(error) => {
-                    failed.extend(released);
-                    last_error = Some(error);
-                }
+        if let Err((commands, error)) = self.write_successes(done, report).await {
+            fail(commands, error);
+        }
+        if let Err((commands, error)) = self.write_releases(released, report).await {
+            fail(commands, error);
+        }
+        if !in_doubt.is_empty() {
+            if let Err(error) = self.store.release_jobs(&in_doubt, &self.worker_id).await {
+                fail(vec![Command::Release(in_doubt)], error);
             }
         }
-        for event in rest {
-            let written = match &event.outcome {
-                JobOutcome::Retrying { error, delay } => {
-                    self.store
-                        .mark_retry(event.held(), &self.worker_id, error, *delay)
-                        .await
-                }
-                JobOutcome::Snoozed { delay } => {
-                    self.store
-                        .mark_snoozed(event.held(), &self.worker_id, *delay)
-                        .await
-                }
-                JobOutcome::Failed { error } => {
-                    self.store
-                        .mark_failed(event.held(), &self.worker_id, error)
-                        .await
-                }
-                JobOutcome::Lost => {
-                    report.lost += 1;
-                    continue;
-                }
-                _ => continue,
-            };
-            match written {
-                Ok(Guarded::Applied) => {
-                    match event.outcome {
-                        JobOutcome::Failed { .. } => report.failed += 1,
-                        JobOutcome::Snoozed { .. } => report.snoozed += 1,
-                        _ => report.retried += 1,
-                    }
-                    self.emit(std::iter::once(&event));
-                }
-                Ok(Guarded::Lost) => {
-                    report.lost += 1;
-                    tracing::warn!(target: "lightjobs::completer", id = event.id, "result not written: the job is no longer held by this worker");
-                }
-                Err(error) => {
-                    failed.push(event);
-                    last_error = Some(error);
-                }
+        for f in rest {
+            if let Err(error) = self.write_result(&f, report).await {
+                fail(vec![Command::Write(f)], error);
             }
         }
         (failed, last_error)
+    }
+
+    async fn write_successes(
+        &self,
+        done: Vec<Finished>,
+        report: &mut Report,
+    ) -> Result<(), (Vec<Command>, crate::Error)> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let held: Vec<Held> = done.iter().map(Finished::held).collect();
+        match self.store.mark_completed(&held).await {
+            Ok(ids) => {
+                record_written(done, &ids, report, &self.hook, &self.ledger);
+                Ok(())
+            }
+            Err(error) => Err((done.into_iter().map(Command::Write).collect(), error)),
+        }
+    }
+
+    /// Runs cut short by the shutdown, back to `pending` with their attempt returned.
+    async fn write_releases(
+        &self,
+        released: Vec<Finished>,
+        report: &mut Report,
+    ) -> Result<(), (Vec<Command>, crate::Error)> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let held: Vec<Held> = released.iter().map(Finished::held).collect();
+        match self.store.release_jobs(&held, &self.worker_id).await {
+            Ok(n) => {
+                report.released += n;
+                for h in held {
+                    self.ledger.settled(h);
+                }
+                self.emit(released.iter().map(|f| &f.event));
+                Ok(())
+            }
+            Err(error) => Err((released.into_iter().map(Command::Write).collect(), error)),
+        }
+    }
+
+    /// A retry, a snooze, a failure, or a lost run (nothing to write).
+    async fn write_result(&self, f: &Finished, report: &mut Report) -> crate::Result<()> {
+        let held = f.held();
+        let written = match &f.event.outcome {
+            JobOutcome::Retrying { error, delay } => {
+                self.store
+                    .mark_retry(held, &self.worker_id, error, *delay)
+                    .await?
+            }
+            JobOutcome::Snoozed { delay } => {
+                self.store
+                    .mark_snoozed(held, &self.worker_id, *delay)
+                    .await?
+            }
+            JobOutcome::Failed { error } => {
+                self.store.mark_failed(held, &self.worker_id, error).await?
+            }
+            _ => Guarded::Lost,
+        };
+        self.ledger.settled(held);
+        match written {
+            Guarded::Applied => {
+                match f.event.outcome {
+                    JobOutcome::Failed { .. } => report.failed += 1,
+                    JobOutcome::Snoozed { .. } => report.snoozed += 1,
+                    _ => report.retried += 1,
+                }
+                self.emit(std::iter::once(&f.event));
+            }
+            Guarded::Lost if f.event.outcome == JobOutcome::Lost => report.lost += 1,
+            Guarded::Lost => {
+                report.lost += 1;
+                tracing::warn!(target: "lightjobs::completer", id = f.event.id, "result not written: the job is no longer held by this worker");
+            }
+        }
+        Ok(())
     }
 
     fn emit<'a>(&self, events: impl Iterator<Item = &'a JobEvent>) {

@@ -13,11 +13,15 @@ use futures::future::BoxFuture;
 use mysql_async::Opts;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::combiner::{self, Pending};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::combiner::{self, Pending, Ticket};
 use crate::error::{Error, Result};
-use crate::handoff::Reservation;
-use crate::nodes::Nodes;
-use crate::store::Store;
+use crate::nodes::{Deadlines, Nodes};
+use crate::runtime::handoff::Reservation;
+use crate::store::{NewIds, Store};
 
 type Task = Box<dyn FnOnce(Store) -> BoxFuture<'static, ()> + Send>;
 
@@ -26,11 +30,13 @@ pub(crate) struct IoThread {
     tasks: mpsc::UnboundedSender<Task>,
     /// Plain dispatches, for the combiner.
     dispatches: mpsc::UnboundedSender<Pending>,
+    /// Places for dispatches waiting for the combiner: the bound on its list.
+    places: Arc<Semaphore>,
 }
 
 impl IoThread {
     /// Starts the thread; it ends, closing its connections, when the `IoThread` is dropped.
-    pub(crate) fn start(nodes: Vec<Opts>) -> Result<IoThread> {
+    pub(crate) fn start(nodes: Vec<Opts>, deadlines: Deadlines) -> Result<IoThread> {
         let (tasks, mut rx) = mpsc::unbounded_channel::<Task>();
         let (dispatches, dispatched) = mpsc::unbounded_channel::<Pending>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -40,7 +46,7 @@ impl IoThread {
             .name("lightjobs-io".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let store = Store::on(Nodes::new(nodes));
+                    let store = Store::on(Nodes::new(nodes, deadlines));
                     let combiner = tokio::spawn(combiner::run(store.clone(), dispatched));
                     while let Some(task) = rx.recv().await {
                         tokio::spawn(task(store.clone()));
@@ -51,24 +57,40 @@ impl IoThread {
                     let _ = store.nodes().clone().disconnect().await;
                 });
             })?;
-        Ok(IoThread { tasks, dispatches })
+        Ok(IoThread {
+            tasks,
+            dispatches,
+            places: Arc::new(Semaphore::new(crate::defaults::MAX_WAITING_DISPATCHES)),
+        })
     }
 
     /// Inserts one plain job, combined with the dispatches arriving at the same time; with
     /// `handoff`, inserted already claimed and handed to that local worker.
+    ///
+    /// Past [`MAX_WAITING_DISPATCHES`](crate::defaults::MAX_WAITING_DISPATCHES) waiting, it
+    /// fails at once with [`Error::Backlog`]. `ticket` lets the caller give the dispatch up
+    /// (its deadline passed) and learn whether it had been sent.
     pub(crate) async fn dispatch(
         &self,
         job: crate::store::NewJob,
-        mariadb: bool,
+        ids: NewIds,
         handoff: Option<Reservation>,
+        ticket: Arc<Ticket>,
     ) -> Result<u64> {
+        let place = self
+            .places
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Backlog(crate::defaults::MAX_WAITING_DISPATCHES))?;
         let (reply, id) = oneshot::channel();
         self.dispatches
             .send(Pending {
                 job,
-                mariadb,
+                ids,
                 handoff,
                 reply,
+                ticket,
+                _place: place,
             })
             .map_err(|_| Error::QueueClosed)?;
         id.await.map_err(|_| Error::QueueClosed)?

@@ -1,0 +1,43 @@
+//! Supervision: a task that panics (a bug, a value that does not decode) is run again
+//! after a growing pause, so one bad moment never stops a role for good.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::executor::panic_message;
+
+/// Runs `task` again after it panics, with a growing pause (100 ms doubling to 10 s), until
+/// it returns or `stop` fires (`None`). State that must survive a restart lives outside
+/// the task: the free slots, the result channel, the counts.
+pub(crate) async fn supervise<F, Fut, T>(
+    name: &str,
+    stop: Option<&CancellationToken>,
+    mut task: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match AssertUnwindSafe(task()).catch_unwind().await {
+            Ok(value) => return Some(value),
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(target: "lightjobs::supervisor", task = name, panic = message, ?delay, "task panicked; restarting it");
+            }
+        }
+        let pause = tokio::time::sleep(delay);
+        match stop {
+            Some(stop) => tokio::select! {
+                () = pause => {}
+                () = stop.cancelled() => return None,
+            },
+            None => pause.await,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
