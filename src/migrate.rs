@@ -88,6 +88,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_claim_token.sql"),
     migration!(9, "0009_worker_liveness.sql"),
     migration!(10, "0010_adopted_finished_at.sql"),
+    migration!(11, "0011_worker_left_behind.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -18,7 +18,7 @@ use crate::maintenance::{
 };
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
-use crate::runtime::completer::EventHook;
+use crate::runtime::completer::{EventHook, LeftBehind};
 use crate::runtime::fence::Fence;
 use crate::runtime::queue_state::{QueueState, QueueStates};
 use crate::runtime::{Background, Parts, Runtime, Settings};
@@ -414,9 +414,11 @@ impl Workers {
         let queue_states: QueueStates = Arc::new(RwLock::new(QueueState::from_rows(
             store.queue_settings().await?,
         )));
+        let left_behind = LeftBehind::default();
         let runtime = Runtime::new(
             settings.clone(),
             Parts {
+                left_behind: left_behind.clone(),
                 store,
                 registry: self.registry.clone(),
                 data: std::mem::take(&mut self.data),
@@ -426,7 +428,7 @@ impl Workers {
             },
         );
         let maintenance_stop = CancellationToken::new();
-        let plan = self.maintenance_plan(info, fence, queue_states.clone());
+        let plan = self.maintenance_plan(info, fence, queue_states.clone(), left_behind);
         let done = start_maintenance(&self.queue, plan, maintenance_stop.clone())?;
         self.queue.add_local_states(queue_states.clone());
         let intake = runtime.intake();
@@ -482,10 +484,12 @@ impl Workers {
         info: WorkerInfo,
         fence: Arc<Fence>,
         queue_states: QueueStates,
+        left_behind: LeftBehind,
     ) -> Maintenance {
         Maintenance {
             info,
             fence,
+            left_behind,
             queue_states,
             retention: self.retention,
             #[cfg(feature = "cron")]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::runtime::completer::LeftBehind;
 use crate::runtime::fence::Fence;
 use crate::store::{Store, WorkerInfo};
 
@@ -20,6 +21,8 @@ pub(crate) struct Heartbeat {
     pub store: Store,
     pub info: WorkerInfo,
     pub fence: Arc<Fence>,
+    /// The shutdown's releases the database refused: written with the row as it stops.
+    pub left_behind: LeftBehind,
 }
 
 impl Heartbeat {
@@ -57,11 +60,21 @@ impl Heartbeat {
                 }
             }
         }
-        if let Err(error) = self
-            .store
-            .delete_worker(&self.info.id, FORGET_DEAD_AFTER)
-            .await
-        {
+        let left: Vec<_> = self
+            .left_behind
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        let gone = if left.is_empty() {
+            self.store
+                .delete_worker(&self.info.id, FORGET_DEAD_AFTER)
+                .await
+        } else {
+            // The rescuer of another process takes these at once, attempts returned.
+            tracing::warn!(target: "lightjobs::heartbeat", jobs = left.len(), "stopping with releases the database did not take; leaving them to the rescuer");
+            self.store.leave_worker(&self.info.id, &left).await
+        };
+        if let Err(error) = gone {
             tracing::warn!(target: "lightjobs::heartbeat", %error, "could not remove the worker row; it will go stale");
         }
     }

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
+use crate::runtime::completer::LeftBehind;
 use crate::runtime::fence::Fence;
 use crate::runtime::supervise::supervise;
 
@@ -46,6 +47,7 @@ const SCHEDULER_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) struct Maintenance {
     pub info: WorkerInfo,
     pub fence: Arc<Fence>,
+    pub left_behind: LeftBehind,
     pub queue_states: QueueStates,
     pub retention: (Duration, Option<Duration>),
     #[cfg(feature = "cron")]
@@ -67,6 +69,7 @@ pub(crate) fn start_maintenance(
     let Maintenance {
         info,
         fence,
+        left_behind,
         queue_states,
         retention,
         #[cfg(feature = "cron")]
@@ -102,6 +105,7 @@ pub(crate) fn start_maintenance(
                     store: store.clone(),
                     info,
                     fence,
+                    left_behind,
                 };
                 #[cfg(feature = "cron")]
                 let recurring = Recurring::new(queue.clone(), recurring);

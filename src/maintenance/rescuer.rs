@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::fence::Fence;
+#[cfg(test)]
+use crate::store::WorkerSeen;
 use crate::store::{Liveness, Store};
 
 /// How long the rescuer lease lasts if its holder dies during a pass (it is given back at
@@ -41,6 +43,8 @@ pub(crate) struct Dead {
     pub holder: Option<String>,
     /// Its heartbeat's value (`None`: it has no row).
     pub beat: Option<String>,
+    /// Claims its shutdown gave back without being able to write them (`id:token,…`).
+    pub given_back: String,
 }
 
 /// What the rescuer has seen of each process: since when its heartbeat has had the value
@@ -64,19 +68,21 @@ impl Observations {
     pub(crate) fn judge(&mut self, seen: &Liveness, now: Instant, stale: Duration) -> Vec<Dead> {
         let mut dead = Vec::new();
         let mut rows = HashSet::new();
-        for (id, beat, own) in &seen.workers {
-            rows.insert(id.as_str());
+        for w in &seen.workers {
+            rows.insert(w.id.as_str());
             let entry = self
                 .beats
-                .entry(id.clone())
-                .or_insert_with(|| (beat.clone(), now));
-            if entry.0 != *beat {
-                *entry = (beat.clone(), now);
+                .entry(w.id.clone())
+                .or_insert_with(|| (w.beat.clone(), now));
+            if entry.0 != w.beat {
+                *entry = (w.beat.clone(), now);
             }
-            if now.duration_since(entry.1) >= *own {
+            // A process that stopped leaving claims behind is dead at once.
+            if w.stopped || now.duration_since(entry.1) >= w.stale {
                 dead.push(Dead {
-                    holder: Some(id.clone()),
-                    beat: Some(beat.clone()),
+                    holder: Some(w.id.clone()),
+                    beat: Some(w.beat.clone()),
+                    given_back: w.left_behind.clone(),
                 });
             }
         }
@@ -91,7 +97,11 @@ impl Observations {
         for holder in absent {
             let since = *self.absent.entry(holder.clone()).or_insert(now);
             if now.duration_since(since) >= stale {
-                dead.push(Dead { holder, beat: None });
+                dead.push(Dead {
+                    holder,
+                    beat: None,
+                    given_back: String::new(),
+                });
             }
         }
         dead.retain(|d| seen.holders.contains(&d.holder));
@@ -144,7 +154,12 @@ impl Rescuer {
                     loop {
                         let (pending, failed) = self
                             .store
-                            .rescue_holder(d.holder.as_deref(), d.beat.as_deref(), BATCH)
+                            .rescue_holder(
+                                d.holder.as_deref(),
+                                d.beat.as_deref(),
+                                &d.given_back,
+                                BATCH,
+                            )
                             .await?;
                         total.pending += pending;
                         total.failed += failed;
@@ -184,12 +199,11 @@ mod tests {
         Liveness {
             workers: workers
                 .iter()
-                .map(|(id, beat, secs)| {
-                    (
-                        (*id).to_owned(),
-                        (*beat).to_owned(),
-                        Duration::from_secs(*secs),
-                    )
+                .map(|(id, beat, secs)| WorkerSeen {
+                    id: (*id).to_owned(),
+                    beat: (*beat).to_owned(),
+                    stale: Duration::from_secs(*secs),
+                    ..WorkerSeen::default()
                 })
                 .collect(),
             holders: holders.iter().map(|h| h.map(str::to_owned)).collect(),
@@ -214,7 +228,8 @@ mod tests {
             dead,
             vec![Dead {
                 holder: Some("b".into()),
-                beat: Some("1".into())
+                beat: Some("1".into()),
+                given_back: String::new(),
             }]
         );
         let dead = seen.judge(&later, t0 + s(6), s(5));
@@ -223,14 +238,10 @@ mod tests {
             3,
             "b, then gone and the unheld rows after 5 s: {dead:?}"
         );
-        assert!(dead.contains(&Dead {
-            holder: Some("gone".into()),
-            beat: None
-        }));
-        assert!(dead.contains(&Dead {
-            holder: None,
-            beat: None
-        }));
+        assert!(dead
+            .iter()
+            .any(|d| d.holder.as_deref() == Some("gone") && d.beat.is_none()));
+        assert!(dead.iter().any(|d| d.holder.is_none()));
         // 'a' stood still from t0+3 (its value "2"): judged by its own 10 s, not 5.
         let dead = seen.judge(&later, t0 + s(12), s(5));
         assert!(!dead.iter().any(|d| d.holder.as_deref() == Some("a")));
@@ -250,6 +261,17 @@ mod tests {
         seen.clear();
         assert!(seen.judge(&r, t0 + s(60), s(5)).is_empty());
         assert_eq!(seen.judge(&r, t0 + s(62), s(5)).len(), 1);
+    }
+
+    #[test]
+    fn a_process_that_stopped_leaving_claims_behind_is_dead_at_once() {
+        let mut seen = Observations::default();
+        let mut r = reading(&[("left", "1", 60)], &[Some("left")]);
+        r.workers[0].stopped = true;
+        r.workers[0].left_behind = "7:42".into();
+        let dead = seen.judge(&r, Instant::now(), Duration::from_secs(60));
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].given_back, "7:42");
     }
 
     #[test]

@@ -42,6 +42,12 @@ impl Command {
     }
 }
 
+/// The claims the shutdown gave back that the database refused to take before the
+/// deadline: written into this process's worker row as it stops, so that the rescuer
+/// returns their attempt. Filled by the completer at the deadline; read by the heartbeat
+/// (maintenance thread) when it stops.
+pub(crate) type LeftBehind = Arc<std::sync::Mutex<Vec<Held>>>;
+
 /// What the completer is asked to write.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -169,6 +175,7 @@ pub(crate) struct Completer {
     report: Rc<Cell<Report>>,
     /// Claims are settled here once their result is written.
     ledger: Rc<Ledger>,
+    left_behind: LeftBehind,
 }
 
 impl Completer {
@@ -178,6 +185,7 @@ impl Completer {
         hook: Option<EventHook>,
         give_up: CancellationToken,
         ledger: Rc<Ledger>,
+        left_behind: LeftBehind,
     ) -> Completer {
         Completer {
             store,
@@ -186,6 +194,7 @@ impl Completer {
             give_up,
             report: Rc::new(Cell::new(Report::default())),
             ledger,
+            left_behind,
         }
     }
 
@@ -240,6 +249,7 @@ impl Completer {
                 continue;
             };
             if self.give_up.is_cancelled() {
+                self.leave_behind(&failed);
                 let unwritten = failed.iter().map(Command::claims).sum::<usize>() as u64;
                 self.report.set(
                     self.report.get()
@@ -270,6 +280,19 @@ impl Completer {
                 () = self.give_up.cancelled() => {}
             }
             delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    /// Keeps the releases of `failed` (runs cut by the shutdown, claims in doubt) for the
+    /// worker row: they never failed, so their attempt is to come back.
+    fn leave_behind(&self, failed: &[Command]) {
+        let mut left = self.left_behind.lock().unwrap_or_else(|e| e.into_inner());
+        for command in failed {
+            match command {
+                Command::Write(f) if f.event.outcome == JobOutcome::Released => left.push(f.held()),
+                Command::Release(held) => left.extend(held),
+                Command::Write(_) => {}
+            }
         }
     }
 

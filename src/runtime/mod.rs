@@ -85,6 +85,7 @@ pub(crate) struct Parts {
     pub(crate) hook: Option<EventHook>,
     pub(crate) queue_states: QueueStates,
     pub(crate) fence: Arc<Fence>,
+    pub(crate) left_behind: completer::LeftBehind,
 }
 
 /// The handles the runtime's roles share on the worker thread; each says who writes it
@@ -156,6 +157,7 @@ impl Runtime {
             parts.hook.clone(),
             give_up.clone(),
             ledger.clone(),
+            parts.left_behind,
         );
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let queue_slots: HashMap<String, Arc<Semaphore>> = settings

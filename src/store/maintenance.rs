@@ -3,14 +3,46 @@
 
 use super::*;
 
-/// What the rescuer reads to judge who is alive: each registered process (id, heartbeat
-/// value, staleness) and each holder of a running job.
+/// What the rescuer reads to judge who is alive: each registered process and each holder
+/// of a running job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Liveness {
-    /// (id, heartbeat value, staleness) of every row of `lightjobs_workers`.
-    pub workers: Vec<(String, String, Duration)>,
+    /// Every row of `lightjobs_workers`.
+    pub workers: Vec<WorkerSeen>,
     /// Every `reserved_by` of a `running` job (`None`: a row nobody holds).
     pub holders: Vec<Option<String>>,
+}
+
+/// One row of `lightjobs_workers` as the rescuer reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSeen {
+    pub id: String,
+    /// The heartbeat's value, compared, never read as a time.
+    pub beat: String,
+    /// After how long without a change it counts as dead.
+    pub stale: Duration,
+    /// It stopped, leaving claims behind: dead at once.
+    pub stopped: bool,
+    /// The claims its shutdown gave back but could not write, as `id:token,…`.
+    pub left_behind: String,
+}
+
+/// `'id:token',…` from a stored `id:token,…` list, each pair parsed as numbers (anything
+/// else is left out, so the list can be inlined); `''` when empty, to keep `IN ()` valid.
+fn claim_list(stored: &str) -> String {
+    let pairs: Vec<String> = stored
+        .split(',')
+        .filter_map(|pair| {
+            let (id, token) = pair.trim().split_once(':')?;
+            let (id, token): (u64, u64) = (id.parse().ok()?, token.parse().ok()?);
+            Some(format!("'{id}:{token}'"))
+        })
+        .collect();
+    if pairs.is_empty() {
+        "''".to_owned()
+    } else {
+        pairs.join(",")
+    }
 }
 
 /// Column `i` of `row` as text, whatever bytes it holds (`None` for NULL).
@@ -169,7 +201,8 @@ impl Store {
                 let rows: Vec<mysql_async::Row> = conn
                     .exec(
                         "SELECT id, DATE_FORMAT(heartbeat_at, '%Y%m%d%H%i%s%f'), \
-                         COALESCE(stale_after_us, ?) FROM lightjobs_workers",
+                         COALESCE(stale_after_us, ?), stopped_at IS NOT NULL, left_behind \
+                         FROM lightjobs_workers",
                         (micros(stale),),
                     )
                     .await?;
@@ -182,7 +215,15 @@ impl Store {
                         let stale = stale_us.map_or(stale, |us| {
                             Duration::from_micros(u64::try_from(us).unwrap_or(0))
                         });
-                        Some((id, beat, stale))
+                        let stopped: Option<i64> = row.take_opt(3).and_then(|v| v.ok());
+                        let left_behind = text(&mut row, 4).unwrap_or_default();
+                        Some(WorkerSeen {
+                            id,
+                            beat,
+                            stale,
+                            stopped: stopped.unwrap_or(0) != 0,
+                            left_behind,
+                        })
                     })
                     .collect();
                 let holders: Vec<Option<Vec<u8>>> = conn
@@ -204,13 +245,16 @@ impl Store {
     /// `failed` when that was their last attempt), at most `limit`; returns (to pending,
     /// to failed). Guarded by what the judgement saw: the holder's heartbeat still has
     /// the value `beat` (`None`: the holder still has no row), so a process that beat
-    /// again meanwhile keeps its jobs.
+    /// again meanwhile keeps its jobs. The claims in `given_back` (`id:token,…`: runs its
+    /// shutdown cut short and could not release) get their attempt back and never fail.
     pub async fn rescue_holder(
         &self,
         holder: Option<&str>,
         beat: Option<&str>,
+        given_back: &str,
         limit: u64,
     ) -> Result<(u64, u64)> {
+        let given_back = claim_list(given_back);
         let who = match holder {
             Some(h) => format!("reserved_by = {}", sql_string(h)),
             None => "reserved_by IS NULL".to_owned(),
@@ -229,6 +273,7 @@ impl Store {
             (None, _) => "TRUE".to_owned(),
         };
         let dead_holder = format!("status = 'running' AND {who} AND {still}");
+        let returned = format!("CONCAT(id, ':', COALESCE(claim_token, 0)) IN ({given_back})");
         self.nodes
             .run(async |conn| {
                 let ids: Vec<u64> = conn
@@ -248,12 +293,15 @@ impl Store {
                 conn.query_drop(format!(
                     "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
                      last_error = {died}, its last attempt') \
-                     WHERE id IN ({ids}) AND attempts >= max_attempts AND {dead_holder}"
+                     WHERE id IN ({ids}) AND attempts >= max_attempts AND NOT {returned} \
+                     AND {dead_holder}"
                 ))
                 .await?;
                 let failed = conn.affected_rows();
                 conn.query_drop(format!(
-                    "UPDATE jobs SET status = 'pending', last_error = {died}'), reserved_by = NULL, \
+                    "UPDATE jobs SET status = 'pending', \
+                     attempts = IF({returned}, GREATEST(attempts, 1) - 1, attempts), \
+                     last_error = IF({returned}, last_error, {died}')), reserved_by = NULL, \
                      reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) \
                      WHERE id IN ({ids}) AND {dead_holder}"
                 ))

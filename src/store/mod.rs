@@ -29,6 +29,8 @@ pub(crate) use insert::{Claim, NewIds};
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
 use maintenance::text;
 pub use maintenance::Liveness;
+#[cfg(test)]
+pub(crate) use maintenance::WorkerSeen;
 pub(crate) use sql::*;
 
 /// Statuses stored in `jobs.status` (besides `pending`, `scheduled`, `running`, and

@@ -30,6 +30,27 @@ impl Store {
             .await
     }
 
+    /// Marks this process's row stopped, with the claims its shutdown gave back but could
+    /// not write: every rescuer takes them at once and returns their attempt.
+    pub(crate) async fn leave_worker(&self, id: &str, left_behind: &[Held]) -> Result<()> {
+        let list = left_behind
+            .iter()
+            .map(|(job, token)| format!("{job}:{token}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "UPDATE lightjobs_workers SET left_behind = ?, \
+                     stopped_at = UTC_TIMESTAMP(6) WHERE id = ?",
+                    (list, id),
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Removes this process's row (clean shutdown) and rows dead for longer than `forget`.
     pub(crate) async fn delete_worker(&self, id: &str, forget: Duration) -> Result<()> {
         self.nodes

@@ -801,55 +801,10 @@ async fn the_demo_shows_its_dashboard_and_metrics_to_this_machine_only() {
     use common::http::{post_json, request};
     use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
     use headless_chrome::{Browser, LaunchOptions};
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
 
     let Some(chromium) = chromium() else { return };
     let db = TestDb::new("dash_demo").await;
-    let mut demo: common::procs::Proc = Command::new(common::procs::example_binary("signup"))
-        .env("LIGHTJOBS_DATABASE_URL", &db.url)
-        .env_remove("DATABASE_URL")
-        .env("LIGHTJOBS_DEMO_ADDR", "0.0.0.0:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the demo starts")
-        .into();
-    let stdout = demo.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut printed = String::new();
-    let port: u16 = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("the demo printed no address ({e}):\n{printed}"));
-        printed.push_str(&line);
-        printed.push('\n');
-        if let Some(rest) = line
-            .trim()
-            .strip_prefix("Signup demo listening on http://0.0.0.0:")
-        {
-            break rest
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse().ok())
-                .expect("a port");
-        }
-    };
-    while let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
-        printed.push_str(&line);
-        printed.push('\n');
-    }
+    let (mut demo, port, printed) = common::procs::start_demo(&db.url, "0.0.0.0:0");
     let base = format!("http://0.0.0.0:{port}");
     assert!(printed.contains(&format!("{base}/admin/jobs")), "{printed}");
     assert!(printed.contains(&format!("{base}/metrics")), "{printed}");

@@ -247,6 +247,66 @@ async fn a_release_at_shutdown_is_retried_past_a_short_refusal() {
     db.drop_db().await;
 }
 
+/// The release of jobs cut by the shutdown is refused until past the shutdown deadline:
+/// the process stops anyway, leaving those claims in its worker row, and the rescuer of
+/// another process takes them at once and gives their attempt back. They were cut, not
+/// failed: single-attempt jobs among them are `pending` again, never `failed`.
+#[actix_rt::test]
+async fn releases_refused_past_the_shutdown_deadline_keep_their_attempt() {
+    let db = TestDb::new("once_release_left").await;
+    let queue = db.migrated().await;
+    faults::install(&db).await;
+    for _ in 0..4 {
+        queue
+            .dispatch(Block {
+                millis: 60_000,
+                cooperative: false,
+            })
+            .max_attempts(1)
+            .await
+            .unwrap();
+    }
+    let audit_log = Audit::default();
+    let handle = workers(&db, &queue, &audit_log)
+        .shutdown_timeout(Duration::from_millis(300))
+        .heartbeat(Duration::from_millis(200), Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    db.wait_for("running", 4, Duration::from_secs(10)).await;
+    let refusal = Duration::from_secs(6);
+    let rule = faults::inject(&db, Fault::update("running", "pending", 1290, refusal)).await;
+    let refused_at = Instant::now();
+    let report = handle.shutdown().await;
+    assert!(faults::fired(&db, rule).await > 0);
+    assert_eq!(report.unwritten, 4, "{report:?}");
+    let left: String = db
+        .scalar("SELECT left_behind FROM lightjobs_workers WHERE stopped_at IS NOT NULL")
+        .await;
+    assert_eq!(left.split(',').count(), 4, "{left}");
+    tokio::time::sleep(refusal.saturating_sub(refused_at.elapsed())).await;
+    // Another process, whose own staleness is long: its rescuer takes the stopped
+    // process's jobs at once, not after any staleness.
+    let rescuer = workers(&db, &queue, &audit_log)
+        .queues(["elsewhere"])
+        .heartbeat(Duration::from_millis(100), Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    db.wait_for("pending", 4, Duration::from_secs(10)).await;
+    eprintln!(
+        "releases refused past the deadline: left in the worker row, rescued {:?} after the \
+         next process started",
+        taken.elapsed()
+    );
+    let attempts: u64 = db.scalar("SELECT SUM(attempts) FROM jobs").await;
+    assert_eq!(attempts, 0, "every cut run got its attempt back");
+    assert_eq!(db.count("failed").await, 0);
+    rescuer.shutdown().await;
+    db.drop_db().await;
+}
+
 /// A write of an earlier claim, retried after a lost reply, meets a newer claim of the
 /// same job by the same process (the attempt was given back in between, so `attempts` is
 /// the same again): the claim token tells them apart.
@@ -359,7 +419,7 @@ async fn the_rescue_is_guarded_by_what_the_judgement_saw() {
         .await;
     assert_eq!(
         store
-            .rescue_holder(Some("slow"), Some(&seen), 100)
+            .rescue_holder(Some("slow"), Some(&seen), "", 100)
             .await
             .unwrap(),
         (0, 0),
@@ -371,7 +431,7 @@ async fn the_rescue_is_guarded_by_what_the_judgement_saw() {
     let now: String = db.scalar(&beat_of("slow")).await;
     assert_eq!(
         store
-            .rescue_holder(Some("slow"), Some(&now), 100)
+            .rescue_holder(Some("slow"), Some(&now), "", 100)
             .await
             .unwrap(),
         (1, 1),
@@ -381,17 +441,26 @@ async fn the_rescue_is_guarded_by_what_the_judgement_saw() {
     let gone = claim_aged(&db, "gone", 2, 60).await;
     worker_row(&db, "gone", 0, None).await;
     assert_eq!(
-        store.rescue_holder(Some("gone"), None, 100).await.unwrap(),
+        store
+            .rescue_holder(Some("gone"), None, "", 100)
+            .await
+            .unwrap(),
         (0, 0)
     );
     db.exec("DELETE FROM lightjobs_workers WHERE id = 'gone'")
         .await;
     assert_eq!(
-        store.rescue_holder(Some("gone"), None, 100).await.unwrap(),
+        store
+            .rescue_holder(Some("gone"), None, "", 100)
+            .await
+            .unwrap(),
         (1, 1)
     );
     assert_eq!(
-        store.rescue_holder(Some("gone"), None, 100).await.unwrap(),
+        store
+            .rescue_holder(Some("gone"), None, "", 100)
+            .await
+            .unwrap(),
         (0, 0)
     );
     // The dead holder's runs finish after all (it had stalled): the one rescued to

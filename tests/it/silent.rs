@@ -11,10 +11,13 @@ use actix_web::http::StatusCode;
 use actix_web::test as actix_test;
 use actix_web::{web, App, HttpResponse};
 use common::audit::{audit, log_line, now_us, runs_from_file};
+use common::http::post_json;
 use common::procs::{
-    audit_file, count_on, signal, start_audited, wait_count, wait_exit, worker_binary, Work,
+    audit_file, count_on, signal, start_audited, start_demo, wait_count, wait_exit, worker_binary,
+    Work,
 };
 use common::proxy::{upstream, FaultProxy};
+use common::server::PrivateServer;
 use common::{Record, TestDb};
 use lightjobs::{Error, JobQueue, Workers};
 
@@ -561,4 +564,160 @@ async fn a_combined_insert_on_mysql_reads_nothing_after_it_commits() {
     assert_eq!(proxy.fired(), 0, "the step was read after an INSERT");
     drop(proxy);
     db.drop_db().await;
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A long outage (the server killed) under steady HTTP dispatch load on an actix app with
+/// idle workers of its own (the demo): every dispatch gets its 503 at once, the app's
+/// memory stays flat (nothing queues without bound, no task lives on per refused
+/// dispatch), and once the server is back the app writes no release for dispatches that
+/// never reached it. `LIGHTJOBS_TEST_OUTAGE_SECS` sets the outage (30 s by default; the
+/// note of issue 17 reports 600).
+#[actix_rt::test]
+async fn a_long_outage_under_dispatch_load_keeps_memory_flat_and_writes_nothing_extra() {
+    let _serial = crate::faults::SERIAL.lock().await;
+    let outage = Duration::from_secs(
+        std::env::var("LIGHTJOBS_TEST_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let mut server = PrivateServer::start("outage_load");
+    {
+        let admin = mysql_async::Pool::new(server.url("mysql").as_str());
+        let mut conn = admin.get_conn().await.unwrap();
+        mysql_async::prelude::Queryable::query_drop(&mut conn, "CREATE DATABASE app")
+            .await
+            .unwrap();
+        drop(conn);
+        admin.disconnect().await.unwrap();
+    }
+    let proxy = FaultProxy::start(upstream(&server.url("app")));
+    let (demo, port, _) = start_demo(&proxy.rewrite_url(&server.url("app")), "127.0.0.1:0");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let load = Load::start(addr);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = rss_kib(demo.id());
+    let served_before = load.taken();
+    server.stop("-KILL");
+    let down = Instant::now();
+    let mut peak = before;
+    while down.elapsed() < outage {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak = peak.max(rss_kib(demo.id()));
+    }
+    let at_end = rss_kib(demo.id());
+    let refused = load.taken();
+    server.start_again();
+    // Only what the app sends once the server is back is counted.
+    for pattern in RELEASES {
+        proxy.count(pattern);
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = load.stop();
+    let releases: usize = RELEASES.iter().map(|p| proxy.counted(p)).sum();
+    let during: Vec<&(Duration, u16)> = refused.answers[served_before.answers.len()..]
+        .iter()
+        .filter(|(_, status)| *status != 202)
+        .collect();
+    let mut times: Vec<Duration> = during.iter().map(|(t, _)| *t).collect();
+    times.sort();
+    eprintln!(
+        "outage of {outage:?} under {} dispatches ({} refused, p50 {:?}, max {:?}): RSS \
+         {before} KiB before, {peak} KiB at most, {at_end} KiB at its end; after recovery \
+         {} dispatches accepted, {releases} release statements",
+        during.len(),
+        during.iter().filter(|(_, s)| *s == 503).count(),
+        percentile(&times, 0.5),
+        times.last(),
+        after.answers.len() - refused.answers.len(),
+    );
+    assert!(
+        during.len() > 100,
+        "the load did not go on during the outage"
+    );
+    assert!(
+        during.iter().all(|(_, s)| *s == 503),
+        "every refused dispatch is a 503"
+    );
+    assert!(percentile(&times, 0.5) < Duration::from_millis(100));
+    assert!(
+        peak < before + 8 * 1024,
+        "memory grew from {before} to {peak} KiB"
+    );
+    assert!(releases <= 5, "{releases} releases after the outage");
+    assert!(
+        after.answers[refused.answers.len()..]
+            .iter()
+            .any(|(_, s)| *s == 202),
+        "dispatches were accepted again after the server came back"
+    );
+    drop(demo);
+    drop(proxy);
+}
+
+/// The release statements: of claims (`release_jobs`) and of handed-off rows.
+const RELEASES: [&str; 2] = [
+    "attempts = GREATEST(attempts, 1) - 1",
+    "attempts = 0, reserved_by = NULL, reserved_at = NULL, claim_token = NULL",
+];
+
+/// Steady HTTP dispatch load on a thread of its own: one `POST /signup` about every 5 ms.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<(Duration, u16)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Answers {
+    answers: Vec<(Duration, u16)>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), answers.clone());
+        let thread = std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let started = Instant::now();
+                let body = format!(r#"{{"email":"user{i}@example.com"}}"#);
+                let status = post_json(addr, "/signup", &body).map_or(0, |(status, _)| status);
+                a.lock().unwrap().push((started.elapsed(), status));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Load {
+            stop,
+            answers,
+            thread: Some(thread),
+        }
+    }
+
+    fn taken(&self) -> Answers {
+        Answers {
+            answers: self.answers.lock().unwrap().clone(),
+        }
+    }
+
+    fn stop(mut self) -> Answers {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.taken()
+    }
 }

@@ -147,3 +147,53 @@ impl lightjobs::Job for Work {
         unreachable!("runs in the fault_worker process")
     }
 }
+
+/// The demo app (`examples/signup.rs`) on `url`, listening on `addr` (port 0: any); returns
+/// it, its port, and what it printed at start.
+pub fn start_demo(url: &str, addr: &str) -> (Proc, u16, String) {
+    use std::io::BufRead;
+    let mut demo: Proc = Command::new(example_binary("signup"))
+        .env("LIGHTJOBS_DATABASE_URL", url)
+        .env_remove("DATABASE_URL")
+        .env("LIGHTJOBS_DEMO_ADDR", addr)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the demo starts")
+        .into();
+    let stdout = demo.0.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let prefix = format!("Signup demo listening on http://{host}:");
+    let mut printed = String::new();
+    let port: u16 = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("the demo printed no address ({e}):\n{printed}"));
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(rest) = line.trim().strip_prefix(prefix.as_str()) {
+            break rest
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("a port");
+        }
+    };
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    (demo, port, printed)
+}

@@ -69,6 +69,8 @@ struct Rule {
 #[derive(Default)]
 struct State {
     rules: Vec<Rule>,
+    /// Patterns counted as commands pass, with their counts.
+    counters: Vec<(String, usize)>,
     links: HashMap<u64, Arc<Link>>,
     next_id: u64,
     down: bool,
@@ -88,9 +90,15 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Uses up one shot of the first armed rule whose pattern `sql` contains.
+    /// Uses up one shot of the first armed rule whose pattern `sql` contains (and counts
+    /// `sql` for every counter whose pattern it contains).
     fn take(&self, sql: &str) -> Option<Fault> {
         let mut st = self.lock();
+        for (pattern, n) in &mut st.counters {
+            if sql.contains(pattern.as_str()) {
+                *n += 1;
+            }
+        }
         let i = st
             .rules
             .iter()
@@ -241,6 +249,23 @@ impl FaultProxy {
     /// its client gave up on may still run then).
     pub fn hold(&self, on: bool) {
         self.shared.held.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on counts the commands whose SQL contains `pattern` (see [`counted`]).
+    ///
+    /// [`counted`]: FaultProxy::counted
+    pub fn count(&self, pattern: &str) {
+        self.shared.lock().counters.push((pattern.to_owned(), 0));
+    }
+
+    /// How many commands containing `pattern` passed since [`count`](FaultProxy::count).
+    pub fn counted(&self, pattern: &str) -> usize {
+        let st = self.shared.lock();
+        st.counters
+            .iter()
+            .filter(|(p, _)| p == pattern)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// How many faults have fired so far (a dropped reply counts when its connection is cut).
