@@ -50,10 +50,12 @@ pub async fn acquire_lease(
     Ok(now.as_deref() == Some(holder))
 }
 
-/// Gives the lease back at once (if `holder` still has it).
+/// Gives the lease back at once (if `holder` still has it): its expiry goes to a fixed
+/// past, not "now" by the clock of the node that runs this, which a node whose clock is
+/// behind would read as still in the future.
 pub async fn release_lease(conn: &mut Conn, name: &str, holder: &str) -> mysql_async::Result<()> {
     conn.exec_drop(
-        "UPDATE lightjobs_leases SET expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND \
+        "UPDATE lightjobs_leases SET expires_at = TIMESTAMP'1970-01-01 00:00:00' \
          WHERE name = ? AND holder = ?",
         (name, holder),
     )

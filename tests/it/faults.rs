@@ -538,3 +538,68 @@ async fn a_stalled_process_learns_it_lost_its_jobs_and_stops_them() {
     let _ = std::fs::remove_file(&log);
     db.drop_db().await;
 }
+
+/// A worker process stopped (SIGSTOP) past its staleness while 4 single-attempt jobs run;
+/// their work is done during the stop (each sleep ends while the process is frozen). The
+/// rescuer of another process fails them (no attempt left). When the process continues,
+/// a run whose work had finished records its success: the job was done, so it becomes
+/// `processed`, and an operator retrying a `failed` job would have sent the mail twice. A
+/// run stopped by the fence instead stays `failed`. Either way the row says what happened.
+#[actix_rt::test]
+async fn a_run_that_finished_during_a_stall_records_its_success() {
+    let _serial = SERIAL.lock().await;
+    let bin = worker_binary();
+    let db = TestDb::new("fault_sigstop_done").await;
+    let queue = db.migrated().await;
+    let mut single = Vec::new();
+    for _ in 0..4 {
+        single.push(
+            queue
+                .dispatch(Work { millis: 2_000 })
+                .max_attempts(1)
+                .await
+                .unwrap(),
+        );
+    }
+    let log = audit_file("sigstop-done");
+    let fast = [
+        "--concurrency",
+        "8",
+        "--heartbeat",
+        "0.2",
+        "--stale-after",
+        "1",
+    ];
+    let mut stalled = start_audited(&bin, &db.url, &log, &fast);
+    db.wait_for("running", 4, Duration::from_secs(20)).await;
+    let mut rescuer = start_audited(&bin, &db.url, &log, &fast);
+    signal(&stalled, "-STOP");
+    db.wait_for("failed", 4, Duration::from_secs(20)).await;
+    // Past the jobs' own 2 s: their work is done when the process continues.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&stalled, "-CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for w in [&mut stalled, &mut rescuer] {
+        signal(w, "-TERM");
+        assert!(wait_exit(w, Duration::from_secs(30)).await.success());
+    }
+    let runs = runs_from_file(&log);
+    let mut processed = 0;
+    for id in &single {
+        let finished = runs.iter().any(|r| r.job == *id && r.ended.is_some());
+        let (status, _, error) = db.job(*id).await;
+        let expected = if finished { "processed" } else { "failed" };
+        assert_eq!(
+            status, expected,
+            "job {id}: its run finished: {finished}; {error:?}"
+        );
+        processed += u64::from(finished);
+    }
+    eprintln!("SIGSTOP past the staleness with work done during it: {processed} of 4 recorded as processed, the others stopped by the fence");
+    assert!(
+        runs.iter().filter(|r| single.contains(&r.job)).count() == 4,
+        "a single-attempt job ran again"
+    );
+    let _ = std::fs::remove_file(&log);
+    db.drop_db().await;
+}

@@ -1,33 +1,29 @@
-//! The database servers a queue may use, in order of preference, and the one in use now.
+//! The database servers a queue may use, in order of preference, and the one in use now;
+//! the deadline on every step of talking to them.
 //!
 //! With one server this is a plain pool. With several (the nodes of a Galera cluster),
-//! every connection of the process goes to one node: the first in the list that is
-//! healthy (ready, synced, not a donor). Every process applies the same rule to the same
-//! list, at the same whole seconds of the wall clock, so the cluster has one writer, which
-//! is what keeps claims exactly once: Galera certifies conflicting writes only at COMMIT,
-//! so writers on several nodes would turn `SKIP LOCKED` claims into certification
-//! failures and lost updates. When the node in use fails, the next healthy one takes over
-//! within seconds; when an earlier node is healthy again, every process moves back to it.
-//! A move makes the new node catch up with the cluster before anything uses it, closes
-//! the pools of the node left, and holds claims back for a moment (see [`Nodes::settling`]).
+//! every connection of the process goes to one node, the cluster's writer, which the
+//! processes agree on through a row of the cluster itself ([`writer`]): one writer at every
+//! moment is what keeps claims exactly once, since Galera certifies conflicting writes
+//! only at COMMIT. When the writer fails, the first healthy node takes over within
+//! seconds; when an earlier node is healthy again, the writer moves back to it. A move
+//! makes the new node catch up with the cluster before anything uses it ([`probe`]),
+//! closes the pools of the node left, and holds claims back for a moment (see
+//! [`Nodes::settling`]).
+
+mod probe;
+mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use mysql_async::prelude::*;
 use mysql_async::{Conn, Opts, Pool};
 use once_cell::sync::Lazy;
 
 use crate::error::Error;
-
-/// How often, with several nodes, the one in use is checked (and an earlier one tried).
-const CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// How long after a move to another node claims wait: two checks, by when every other
-/// process has made the same move and its claims in flight on the old node have ended.
-const SETTLE: Duration = Duration::from_secs(2);
+use writer::{next_tick, Choice, NONE, SETTLE};
 
 /// How long each step of a database operation may take. A dropped route, a stopped VM or
 /// a firewall that drops packets raise no error: a statement just waits, for as long as
@@ -65,75 +61,40 @@ struct Inner {
     choice: Arc<Choice>,
 }
 
-/// The node in use, shared by every `Nodes` of the process on the same list of nodes
-/// (the queue's connection thread, the workers, the maintenance thread): they move
-/// together, and a move closes the idle connections of all of them on the node left.
-#[derive(Debug)]
-struct Choice {
-    current: AtomicUsize,
-    next_check: Mutex<Instant>,
-    /// When the node in use last changed.
-    moved_at: Mutex<Option<Instant>>,
-    members: Mutex<Vec<Weak<Inner>>>,
-}
-
-impl Choice {
-    fn new() -> Arc<Choice> {
-        Arc::new(Choice {
-            current: AtomicUsize::new(0),
-            next_check: Mutex::new(Instant::now()),
-            moved_at: Mutex::new(None),
-            members: Mutex::new(Vec::new()),
+/// The choice shared by every list of the same nodes in this process.
+fn shared_choice(opts: &[Opts]) -> Arc<Choice> {
+    static CHOICES: Lazy<Mutex<HashMap<String, Weak<Choice>>>> = Lazy::new(Default::default);
+    let key = opts
+        .iter()
+        .map(|o| {
+            format!(
+                "{}:{}/{}",
+                o.ip_or_hostname(),
+                o.tcp_port(),
+                o.db_name().unwrap_or_default()
+            )
         })
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut choices = lock(&CHOICES);
+    choices.retain(|_, c| c.strong_count() > 0);
+    if let Some(choice) = choices.get(&key).and_then(Weak::upgrade) {
+        return choice;
     }
-
-    /// The choice shared by every list of the same nodes in this process.
-    fn shared(opts: &[Opts]) -> Arc<Choice> {
-        static CHOICES: Lazy<Mutex<HashMap<String, Weak<Choice>>>> = Lazy::new(Default::default);
-        let key = opts
-            .iter()
-            .map(|o| {
-                format!(
-                    "{}:{}/{}",
-                    o.ip_or_hostname(),
-                    o.tcp_port(),
-                    o.db_name().unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut choices = lock(&CHOICES);
-        choices.retain(|_, c| c.strong_count() > 0);
-        if let Some(choice) = choices.get(&key).and_then(Weak::upgrade) {
-            return choice;
-        }
-        let choice = Choice::new();
-        choices.insert(key, Arc::downgrade(&choice));
-        choice
-    }
+    let choice = Choice::new();
+    choices.insert(key, Arc::downgrade(&choice));
+    choice
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The instant the next check is due: the next whole second of the wall clock. Every
-/// process checks at the same moments (to within the hosts' clock skew), so that when a
-/// node comes back the processes move to it together rather than up to a second apart,
-/// which would be a second with two writers.
-fn next_tick() -> Instant {
-    let into = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| Duration::from_nanos(u64::from(d.subsec_nanos())))
-        .unwrap_or_default();
-    Instant::now() + CHECK_EVERY.saturating_sub(into)
 }
 
 impl Nodes {
     /// One pool per node, in order of preference.
     pub(crate) fn new(opts: Vec<Opts>, deadlines: Deadlines) -> Nodes {
         let choice = if opts.len() > 1 {
-            Choice::shared(&opts)
+            shared_choice(&opts)
         } else {
             Choice::new()
         };
@@ -245,14 +206,18 @@ impl Nodes {
         }
         if !self.take_due() {
             let node = self.current();
+            if node == NONE {
+                return Err(writer::nowhere());
+            }
             match self.pool(node).get_conn().await {
                 Ok(conn) if self.current() == node => return Ok((node, conn)),
                 // The process moved while this connection was opened: it would be a session
                 // on the node left, which nothing retires any more.
-                Ok(conn) => {
-                    let _ = conn.disconnect().await;
-                }
+                Ok(conn) => discard(conn),
                 Err(error) if !crate::error::is_unavailable(&error) => return Err(error),
+                // The node in use failed: check again now, unless a check just ran (many
+                // callers failing at once must not each probe every node).
+                Err(error) if !self.take_due_soon() => return Err(error),
                 Err(_) => {}
             }
         }
@@ -300,52 +265,14 @@ impl Nodes {
         due
     }
 
-    /// The first healthy node in order becomes the one in use; returns a connection to it.
-    async fn choose(&self) -> Result<(usize, Conn), mysql_async::Error> {
-        let current = self.current();
-        let mut last_error = None;
-        for i in 0..self.inner.pools.len() {
-            match healthy(&self.pool(i), self.inner.deadlines).await {
-                Ok(Some((mut conn, galera))) => {
-                    let choice = &self.inner.choice;
-                    if i != current && galera {
-                        // Before any connection of the process goes to the node.
-                        let limit = self.inner.deadlines.statement;
-                        let caught_up = tokio::time::timeout(limit, catch_up(&mut conn))
-                            .await
-                            .unwrap_or_else(|_| Err(timed_out("catch-up", limit)));
-                        if let Err(error) = caught_up {
-                            // Closed, not pooled: the session may still wait on every read.
-                            discard(conn);
-                            last_error = Some(error);
-                            continue;
-                        }
-                    }
-                    if i != current
-                        && choice
-                            .current
-                            .compare_exchange(current, i, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        tracing::warn!(target: "lightjobs::nodes", from = current + 1, to = i + 1, "database node in use changed");
-                        *lock(&choice.moved_at) = Some(Instant::now());
-                        let members: Vec<Arc<Inner>> = lock(&choice.members)
-                            .iter()
-                            .filter_map(Weak::upgrade)
-                            .collect();
-                        for member in members {
-                            member.retire(current);
-                        }
-                    }
-                    return Ok((i, conn));
-                }
-                Ok(None) => {}
-                Err(error) => last_error = Some(error),
-            }
+    /// True when no check ran in the last quarter of a tick: the check is then taken now.
+    fn take_due_soon(&self) -> bool {
+        let mut next = lock(&self.inner.choice.next_check);
+        let recent = next.saturating_duration_since(Instant::now()) > writer::CHECK_EVERY * 3 / 4;
+        if !recent {
+            *next = next_tick();
         }
-        Err(last_error.unwrap_or(mysql_async::Error::Driver(
-            mysql_async::DriverError::PoolDisconnected,
-        )))
+        !recent
     }
 
     /// Closes every pool.
@@ -368,74 +295,6 @@ impl Inner {
                 &mut *lock(&self.pools[node]),
                 Pool::new(opts.clone()),
             ));
-        }
-    }
-}
-
-/// A connection to `pool`'s node if it can take writes, and whether the node is a Galera
-/// node: a Galera node must be ready and synced (a donor or a joiner is not); a server
-/// without Galera always can.
-async fn healthy(
-    pool: &Pool,
-    deadlines: Deadlines,
-) -> Result<Option<(Conn, bool)>, mysql_async::Error> {
-    let mut conn = tokio::time::timeout(deadlines.connect, pool.get_conn())
-        .await
-        .map_err(|_| timed_out("connect", deadlines.connect))??;
-    let probe = conn.query(
-        "SHOW GLOBAL STATUS WHERE Variable_name IN \
-         ('wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status')",
-    );
-    let status: Vec<(String, String)> = match tokio::time::timeout(deadlines.statement, probe).await
-    {
-        Ok(status) => status?,
-        Err(_) => {
-            discard(conn);
-            return Err(timed_out("probe", deadlines.statement));
-        }
-    };
-    let galera = status
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("wsrep_ready"));
-    if is_healthy(&status) {
-        return Ok(Some((conn, galera)));
-    }
-    // Closed, not pooled: an idle probe session would stay on a node nobody writes to.
-    let _ = conn.disconnect().await;
-    Ok(None)
-}
-
-/// Waits until the node has applied every write set the cluster committed before this
-/// call. Galera applies another node's commits asynchronously, so without it a claim
-/// committed on the node left just before it failed could still be invisible here: its
-/// release by token, or its result, would find no row, and the row would turn up
-/// `running` afterwards, held by a live process that has let it go. Applying is in order,
-/// so one wait on the node covers every connection to it from then on.
-async fn catch_up(conn: &mut Conn) -> Result<(), mysql_async::Error> {
-    // 9 = reads and SHOW: the SHOW below waits (it counts in `wsrep_causal_reads`).
-    conn.query_drop("SET SESSION wsrep_sync_wait = 9").await?;
-    let waited = conn
-        .query_drop("SHOW GLOBAL STATUS LIKE 'wsrep_last_committed'")
-        .await;
-    conn.query_drop("SET SESSION wsrep_sync_wait = 0").await?;
-    waited
-}
-
-/// Judges a node by its `wsrep_%` status (empty on a server without Galera).
-fn is_healthy(status: &[(String, String)]) -> bool {
-    let get = |name: &str| {
-        status
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    match get("wsrep_ready") {
-        // No Galera provider loaded: an ordinary server.
-        None => true,
-        Some(ready) => {
-            ready.eq_ignore_ascii_case("ON")
-                && get("wsrep_local_state_comment").is_some_and(|s| s == "Synced")
-                && get("wsrep_cluster_status").is_none_or(|s| s == "Primary")
         }
     }
 }
@@ -495,36 +354,6 @@ pub(crate) fn split_urls(urls: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn health_of_a_node() {
-        assert!(is_healthy(&[]), "a server without Galera");
-        let synced = status(&[
-            ("wsrep_ready", "ON"),
-            ("wsrep_local_state_comment", "Synced"),
-            ("wsrep_cluster_status", "Primary"),
-        ]);
-        assert!(is_healthy(&synced));
-        let donor = status(&[
-            ("wsrep_ready", "ON"),
-            ("wsrep_local_state_comment", "Donor/Desynced"),
-            ("wsrep_cluster_status", "Primary"),
-        ]);
-        assert!(!is_healthy(&donor));
-        let cut_off = status(&[
-            ("wsrep_ready", "OFF"),
-            ("wsrep_local_state_comment", "Initialized"),
-            ("wsrep_cluster_status", "non-Primary"),
-        ]);
-        assert!(!is_healthy(&cut_off));
-    }
 
     #[test]
     fn several_urls() {
