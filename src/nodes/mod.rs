@@ -242,6 +242,12 @@ impl Nodes {
             return None;
         }
         self.check_if_due().await;
+        self.settle_left()
+    }
+
+    /// How long claims are still to wait after the last move, as things stand (no check):
+    /// for a claim that got its connection, perhaps from a check that moved just then.
+    pub(crate) fn settle_left(&self) -> Option<Duration> {
         let moved_at = *lock(&self.inner.choice.moved_at);
         moved_at
             .and_then(|at| SETTLE.checked_sub(at.elapsed()))

@@ -63,6 +63,15 @@ enum Claimed {
     Jobs { got: usize },
     Conflict,
     Failed,
+    /// The process moved to another node of a cluster just before the claim: claims wait
+    /// for the move to settle (see `may_claim`).
+    Settling,
+}
+
+/// Why a claim round stopped short.
+enum Stopped {
+    Settling,
+    Failed(crate::Error),
 }
 
 impl Fetcher {
@@ -221,12 +230,13 @@ impl Fetcher {
                 }
                 Claimed::Jobs { got }
             }
-            Err(error) if error.is_lock_conflict() => {
+            Err(Stopped::Settling) => Claimed::Settling,
+            Err(Stopped::Failed(error)) if error.is_lock_conflict() => {
                 round.conn.close();
                 tracing::debug!(target: "lightjobs::fetcher", %error, "claim lost a lock race; retrying");
                 Claimed::Conflict
             }
-            Err(error) => {
+            Err(Stopped::Failed(error)) => {
                 round.conn.close();
                 if round.outage.is_none() {
                     round.outage = Some(Instant::now());
@@ -243,7 +253,7 @@ impl Fetcher {
         &self,
         round: &mut Round,
         permits: &mut Vec<OwnedSemaphorePermit>,
-    ) -> crate::Result<usize> {
+    ) -> Result<usize, Stopped> {
         let mut done = self.shared.completions.take();
         let mut got = 0;
         let queues = &self.settings.queues;
@@ -259,11 +269,11 @@ impl Fetcher {
             }
             let jobs = match self.claim_one(round, queue, limit, limited, done).await {
                 Ok(jobs) => jobs,
-                Err((unwritten, error)) => {
+                Err((unwritten, stopped)) => {
                     // The completer writes them on its own from now on: a success write the
                     // server keeps refusing must not hold up the claims.
                     self.to_completer(unwritten);
-                    return Err(error);
+                    return Err(stopped);
                 }
             };
             done = Vec::new();
@@ -315,7 +325,7 @@ impl Fetcher {
         limit: usize,
         limited: bool,
         done: Vec<Finished>,
-    ) -> Result<Vec<ClaimedJob>, (Vec<Finished>, crate::Error)> {
+    ) -> Result<Vec<ClaimedJob>, (Vec<Finished>, Stopped)> {
         let nodes = self.shared.store.nodes();
         if round.conn.0.is_some() && nodes.moved_from(self.conn_node.get()).await {
             round.conn.close();
@@ -327,10 +337,18 @@ impl Fetcher {
                     self.conn_node.set(node);
                     c
                 }
-                Err(e) => return Err((done, crate::Error::Connect(e.to_string()))),
+                Err(e) => {
+                    let error = crate::Error::Connect(e.to_string());
+                    return Err((done, Stopped::Failed(error)));
+                }
             },
         };
         let conn = round.conn.0.insert(conn);
+        if nodes.settle_left().is_some() {
+            // A check moved the process while this connection was had (here or on another
+            // thread): the move settles before any claim.
+            return Err((done, Stopped::Settling));
+        }
         let ids: Vec<Held> = done.iter().map(Finished::held).collect();
         let token = new_token();
         let ask = Ask {
@@ -359,7 +377,7 @@ impl Fetcher {
             Ok(claim) => claim,
             Err(error) => {
                 self.release_in_doubt(in_doubt);
-                return Err((done, error));
+                return Err((done, Stopped::Failed(error)));
             }
         };
         if !done.is_empty() {
@@ -384,6 +402,7 @@ impl Fetcher {
         let random = fastrand::f64();
         let next = match claimed {
             Claimed::Conflict => round.pacing.conflicted(random),
+            Claimed::Settling => Next::Claim,
             Claimed::Failed => Next::Wait(round.pacing.failed(random)),
             Claimed::Jobs { got, .. } => {
                 let next = round.pacing.claimed(asked, got, Instant::now(), random);
@@ -460,10 +479,14 @@ impl Fetcher {
             if self.shared.intake.is_none() || !self.shared.fence.is_open() {
                 return false;
             }
-            if let Err(error) = self.claim_queues(round, &mut Vec::new()).await {
-                round.conn.close();
-                tracing::debug!(target: "lightjobs::fetcher", %error, "writing completions failed; claiming instead");
-                return false;
+            match self.claim_queues(round, &mut Vec::new()).await {
+                Ok(_) => {}
+                Err(Stopped::Settling) => return false,
+                Err(Stopped::Failed(error)) => {
+                    round.conn.close();
+                    tracing::debug!(target: "lightjobs::fetcher", %error, "writing completions failed; claiming instead");
+                    return false;
+                }
             }
         }
     }

@@ -721,3 +721,51 @@ impl Load {
         self.taken()
     }
 }
+
+/// While the database does not answer, dispatches wait for their turn only up to a bound
+/// (`defaults::MAX_WAITING_DISPATCHES`): past it a dispatch fails at once as unavailable
+/// (503) instead of queueing without bound, and once the waiting ones give up (their
+/// deadline) there is room again.
+#[actix_rt::test]
+async fn past_the_bound_on_waiting_dispatches_a_dispatch_fails_at_once() {
+    let db = TestDb::new("silent_backlog").await;
+    db.migrated().await;
+    let proxy = FaultProxy::start(upstream(&db.url));
+    let queue = JobQueue::connect(&proxy.rewrite_url(&db.url)).unwrap();
+    queue.dispatch(Record { tag: "warm".into() }).await.unwrap();
+    proxy.hold(true);
+    let bound = lightjobs::defaults::MAX_WAITING_DISPATCHES;
+    let waiting: Vec<_> = (0..bound + 50)
+        .map(|i| {
+            let queue = queue.clone();
+            actix_rt::spawn(async move { queue.dispatch(Record { tag: format!("{i}") }).await })
+        })
+        .collect();
+    // Let them all reach the combiner's list.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let refused = queue.dispatch(Record { tag: "one more".into() }).await;
+    let took = started.elapsed();
+    let mut backlog = 0;
+    for w in waiting {
+        if matches!(w.await.unwrap(), Err(Error::Backlog(_))) {
+            backlog += 1;
+        }
+    }
+    eprintln!(
+        "waiting dispatches: {} of {} refused at once past the bound of {bound}; one more \
+         answered in {took:?}",
+        backlog,
+        bound + 50
+    );
+    assert!(matches!(refused, Err(Error::Backlog(_))), "{refused:?}");
+    assert!(refused.as_ref().unwrap_err().is_unavailable());
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert!(backlog >= 50, "{backlog}");
+    proxy.hold(false);
+    // Their deadlines passed: the places are free again.
+    let after = queue.dispatch(Record { tag: "after".into() }).await;
+    assert!(after.is_ok(), "{after:?}");
+    drop(proxy);
+    db.drop_db().await;
+}
