@@ -60,7 +60,9 @@ struct Round {
 
 /// What a claim round ended with.
 enum Claimed {
-    Jobs { got: usize },
+    Jobs {
+        got: usize,
+    },
     Conflict,
     Failed,
     /// The process moved to another node of a cluster just before the claim: claims wait

@@ -738,13 +738,23 @@ async fn past_the_bound_on_waiting_dispatches_a_dispatch_fails_at_once() {
     let waiting: Vec<_> = (0..bound + 50)
         .map(|i| {
             let queue = queue.clone();
-            actix_rt::spawn(async move { queue.dispatch(Record { tag: format!("{i}") }).await })
+            actix_rt::spawn(async move {
+                queue
+                    .dispatch(Record {
+                        tag: format!("{i}"),
+                    })
+                    .await
+            })
         })
         .collect();
     // Let them all reach the combiner's list.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
-    let refused = queue.dispatch(Record { tag: "one more".into() }).await;
+    let refused = queue
+        .dispatch(Record {
+            tag: "one more".into(),
+        })
+        .await;
     let took = started.elapsed();
     let mut backlog = 0;
     for w in waiting {
@@ -764,7 +774,11 @@ async fn past_the_bound_on_waiting_dispatches_a_dispatch_fails_at_once() {
     assert!(backlog >= 50, "{backlog}");
     proxy.hold(false);
     // Their deadlines passed: the places are free again.
-    let after = queue.dispatch(Record { tag: "after".into() }).await;
+    let after = queue
+        .dispatch(Record {
+            tag: "after".into(),
+        })
+        .await;
     assert!(after.is_ok(), "{after:?}");
     drop(proxy);
     db.drop_db().await;
