@@ -10,7 +10,8 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Jobs run at once by default. A slot is a future on the worker's runtime, not a thread,
 /// and a claim takes as many jobs as there are free slots, so a larger default costs little
 /// and makes each claim's batch larger (no-op jobs drain at 0.98× the raw SQL floor with 100
-/// slots, 0.28× with 10, same run; BENCHMARKS.md).
+/// slots, 0.28× with 10, same run; docs/benchmarks.md). Jobs that must not run 100 at a
+/// time (a rate-limited API) get a lower `concurrency` or a queue limit.
 pub const CONCURRENCY: usize = 100;
 /// First idle poll interval; also the wait after a claim that found fewer jobs than slots.
 pub const POLL_MIN: Duration = Duration::from_millis(50);
@@ -18,15 +19,19 @@ pub const POLL_MIN: Duration = Duration::from_millis(50);
 /// same process wake workers at once, so this bounds only how late a job dispatched by
 /// another process is noticed on a quiet queue.
 pub const POLL_MAX: Duration = Duration::from_secs(1);
-/// How long one run may take unless the job sets [`Job::TIMEOUT`](crate::Job::TIMEOUT).
+/// How long one run may take unless the job sets [`Job::TIMEOUT`](crate::Job::TIMEOUT), so
+/// that a hung job cannot hold a slot forever.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// How long running jobs get to finish at shutdown before they are released.
+/// How long running jobs get to finish at shutdown before they are released: below the
+/// 30 s most process managers (systemd, Kubernetes, Docker) wait before SIGKILL, so the
+/// release and the result writes still happen.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 /// How often a worker process refreshes its heartbeat row.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// A process whose heartbeat is older than this is dead: its jobs are rescued. Five missed
-/// beats, so a slow database or a busy host does not look like a death, while a crashed
-/// process's jobs run again within seconds.
+/// A process whose heartbeat has not changed for this long is dead: its jobs are rescued.
+/// Five missed beats, so a slow database or a busy host does not look like a death, while a
+/// crashed process's jobs run again within seconds. A process stops its own runs after half
+/// of it without a confirmed beat, so that it stops before anyone may rescue them.
 pub const STALE_AFTER: Duration = Duration::from_secs(10);
 /// How long `processed` (and `cancelled`) jobs are kept before the pruner deletes them.
 pub const PROCESSED_RETENTION: Duration = Duration::from_secs(24 * 3600);

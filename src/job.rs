@@ -266,3 +266,16 @@ impl<E: std::error::Error> From<E> for JobError {
         JobError::Retry(message)
     }
 }
+
+/// A job name (or alias) must fit the `jobs.name` column and not be empty: checked where
+/// names come in, by `Workers::start` for the registered types and by every dispatch.
+pub(crate) fn check_job_name(name: &str) -> crate::Result<()> {
+    let max = crate::defaults::MAX_JOB_NAME_CHARS;
+    if name.is_empty() || name.chars().count() > max {
+        return Err(crate::Error::invalid(
+            "job name",
+            format!("`{name}` must be 1 to {max} characters (the `jobs.name` column)"),
+        ));
+    }
+    Ok(())
+}

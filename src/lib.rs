@@ -38,29 +38,19 @@
 //! }
 //! ```
 //!
-//! # Defaults, and why
+//! # Defaults
 //!
-//! - **Concurrency 100** ([`defaults::CONCURRENCY`]): one fetch loop per process claims as many
-//!   jobs as it has free slots in one transaction (more claimers would only contend for the
-//!   same index range), so the slots set the batch: with 10, no-op jobs drain at 0.28× the
-//!   raw SQL floor, with 100 at 0.98×. A slot is a future, not a thread. Jobs that must not
-//!   run 100 at a time (a rate-limited API) get a lower `concurrency` or a queue limit.
-//! - **Poll 50 ms … 1 s** ([`defaults::POLL_MIN`], [`defaults::POLL_MAX`]): while jobs keep
-//!   coming a worker polls every 50 ms, so jobs dispatched by other processes start within
-//!   that; after 30 quiet seconds it backs off to about one query a second. A dispatch in
-//!   the same process hands the job to an idle worker directly, or wakes the workers.
-//! - **3 attempts** ([`defaults::MAX_ATTEMPTS`]), exponential [`Backoff`] from 1 s with ±25%
-//!   jitter. The retry time is stored in the row, never slept in memory.
-//! - **Job timeout 15 min** ([`defaults::JOB_TIMEOUT`]) so a hung job cannot hold a slot forever.
-//! - **Shutdown grace 25 s** ([`defaults::SHUTDOWN_TIMEOUT`]): below the 30 s most process
-//!   managers wait before SIGKILL. Jobs still running then go back to `pending` without
-//!   spending an attempt.
+//! Every default and limit is a constant in [`defaults`], each documented with why it was
+//! chosen; the builders ([`Workers`], [`JobQueueBuilder`]) say which one each setter
+//! overrides.
 //!
 //! # Delivery
 //!
-//! At least once. A job runs exactly once unless a process dies (or loses the database)
-//! after the job finished and before its result was written; then it runs again. Write
-//! jobs to be idempotent: [`JobContext::id`] is stable across attempts.
+//! At least once. A job runs exactly once unless a process dies, stalls, or loses the
+//! database after the job finished and before its result was written; then it runs again.
+//! A process that can no longer confirm its heartbeat stops its runs before another may
+//! judge it dead. Write jobs to be idempotent: [`JobContext::id`] is stable across
+//! attempts. What each fault does is in `docs/guarantees.md`.
 //!
 //! Needs MySQL 8.0.1+ or MariaDB 10.6+ (for `SKIP LOCKED`).
 #![forbid(unsafe_code)]

@@ -29,8 +29,10 @@ pub struct JobQueueBuilder {
 }
 
 impl JobQueueBuilder {
-    /// Connections in the pool ([`defaults::POOL_SIZE`](crate::defaults::POOL_SIZE)). Workers use two or three; the rest
-    /// serve dispatches from handlers.
+    /// Connections in the queue's pool ([`defaults::POOL_SIZE`](crate::defaults::POOL_SIZE)),
+    /// which serves dispatches and the operator's tools. Workers started on the queue open
+    /// pools of their own (4 connections, and 6 on the maintenance thread), so that their
+    /// connections live on their own runtimes.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -181,7 +183,7 @@ fn session_opts(opts: Opts, constraints: PoolConstraints, keepalive: Option<Dura
                 .with_inactive_connection_ttl(IDLE_CONNECTION_TTL),
         )
         // READ COMMITTED: the claim's locking read takes no gap locks, so claims and
-        // concurrent INSERTs do not deadlock (measured in DESIGN.md).
+        // concurrent INSERTs do not deadlock (measured: docs/benchmarks.md).
         .setup(vec![
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         ])

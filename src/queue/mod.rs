@@ -5,6 +5,9 @@ mod combiner;
 mod dispatch;
 mod io_thread;
 mod operations;
+mod validate;
+
+pub(crate) use validate::validate_queue_name;
 
 pub use builder::JobQueueBuilder;
 pub use dispatch::Dispatch;
@@ -18,7 +21,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts};
 use once_cell::sync::OnceCell;
 
-use crate::defaults::{MAX_JOB_NAME_CHARS, MAX_QUEUE_NAME_CHARS, MAX_UNIQUE_KEY_CHARS};
+use crate::defaults::{MAX_QUEUE_NAME_CHARS, MAX_UNIQUE_KEY_CHARS};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::nodes::{split_urls, Deadlines, Nodes};
@@ -327,72 +330,6 @@ impl JobQueue {
             unique: None,
         })
     }
-
-    fn validate(&self, job: NewJob) -> Result<NewJob> {
-        validate_queue_name(&job.queue)?;
-        if job.name.is_empty() || job.name.chars().count() > crate::defaults::MAX_JOB_NAME_CHARS {
-            return Err(Error::invalid(
-                "job name",
-                format!(
-                    "`{}` must be 1 to {MAX_JOB_NAME_CHARS} characters",
-                    job.name
-                ),
-            ));
-        }
-        if job.payload.len() > self.inner.max_payload {
-            return Err(Error::invalid(
-                "payload",
-                format!(
-                    "job `{}` serialises to {} bytes, over the limit of {} bytes",
-                    job.name,
-                    job.payload.len(),
-                    self.inner.max_payload
-                ),
-            ));
-        }
-        if let Some((key, period)) = &job.unique {
-            if key.is_empty() || key.chars().count() > crate::defaults::MAX_UNIQUE_KEY_CHARS {
-                return Err(Error::invalid(
-                    "unique key",
-                    format!("must be 1 to {MAX_UNIQUE_KEY_CHARS} characters"),
-                ));
-            }
-            if *period > crate::defaults::MAX_DELAY {
-                return Err(Error::invalid("unique period", "longer than ten years"));
-            }
-        }
-        if job.max_attempts == 0 {
-            return Err(Error::invalid("max_attempts", "must be at least 1"));
-        }
-        if let When::After(d) = job.when {
-            if d > crate::defaults::MAX_DELAY {
-                return Err(Error::invalid(
-                    "delay",
-                    format!("{d:?} is longer than the maximum of ten years"),
-                ));
-            }
-        }
-        Ok(job)
-    }
-}
-
-/// Queue names are stored and compared as given, and always passed as parameters, so any
-/// printable text is safe; empty, padded, control characters and overlong are refused.
-pub(crate) fn validate_queue_name(queue: &str) -> Result<()> {
-    let chars = queue.chars().count();
-    if chars == 0 || chars > crate::defaults::MAX_QUEUE_NAME_CHARS {
-        return Err(Error::invalid(
-            "queue name",
-            format!("must be 1 to {MAX_QUEUE_NAME_CHARS} characters, got {chars}"),
-        ));
-    }
-    if queue.trim() != queue || queue.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "queue name",
-            format!("{queue:?} has surrounding spaces or control characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// `LIGHTJOBS_DATABASE_URL`, else `DATABASE_URL`.
@@ -406,18 +343,6 @@ pub(crate) fn database_url_from_env() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queue_names() {
-        assert!(validate_queue_name("default").is_ok());
-        assert!(validate_queue_name("it's; DROP TABLE jobs; --").is_ok());
-        assert!(validate_queue_name("courriel-é-📬").is_ok());
-        assert!(validate_queue_name(&"q".repeat(64)).is_ok());
-        assert!(validate_queue_name(&"q".repeat(65)).is_err());
-        assert!(validate_queue_name("").is_err());
-        assert!(validate_queue_name(" mail").is_err());
-        assert!(validate_queue_name("a\nb").is_err());
-    }
 
     #[test]
     fn bad_pool_settings_are_errors() {

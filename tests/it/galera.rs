@@ -1,6 +1,6 @@
 //! On a MariaDB Galera cluster: a private 3-node cluster on loopback (`.ci/galera`, started
-//! here when `LIGHTJOBS_TEST_GALERA_URLS` does not name one), lightjobs given the three
-//! node URLs. One node takes every write; when it is killed, every process moves to the
+//! here, and stopped when the test process ends, when `LIGHTJOBS_TEST_GALERA_URLS` does not
+//! name one), lightjobs given the three node URLs. One node takes every write; when it is killed, every process moves to the
 //! next within seconds and nothing is lost or run twice; migrations started on every node
 //! at once apply once.
 
@@ -22,13 +22,34 @@ fn script() -> String {
     format!("{}/.ci/galera", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The cluster's node URLs (database `test`), starting it if needed.
+/// The cluster's node URLs (database `test`): the one `.ci/test` started, else one started
+/// here once per test process, in a directory of its own, with node 2's clock 15 s ahead
+/// as in CI. A watcher stops it when this process ends, so a plain `cargo test` leaves no
+/// cluster running.
 fn cluster() -> Vec<String> {
     if let Ok(urls) = std::env::var("LIGHTJOBS_TEST_GALERA_URLS") {
         return urls.split(',').map(str::to_owned).collect();
     }
+    static STARTED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    STARTED.get_or_init(start_own_cluster).clone()
+}
+
+/// Where the cluster this test process started lives.
+fn own_dir() -> String {
+    std::env::temp_dir()
+        .join(format!("lightjobs-galera-test-{}", std::process::id()))
+        .display()
+        .to_string()
+}
+
+fn start_own_cluster() -> Vec<String> {
+    let dir = own_dir();
     let out = Command::new("bash")
-        .args([script().as_str(), "start"])
+        .args([script().as_str(), "start", &dir])
+        .env(
+            "LIGHTJOBS_GALERA_SKEW",
+            std::env::var("LIGHTJOBS_GALERA_SKEW").unwrap_or_else(|_| "2:+15s".into()),
+        )
         .output()
         .expect("bash runs");
     assert!(
@@ -36,6 +57,19 @@ fn cluster() -> Vec<String> {
         "the Galera cluster did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Stops the cluster once this process is gone, however it ends.
+    let watcher = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; bash '{}' stop '{dir}'",
+        std::process::id(),
+        script()
+    );
+    Command::new("setsid")
+        .args(["bash", "-c", &watcher])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the cluster's watcher starts");
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -44,11 +78,10 @@ fn cluster() -> Vec<String> {
 }
 
 fn node(action: &str, n: usize) {
-    let mut args = vec![script(), action.to_owned(), n.to_string()];
-    // The cluster .ci/test started lives in a directory of its own.
-    if let Ok(dir) = std::env::var("LIGHTJOBS_TEST_GALERA_DIR") {
-        args.push(dir);
-    }
+    // The cluster .ci/test started, or the one this process started, lives in a
+    // directory of its own.
+    let dir = std::env::var("LIGHTJOBS_TEST_GALERA_DIR").unwrap_or_else(|_| own_dir());
+    let args = vec![script(), action.to_owned(), n.to_string(), dir];
     let started = Instant::now();
     let status = Command::new("bash")
         .args(&args)

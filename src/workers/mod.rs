@@ -1,31 +1,20 @@
 //! [`Workers`]: the builder of a process's workers (what they run, how many at once, how
 //! they poll, retry and stop), and the checks `start` makes before anything runs.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+mod start;
 
-use tokio_util::sync::CancellationToken;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::events::JobEvent;
-use crate::handle::WorkerHandle;
 use crate::job::{DataMap, Job};
 #[cfg(feature = "cron")]
 use crate::maintenance::RecurringJob;
-use crate::maintenance::{
-    start_maintenance, ForeignJobs, Maintenance, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER,
-};
 use crate::queue::{validate_queue_name, JobQueue};
 use crate::registry::Registry;
-use crate::runtime::completer::{EventHook, LeftBehind};
-use crate::runtime::fence::Fence;
-use crate::runtime::queue_state::{QueueState, QueueStates};
-use crate::runtime::{Background, Parts, Runtime, Settings};
-use crate::store::{Store, WorkerInfo};
-
-/// The fetch loop, the completer and the reconciler each hold at most one connection.
-const WORKER_POOL_SIZE: usize = 4;
+use crate::runtime::completer::EventHook;
 
 /// Configures and starts the workers of one process.
 ///
@@ -299,6 +288,11 @@ impl Workers {
         if let Some(e) = self.refused.take() {
             return Err(e);
         }
+        self.validate_settings()?;
+        self.validate_jobs()
+    }
+
+    fn validate_settings(&self) -> Result<()> {
         if self.concurrency == 0 {
             return Err(Error::invalid("concurrency", "must be at least 1"));
         }
@@ -342,6 +336,10 @@ impl Workers {
         if self.job_timeout.is_zero() {
             return Err(Error::invalid("job_timeout", "must be non-zero"));
         }
+        Ok(())
+    }
+
+    fn validate_jobs(&self) -> Result<()> {
         #[cfg(feature = "cron")]
         let mut registrations = std::collections::HashSet::new();
         #[cfg(feature = "cron")]
@@ -363,163 +361,9 @@ impl Workers {
                 "no job types registered: call .register::<YourJob>()",
             ));
         }
-        if let Some(name) = self
-            .registry
-            .names()
-            .into_iter()
-            .find(|n| n.is_empty() || n.chars().count() > crate::defaults::MAX_JOB_NAME_CHARS)
-        {
-            return Err(Error::invalid(
-                "registry",
-                format!(
-                    "job name `{name}` must be 1 to {} characters (the `jobs.name` column)",
-                    crate::defaults::MAX_JOB_NAME_CHARS
-                ),
-            ));
+        for name in self.registry.names() {
+            crate::job::check_job_name(name)?;
         }
         Ok(())
     }
-}
-
-impl Workers {
-    /// Checks the settings and the database (server version, migrations), installs the
-    /// queue as the process-wide one if none is, and starts the workers on the current
-    /// actix-rt (or tokio `LocalSet`) thread.
-    pub async fn start(mut self) -> Result<WorkerHandle> {
-        self.validate()?;
-        if self.migrate {
-            self.queue.migrate().await?;
-        }
-        self.queue.check_ready().await?;
-        let _ = self.queue.install();
-        // A pool of the workers' own: connections live on this runtime, so they stay usable
-        // after the HTTP workers' runtimes (which share the dispatch pool) have shut down.
-        let store = Store::on(self.queue.new_pool(WORKER_POOL_SIZE));
-        let settings = self.settings();
-        let info = WorkerInfo {
-            id: settings.worker_id.clone(),
-            host: host_name(),
-            pid: std::process::id(),
-            queues: serde_json::to_string(&self.queues)?,
-            interval: self.heartbeat_interval,
-            stale_after: self.stale_after,
-        };
-        // Registered before the first claim, so no rescuer can take our jobs for a dead
-        // process's; the beat opens this process's lease on its jobs.
-        let fence = Arc::new(Fence::new(self.stale_after / 2));
-        let sent = Instant::now();
-        store.beat_worker(&info).await?;
-        fence.confirm(sent);
-        // Read once before the first claim so a paused queue is never claimed from.
-        let queue_states: QueueStates = Arc::new(RwLock::new(QueueState::from_rows(
-            store.queue_settings().await?,
-        )));
-        let left_behind = LeftBehind::default();
-        let runtime = Runtime::new(
-            settings.clone(),
-            Parts {
-                left_behind: left_behind.clone(),
-                store,
-                registry: self.registry.clone(),
-                data: std::mem::take(&mut self.data),
-                hook: self.hook.clone(),
-                queue_states: queue_states.clone(),
-                fence: fence.clone(),
-            },
-        );
-        let maintenance_stop = CancellationToken::new();
-        let plan = self.maintenance_plan(info, fence, queue_states.clone(), left_behind);
-        let done = start_maintenance(&self.queue, plan, maintenance_stop.clone())?;
-        self.queue.add_local_states(queue_states.clone());
-        let intake = runtime.intake();
-        if let Some(intake) = &intake {
-            self.queue.add_intake(intake.clone());
-        }
-        tracing::info!(
-            target: "lightjobs::supervisor",
-            worker = %settings.worker_id,
-            queues = ?settings.queues,
-            concurrency = settings.concurrency,
-            jobs = ?settings.names,
-            "workers started"
-        );
-        let stop = runtime.stop_signal();
-        let queue = self.queue.clone();
-        let task = runtime.spawn(
-            Background {
-                stop: maintenance_stop,
-                done,
-            },
-            move || {
-                if let Some(intake) = &intake {
-                    queue.remove_intake(intake);
-                }
-                queue.remove_local_states(&queue_states);
-            },
-        );
-        Ok(WorkerHandle::new(self.queue, stop, task))
-    }
-
-    /// The runtime's settings, from the builder's.
-    fn settings(&self) -> Settings {
-        Settings {
-            worker_id: worker_id(),
-            queues: self.queues.clone(),
-            names: self.registry.names(),
-            concurrency: self.concurrency,
-            queue_limits: self.queue_limits.clone(),
-            poll_min: self.poll_min,
-            poll_max: self.poll_max,
-            job_timeout: self.job_timeout,
-            shutdown_timeout: self.shutdown_timeout,
-            stop_when_empty: self.stop_when_empty,
-            max_jobs: self.max_jobs,
-            local_handoff: self.local_handoff,
-            panic_after: self.panic_after,
-        }
-    }
-
-    fn maintenance_plan(
-        &mut self,
-        info: WorkerInfo,
-        fence: Arc<Fence>,
-        queue_states: QueueStates,
-        left_behind: LeftBehind,
-    ) -> Maintenance {
-        Maintenance {
-            info,
-            fence,
-            left_behind,
-            queue_states,
-            retention: self.retention,
-            #[cfg(feature = "cron")]
-            recurring: std::mem::take(&mut self.recurring),
-            foreign: ForeignJobs {
-                queues: self.queues.clone(),
-                names: self.registry.names(),
-                interval: FOREIGN_CHECK_INTERVAL,
-                warn_after: FOREIGN_WARN_AFTER,
-                fail_after: self.fail_unknown_after,
-            },
-        }
-    }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// `host:pid:random`, limited to characters safe in logs and the 128-char column.
-fn worker_id() -> String {
-    let host: String = host_name()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        .take(80)
-        .collect();
-    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }

@@ -9,17 +9,16 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use mysql_async::Conn;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use super::completer::{record_written, Command, Finished};
 use super::executor::Executor;
-use super::handoff::{Handoff, Permits};
 use super::pacing::{Next, Pacing, CLAIM_GATHER};
 use super::{Settings, Shared};
-use crate::events::JobOutcome;
-use crate::store::{claim_and_complete_or_report, new_token, Ask, ClaimedJob, Held};
+use claim::KeptConn;
+
+mod claim;
+mod runs;
 
 /// Due `scheduled` jobs moved to `pending` at a time by a worker about to stop when empty.
 const PROMOTE_BEFORE_EXIT: u64 = 1000;
@@ -221,178 +220,6 @@ impl Fetcher {
         false
     }
 
-    /// Claims from the queues in turn (one claim per queue at most) until the permits are
-    /// used up or every queue came back short, and starts a run per job. The first
-    /// claim's transaction also writes the successes finished since the last one.
-    async fn claim(&self, round: &mut Round, permits: &mut Vec<OwnedSemaphorePermit>) -> Claimed {
-        match self.claim_queues(round, permits).await {
-            Ok(got) => {
-                if let Some(since) = round.outage.take() {
-                    tracing::info!(target: "lightjobs::fetcher", down_for = ?since.elapsed(), "database reachable again");
-                }
-                Claimed::Jobs { got }
-            }
-            Err(Stopped::Settling) => Claimed::Settling,
-            Err(Stopped::Failed(error)) if error.is_lock_conflict() => {
-                round.conn.close();
-                tracing::debug!(target: "lightjobs::fetcher", %error, "claim lost a lock race; retrying");
-                Claimed::Conflict
-            }
-            Err(Stopped::Failed(error)) => {
-                round.conn.close();
-                if round.outage.is_none() {
-                    round.outage = Some(Instant::now());
-                    tracing::error!(target: "lightjobs::fetcher", %error, "claiming jobs failed; backing off until the database answers");
-                } else {
-                    tracing::debug!(target: "lightjobs::fetcher", %error, "claim still failing");
-                }
-                Claimed::Failed
-            }
-        }
-    }
-
-    async fn claim_queues(
-        &self,
-        round: &mut Round,
-        permits: &mut Vec<OwnedSemaphorePermit>,
-    ) -> Result<usize, Stopped> {
-        let mut done = self.shared.completions.take();
-        let mut got = 0;
-        let queues = &self.settings.queues;
-        for _ in 0..queues.len() {
-            if permits.is_empty() && done.is_empty() {
-                break;
-            }
-            let queue = &queues[round.next_queue % queues.len()];
-            round.next_queue = round.next_queue.wrapping_add(1);
-            let (limit, limited, mut queue_permits) = self.claimable(queue, permits.len());
-            if limit == 0 && done.is_empty() {
-                continue;
-            }
-            let jobs = match self.claim_one(round, queue, limit, limited, done).await {
-                Ok(jobs) => jobs,
-                Err((unwritten, stopped)) => {
-                    // The completer writes them on its own from now on: a success write the
-                    // server keeps refusing must not hold up the claims.
-                    self.to_completer(unwritten);
-                    return Err(stopped);
-                }
-            };
-            done = Vec::new();
-            self.claimed.set(self.claimed.get() + jobs.len() as u64);
-            got += jobs.len();
-            for job in jobs {
-                let Some(permit) = permits.pop() else { break };
-                self.spawn(job, (permit, queue_permits.pop()));
-            }
-        }
-        Ok(got)
-    }
-
-    /// How many jobs `queue` may give now (its pause, this process's limit for it), whether
-    /// it has a limit across processes, and the per-queue permits taken.
-    fn claimable(&self, queue: &str, free: usize) -> (usize, bool, Vec<OwnedSemaphorePermit>) {
-        let (paused, limited) = self
-            .shared
-            .queue_states
-            .read()
-            .map(|s| (s.paused.contains(queue), s.limited.contains(queue)))
-            .unwrap_or((false, false));
-        // This process's own limit for the queue: a permit per job, on top of the slot.
-        let mut queue_permits = Vec::new();
-        let own_limit = self.shared.queue_slots.get(queue);
-        if let Some(sem) = own_limit {
-            while queue_permits.len() < free {
-                match sem.clone().try_acquire_owned() {
-                    Ok(p) => queue_permits.push(p),
-                    Err(_) => break,
-                }
-            }
-        }
-        let limit = match (paused, own_limit.is_some()) {
-            (true, _) => 0,
-            (false, true) => queue_permits.len(),
-            (false, false) => free,
-        };
-        (limit, limited, queue_permits)
-    }
-
-    /// One claim transaction on `queue` with the successes `done` folded in. On error,
-    /// the successes not written are given back with it, and claims in doubt go to the
-    /// completer (and the reconciler) to be released.
-    async fn claim_one(
-        &self,
-        round: &mut Round,
-        queue: &str,
-        limit: usize,
-        limited: bool,
-        done: Vec<Finished>,
-    ) -> Result<Vec<ClaimedJob>, (Vec<Finished>, Stopped)> {
-        let nodes = self.shared.store.nodes();
-        if round.conn.0.is_some() && nodes.moved_from(self.conn_node.get()).await {
-            round.conn.close();
-        }
-        let conn = match round.conn.0.take() {
-            Some(c) => c,
-            None => match nodes.get_conn_at().await {
-                Ok((node, c)) => {
-                    self.conn_node.set(node);
-                    c
-                }
-                Err(e) => {
-                    let error = crate::Error::Connect(e.to_string());
-                    return Err((done, Stopped::Failed(error)));
-                }
-            },
-        };
-        let conn = round.conn.0.insert(conn);
-        if nodes.settle_left().is_some() {
-            // A check moved the process while this connection was had (here or on another
-            // thread): the move settles before any claim.
-            return Err((done, Stopped::Settling));
-        }
-        let ids: Vec<Held> = done.iter().map(Finished::held).collect();
-        let token = new_token();
-        let ask = Ask {
-            queue,
-            limit,
-            limited,
-            names: &self.settings.names,
-            token,
-        };
-        let mut in_doubt = Vec::new();
-        let limit = nodes.deadlines().statement;
-        let worker = &self.settings.worker_id;
-        self.shared.ledger.set_claiming(Some(token));
-        let result = tokio::time::timeout(
-            limit,
-            claim_and_complete_or_report(conn, ask, worker, &ids, &mut in_doubt),
-        )
-        .await
-        .unwrap_or(Err(crate::Error::Timeout {
-            what: "claim",
-            after: limit,
-            sent: true,
-        }));
-        self.shared.ledger.set_claiming(None);
-        let claim = match result {
-            Ok(claim) => claim,
-            Err(error) => {
-                self.release_in_doubt(in_doubt);
-                return Err((done, Stopped::Failed(error)));
-            }
-        };
-        if !done.is_empty() {
-            match claim.completed {
-                Some(written) => self.completed(done, &written),
-                // Committed, but which ones were ours is unknown: the completer writes
-                // them again (a no-op for those already written) and finds out.
-                None => self.to_completer(done),
-            }
-        }
-        Ok(claim.jobs)
-    }
-
     /// After a claim round: where to go from here. `Some` when the loop ends.
     async fn pace(
         &self,
@@ -491,102 +318,6 @@ impl Fetcher {
                 }
             }
         }
-    }
-
-    fn to_completer(&self, events: Vec<Finished>) {
-        for event in events {
-            // The completer outlives the fetch loop; if it panicked, the rows stay
-            // `running` for the rescuer.
-            let _ = self.shared.commands.send(Command::Write(event));
-        }
-    }
-
-    /// Counts and reports the successes of `done` found written.
-    fn completed(&self, done: Vec<Finished>, written: &[u64]) {
-        let mut delta = crate::runtime::completer::Report::default();
-        record_written(
-            done,
-            written,
-            &mut delta,
-            &self.shared.hook,
-            &self.shared.ledger,
-        );
-        let report = &self.shared.report;
-        report.set(report.get() + delta);
-    }
-
-    /// Claims whose commit may have happened are released: by the completer at once
-    /// (retried until the database answers; a no-op if the claim did not commit), and by
-    /// the reconciler should the commit land later still.
-    fn release_in_doubt(&self, in_doubt: Vec<Held>) {
-        if in_doubt.is_empty() {
-            return;
-        }
-        tracing::warn!(target: "lightjobs::fetcher", jobs = in_doubt.len(), "claim commit outcome unknown; releasing the jobs");
-        let _ = self.shared.commands.send(Command::Release(in_doubt));
-        self.shared.reconcile.notify_one();
-    }
-
-    /// Runs a job a dispatch of this process inserted already claimed by this worker.
-    pub(crate) fn accept(&self, handoff: Handoff) {
-        self.claimed.set(self.claimed.get() + 1);
-        let token = handoff.job.token;
-        self.spawn(handoff.job, handoff.permits);
-        if let Some(intake) = &self.shared.intake {
-            intake.arrived(token);
-        }
-    }
-
-    fn spawn(&self, job: ClaimedJob, permits: Permits) {
-        let held = (job.id, job.token);
-        let shared = self.shared.clone();
-        let stop = shared.ledger.start(held, shared.fence.trips());
-        if !shared.fence.is_open() {
-            // The lease ran out while the claim was on its way: the run would start
-            // after this process may have been judged dead.
-            stop.cancel();
-        }
-        let executor = self.executor.clone();
-        self.shared.tracker.spawn_local(async move {
-            let finished = executor.run(&job, &stop).await;
-            shared.ledger.ended(held);
-            match finished.event.outcome {
-                JobOutcome::Processed => shared.completions.push(finished),
-                JobOutcome::Lost => {
-                    // Nothing to write: the reconciler gives the row back once the
-                    // database answers, unless a rescuer took it first.
-                    shared.ledger.settled(held);
-                    shared.reconcile.notify_one();
-                    let _ = shared.commands.send(Command::Write(finished));
-                }
-                // The completer outlives every run, so this only fails if it panicked;
-                // the row then stays `running` for the reconciler or the rescuer.
-                _ => {
-                    let _ = shared.commands.send(Command::Write(finished));
-                }
-            }
-            drop(permits);
-        });
-    }
-}
-
-/// The fetch loop's own connection, kept between claims. Closed rather than pooled when
-/// dropped or replaced: after an error, a deadline or a panic it may sit inside a
-/// transaction its raw `START TRANSACTION` opened, or wait for a reply that is not coming.
-#[derive(Default)]
-pub(crate) struct KeptConn(Option<Conn>);
-
-impl KeptConn {
-    fn close(&mut self) {
-        if let Some(conn) = self.0.take() {
-            crate::nodes::discard(conn);
-        }
-    }
-}
-
-impl Drop for KeptConn {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 

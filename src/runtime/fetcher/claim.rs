@@ -1,0 +1,207 @@
+//! The claim step of the fetch loop: one claim transaction per queue, with the successes
+//! since the last one folded into the first, each under the statement deadline.
+
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use mysql_async::Conn;
+
+use super::{Claimed, Fetcher, Round, Stopped};
+use crate::runtime::completer::Finished;
+use crate::store::{claim_and_complete_or_report, new_token, Ask, ClaimedJob, Held};
+
+impl Fetcher {
+    /// Claims from the queues in turn (one claim per queue at most) until the permits are
+    /// used up or every queue came back short, and starts a run per job. The first
+    /// claim's transaction also writes the successes finished since the last one.
+    pub(super) async fn claim(&self, round: &mut Round, permits: &mut Vec<OwnedSemaphorePermit>) -> Claimed {
+        match self.claim_queues(round, permits).await {
+            Ok(got) => {
+                if let Some(since) = round.outage.take() {
+                    tracing::info!(target: "lightjobs::fetcher", down_for = ?since.elapsed(), "database reachable again");
+                }
+                Claimed::Jobs { got }
+            }
+            Err(Stopped::Settling) => Claimed::Settling,
+            Err(Stopped::Failed(error)) if error.is_lock_conflict() => {
+                round.conn.close();
+                tracing::debug!(target: "lightjobs::fetcher", %error, "claim lost a lock race; retrying");
+                Claimed::Conflict
+            }
+            Err(Stopped::Failed(error)) => {
+                round.conn.close();
+                if round.outage.is_none() {
+                    round.outage = Some(Instant::now());
+                    tracing::error!(target: "lightjobs::fetcher", %error, "claiming jobs failed; backing off until the database answers");
+                } else {
+                    tracing::debug!(target: "lightjobs::fetcher", %error, "claim still failing");
+                }
+                Claimed::Failed
+            }
+        }
+    }
+
+    pub(super) async fn claim_queues(
+        &self,
+        round: &mut Round,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Result<usize, Stopped> {
+        let mut done = self.shared.completions.take();
+        let mut got = 0;
+        let queues = &self.settings.queues;
+        for _ in 0..queues.len() {
+            if permits.is_empty() && done.is_empty() {
+                break;
+            }
+            let queue = &queues[round.next_queue % queues.len()];
+            round.next_queue = round.next_queue.wrapping_add(1);
+            let (limit, limited, mut queue_permits) = self.claimable(queue, permits.len());
+            if limit == 0 && done.is_empty() {
+                continue;
+            }
+            let jobs = match self.claim_one(round, queue, limit, limited, done).await {
+                Ok(jobs) => jobs,
+                Err((unwritten, stopped)) => {
+                    // The completer writes them on its own from now on: a success write the
+                    // server keeps refusing must not hold up the claims.
+                    self.to_completer(unwritten);
+                    return Err(stopped);
+                }
+            };
+            done = Vec::new();
+            self.claimed.set(self.claimed.get() + jobs.len() as u64);
+            got += jobs.len();
+            for job in jobs {
+                let Some(permit) = permits.pop() else { break };
+                self.spawn(job, (permit, queue_permits.pop()));
+            }
+        }
+        Ok(got)
+    }
+
+    /// How many jobs `queue` may give now (its pause, this process's limit for it), whether
+    /// it has a limit across processes, and the per-queue permits taken.
+    fn claimable(&self, queue: &str, free: usize) -> (usize, bool, Vec<OwnedSemaphorePermit>) {
+        let (paused, limited) = self
+            .shared
+            .queue_states
+            .read()
+            .map(|s| (s.paused.contains(queue), s.limited.contains(queue)))
+            .unwrap_or((false, false));
+        // This process's own limit for the queue: a permit per job, on top of the slot.
+        let mut queue_permits = Vec::new();
+        let own_limit = self.shared.queue_slots.get(queue);
+        if let Some(sem) = own_limit {
+            while queue_permits.len() < free {
+                match sem.clone().try_acquire_owned() {
+                    Ok(p) => queue_permits.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        let limit = match (paused, own_limit.is_some()) {
+            (true, _) => 0,
+            (false, true) => queue_permits.len(),
+            (false, false) => free,
+        };
+        (limit, limited, queue_permits)
+    }
+
+    /// One claim transaction on `queue` with the successes `done` folded in. On error,
+    /// the successes not written are given back with it, and claims in doubt go to the
+    /// completer (and the reconciler) to be released.
+    async fn claim_one(
+        &self,
+        round: &mut Round,
+        queue: &str,
+        limit: usize,
+        limited: bool,
+        done: Vec<Finished>,
+    ) -> Result<Vec<ClaimedJob>, (Vec<Finished>, Stopped)> {
+        let nodes = self.shared.store.nodes();
+        if round.conn.0.is_some() && nodes.moved_from(self.conn_node.get()).await {
+            round.conn.close();
+        }
+        let conn = match round.conn.0.take() {
+            Some(c) => c,
+            None => match nodes.get_conn_at().await {
+                Ok((node, c)) => {
+                    self.conn_node.set(node);
+                    c
+                }
+                Err(e) => {
+                    let error = crate::Error::Connect(e.to_string());
+                    return Err((done, Stopped::Failed(error)));
+                }
+            },
+        };
+        let conn = round.conn.0.insert(conn);
+        if nodes.settle_left().is_some() {
+            // A check moved the process while this connection was had (here or on another
+            // thread): the move settles before any claim.
+            return Err((done, Stopped::Settling));
+        }
+        let ids: Vec<Held> = done.iter().map(Finished::held).collect();
+        let token = new_token();
+        let ask = Ask {
+            queue,
+            limit,
+            limited,
+            names: &self.settings.names,
+            token,
+        };
+        let mut in_doubt = Vec::new();
+        let limit = nodes.deadlines().statement;
+        let worker = &self.settings.worker_id;
+        self.shared.ledger.set_claiming(Some(token));
+        let result = tokio::time::timeout(
+            limit,
+            claim_and_complete_or_report(conn, ask, worker, &ids, &mut in_doubt),
+        )
+        .await
+        .unwrap_or(Err(crate::Error::Timeout {
+            what: "claim",
+            after: limit,
+            sent: true,
+        }));
+        self.shared.ledger.set_claiming(None);
+        let claim = match result {
+            Ok(claim) => claim,
+            Err(error) => {
+                self.release_in_doubt(in_doubt);
+                return Err((done, Stopped::Failed(error)));
+            }
+        };
+        if !done.is_empty() {
+            match claim.completed {
+                Some(written) => self.completed(done, &written),
+                // Committed, but which ones were ours is unknown: the completer writes
+                // them again (a no-op for those already written) and finds out.
+                None => self.to_completer(done),
+            }
+        }
+        Ok(claim.jobs)
+    }
+}
+
+/// The fetch loop's own connection, kept between claims. Closed rather than pooled when
+/// dropped or replaced: after an error, a deadline or a panic it may sit inside a
+/// transaction its raw `START TRANSACTION` opened, or wait for a reply that is not coming.
+#[derive(Default)]
+pub(crate) struct KeptConn(Option<Conn>);
+
+impl KeptConn {
+    pub(super) fn close(&mut self) {
+        if let Some(conn) = self.0.take() {
+            crate::nodes::discard(conn);
+        }
+    }
+}
+
+impl Drop for KeptConn {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
