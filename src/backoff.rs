@@ -66,6 +66,44 @@ impl Backoff {
     }
 }
 
+/// The pause between tries of something that keeps failing (a write, a lease, a restart):
+/// it starts at `first`, doubles after each try up to `cap`, and starts again after a
+/// success. One implementation for every retry loop of the crate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Doubling {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Doubling {
+    pub(crate) fn new(first: Duration, cap: Duration) -> Doubling {
+        Doubling {
+            first,
+            cap,
+            next: first,
+        }
+    }
+
+    /// The pause to wait now; the next one is twice as long, up to the cap.
+    pub(crate) fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        now
+    }
+
+    /// [`next`](Self::next) spread over 0.5–1.5× by `random` (uniform in `0..1`), so that
+    /// processes failing together do not retry together.
+    pub(crate) fn next_jittered(&mut self, random: f64) -> Duration {
+        self.next().mul_f64(0.5 + random.clamp(0.0, 1.0))
+    }
+
+    /// After a success: the next failure starts from the first pause again.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +131,16 @@ mod tests {
     fn rejects_bad_settings() {
         assert!(Backoff::new(Duration::ZERO, Duration::from_secs(1)).is_err());
         assert!(Backoff::new(Duration::from_secs(2), Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn a_doubling_pause_caps_and_starts_again() {
+        let ms = Duration::from_millis;
+        let mut d = Doubling::new(ms(100), ms(350));
+        let seen: Vec<Duration> = (0..4).map(|_| d.next()).collect();
+        assert_eq!(seen, vec![ms(100), ms(200), ms(350), ms(350)]);
+        d.reset();
+        assert_eq!(d.next_jittered(0.0), ms(50));
+        assert_eq!(d.next_jittered(1.0), ms(300));
     }
 }

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::error::Error;
 use crate::queue::JobQueue;
-use guard::{admit, cross_site, csrf_cookie, new_token, same_token};
+use guard::{admit, cross_site, csrf_cookie, new_csrf_token, same_token};
 
 /// Failed jobs listed, newest first: enough to see a pattern, few enough to read.
 const FAILED_SHOWN: u64 = 50;
@@ -197,7 +197,7 @@ async fn show(
     let queue = queue_of(&req)?;
     let token = match csrf_cookie(&req).next() {
         Some(token) => token.to_owned(),
-        None => new_token()?,
+        None => new_csrf_token()?,
     };
     let snapshot = page::Snapshot::load(&queue).await?;
     let outcome = outcome.map(web::Query::into_inner).unwrap_or_default();

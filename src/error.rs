@@ -66,6 +66,12 @@ pub enum Error {
     #[error("the jobs table is not ready: {0}")]
     Schema(String),
 
+    /// The server answered in a way lightjobs did not expect (an INSERT that reported no
+    /// id, or a different number of ids than rows): the statement ran, what it wrote is
+    /// not known to the caller.
+    #[error("unexpected reply from the database: {0}")]
+    UnexpectedReply(String),
+
     /// A job could not be serialised to JSON at dispatch.
     #[error("job payload could not be serialised: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -197,6 +203,7 @@ impl Error {
                 sent: *sent,
             },
             Error::Backlog(n) => Error::Backlog(*n),
+            Error::UnexpectedReply(m) => Error::UnexpectedReply(m.clone()),
             other => Error::Database(E::Io(mysql_async::IoError::Io(std::io::Error::other(
                 other.to_string(),
             )))),

@@ -64,6 +64,7 @@ mod dashboard;
 pub mod defaults;
 mod error;
 mod events;
+mod fnv;
 mod handle;
 mod job;
 mod maintenance;
@@ -89,7 +90,7 @@ pub use handle::{StopSignal, WorkerHandle};
 pub use job::{Job, JobContext, JobError};
 pub use queue::{Dispatch, JobQueue, JobQueueBuilder};
 pub use registry::Registry;
-pub use runtime::completer::Report;
+pub use runtime::report::Report;
 pub use store::{JobRecord, QueueCount};
 pub use web::init;
 #[cfg(feature = "metrics")]

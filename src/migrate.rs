@@ -5,6 +5,7 @@
 //! before it runs and as done after: a migration that failed halfway leaves a "dirty" row and
 //! later runs refuse to guess, naming the migration to repair.
 
+use crate::backoff::Doubling;
 use mysql_async::prelude::*;
 use std::time::Duration;
 
@@ -116,13 +117,12 @@ pub(crate) async fn run_on(pool: &Nodes) -> Result<Migrated, MigrateError> {
     conn.query_drop(crate::store::CREATE_LEASES).await?;
     let holder = format!("migrate:{}:{:016x}", std::process::id(), fastrand::u64(..));
     let waited = std::time::Instant::now();
-    let mut pause = Duration::from_millis(20);
+    let mut pause = Doubling::new(Duration::from_millis(20), Duration::from_millis(500));
     while !crate::store::acquire_lease(&mut conn, "migrate", &holder, MIGRATE_LEASE).await? {
         if waited.elapsed() > MIGRATE_WAIT {
             return Err(MigrateError::LockTimeout);
         }
-        tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        tokio::time::sleep(pause.next_jittered(fastrand::f64())).await;
     }
     // Kept alive on a second connection while the migrations run (an ALTER of a large
     // table can outlast the lease).
@@ -172,7 +172,7 @@ async fn apply_pending(conn: &mut Conn) -> Result<Migrated, MigrateError> {
                     name: m.name,
                 });
             }
-            if checksum != checksum_of(m.sql) {
+            if checksum != crate::fnv::fnv1a(m.sql.as_bytes()) {
                 return Err(MigrateError::Changed {
                     version: m.version,
                     name: m.name,
@@ -255,7 +255,12 @@ async fn adopt_seed_table(conn: &mut Conn) -> Result<bool, MigrateError> {
 async fn record(conn: &mut Conn, m: &Migration, success: bool) -> Result<(), MigrateError> {
     conn.exec_drop(
         "INSERT INTO lightjobs_migrations (version, name, checksum, success) VALUES (?, ?, ?, ?)",
-        (m.version, m.name, checksum_of(m.sql), success),
+        (
+            m.version,
+            m.name,
+            crate::fnv::fnv1a(m.sql.as_bytes()),
+            success,
+        ),
     )
     .await?;
     Ok(())
@@ -282,14 +287,6 @@ fn statements(sql: &str) -> Vec<String> {
         out.push(current.trim().to_owned());
     }
     out
-}
-
-/// FNV-1a: a stable checksum without another dependency; it guards against edits, not
-/// against an adversary.
-fn checksum_of(sql: &str) -> u64 {
-    sql.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Refuses servers without `SKIP LOCKED`: MySQL before 8.0.1, MariaDB before 10.6.

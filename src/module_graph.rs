@@ -85,17 +85,32 @@ fn folder_graph(folder: &str) -> BTreeMap<String, BTreeSet<String>> {
         .join("src")
         .join(folder);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let in_folder = format!("crate::{}::", folder.replace('/', "::"));
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if path.extension().is_none_or(|e| e != "rs") || stem == "mod" {
+        let mut deps = BTreeSet::new();
+        if path.is_dir() {
+            // A role that is a folder of its own: its face names siblings through
+            // `super::`, its files through `super::super::` or the full path.
+            for file in std::fs::read_dir(&path).unwrap() {
+                let file = file.unwrap().path();
+                let code = code(&file);
+                if file.file_stem().is_some_and(|s| s == "mod") {
+                    deps.extend(names_after(&code, "super::"));
+                }
+                deps.extend(names_after(&code, "super::super::"));
+                deps.extend(names_after(&code, &in_folder));
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") && stem != "mod" {
+            let code = code(&path);
+            deps.extend(names_after(&code, "super::"));
+            deps.extend(names_after(&code, &in_folder));
+        } else {
             continue;
         }
-        let code = code(&path);
-        let mut deps = names_after(&code, "super::");
-        deps.extend(names_after(&code, &format!("crate::{folder}::")));
         deps.remove(stem);
         graph.insert(stem.to_owned(), deps);
     }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::one_line;
 use crate::queue::JobQueue;
-use crate::store::JOB_STATUSES;
+use crate::store::{Status, JOB_STATUSES};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum Tool {
@@ -79,41 +79,8 @@ pub(super) enum Tool {
 
 pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
     match tool {
-        Tool::Failed { queue: q, limit } => {
-            let jobs = queue.list("failed", q.as_deref(), limit).await?;
-            if jobs.is_empty() {
-                println!("No failed jobs.");
-            }
-            for j in jobs {
-                println!(
-                    "{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
-                    j.id,
-                    j.queue,
-                    j.name,
-                    j.attempts,
-                    j.max_attempts,
-                    j.finished_at.unwrap_or_default(),
-                    j.last_error.unwrap_or_default().replace('\n', " ")
-                );
-            }
-            Ok(())
-        }
-        Tool::Retry { id, all, queue: q } => {
-            if all {
-                let n = queue.retry_all_failed(q.as_deref()).await?;
-                println!("Retrying {n} failed job(s).");
-            } else if let Some(id) = id {
-                if queue.retry_failed(id).await? {
-                    println!("Retrying job {id}.");
-                } else {
-                    return Err(crate::Error::invalid(
-                        "job id",
-                        format!("no failed job with id {id}"),
-                    ));
-                }
-            }
-            Ok(())
-        }
+        Tool::Failed { queue: q, limit } => failed(queue, q.as_deref(), limit).await,
+        Tool::Retry { id, all, queue: q } => retry(queue, id, all, q.as_deref()).await,
         Tool::Prune {
             processed_hours,
             failed_hours,
@@ -125,72 +92,22 @@ pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
             println!("Pruned {n} job(s).");
             Ok(())
         }
-        Tool::Stats => {
-            let (counts, paused) = futures::try_join!(queue.stats(), queue.paused_queues())?;
-            println!("{:<24} {:<10} {:>10}", "queue", "status", "jobs");
-            for c in counts {
-                println!("{:<24} {:<10} {:>10}", c.queue, c.status, c.count);
-            }
-            if !paused.is_empty() {
-                println!();
-                println!("Paused queues: {}", paused.join(", "));
-            }
-            Ok(())
-        }
+        Tool::Stats => stats(queue).await,
         Tool::List {
             status,
             queue: q,
             limit,
-        } => {
-            let statuses = match &status {
-                Some(status) => vec![status.as_str()],
-                None => JOB_STATUSES.to_vec(),
-            };
-            let mut jobs = Vec::new();
-            for status in statuses {
-                jobs.extend(queue.list(status, q.as_deref(), limit).await?);
-            }
-            // Newest first across statuses too, as `list` orders each one.
-            jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
-            jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            if jobs.is_empty() {
-                println!("No jobs.");
-            }
-            for j in jobs {
-                let when = match j.status.as_str() {
-                    "pending" | "scheduled" | "running" => Some(j.scheduled_at),
-                    _ => j.finished_at,
-                };
-                println!(
-                    "{}\t{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
-                    j.id,
-                    j.queue,
-                    j.name,
-                    j.status,
-                    j.attempts,
-                    j.max_attempts,
-                    when.unwrap_or_default(),
-                    one_line(&j.last_error.unwrap_or_default())
-                );
-            }
-            Ok(())
-        }
+        } => list(queue, status.as_deref(), q.as_deref(), limit).await,
         Tool::Discard { id } => {
             if !queue.discard_failed(id).await? {
-                return Err(crate::Error::invalid(
-                    "job id",
-                    format!("no failed job with id {id}"),
-                ));
+                return Err(no_job(id, "failed"));
             }
             println!("Discarded job {id}.");
             Ok(())
         }
         Tool::Cancel { id } => {
             if !queue.cancel(id).await? {
-                return Err(crate::Error::invalid(
-                    "job id",
-                    format!("no pending or scheduled job with id {id}"),
-                ));
+                return Err(no_job(id, "pending or scheduled"));
             }
             println!("Cancelled job {id}.");
             Ok(())
@@ -206,4 +123,94 @@ pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
             Ok(())
         }
     }
+}
+
+fn no_job(id: u64, status: &str) -> crate::Error {
+    crate::Error::invalid("job id", format!("no {status} job with id {id}"))
+}
+
+async fn failed(queue: &JobQueue, q: Option<&str>, limit: u64) -> crate::Result<()> {
+    let jobs = queue.list(Status::Failed.as_str(), q, limit).await?;
+    if jobs.is_empty() {
+        println!("No failed jobs.");
+    }
+    for j in jobs {
+        println!(
+            "{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
+            j.id,
+            j.queue,
+            j.name,
+            j.attempts,
+            j.max_attempts,
+            j.finished_at.unwrap_or_default(),
+            j.last_error.unwrap_or_default().replace('\n', " ")
+        );
+    }
+    Ok(())
+}
+
+async fn retry(queue: &JobQueue, id: Option<u64>, all: bool, q: Option<&str>) -> crate::Result<()> {
+    if all {
+        let n = queue.retry_all_failed(q).await?;
+        println!("Retrying {n} failed job(s).");
+    } else if let Some(id) = id {
+        if !queue.retry_failed(id).await? {
+            return Err(no_job(id, "failed"));
+        }
+        println!("Retrying job {id}.");
+    }
+    Ok(())
+}
+
+async fn stats(queue: &JobQueue) -> crate::Result<()> {
+    let (counts, paused) = futures::try_join!(queue.stats(), queue.paused_queues())?;
+    println!("{:<24} {:<10} {:>10}", "queue", "status", "jobs");
+    for c in counts {
+        println!("{:<24} {:<10} {:>10}", c.queue, c.status, c.count);
+    }
+    if !paused.is_empty() {
+        println!();
+        println!("Paused queues: {}", paused.join(", "));
+    }
+    Ok(())
+}
+
+async fn list(
+    queue: &JobQueue,
+    status: Option<&str>,
+    q: Option<&str>,
+    limit: u64,
+) -> crate::Result<()> {
+    let statuses = match status {
+        Some(status) => vec![status],
+        None => JOB_STATUSES.to_vec(),
+    };
+    let mut jobs = Vec::new();
+    for status in statuses {
+        jobs.extend(queue.list(status, q, limit).await?);
+    }
+    // Newest first across statuses too, as `list` orders each one.
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
+    jobs.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    if jobs.is_empty() {
+        println!("No jobs.");
+    }
+    for j in jobs {
+        let when = match Status::parse(&j.status) {
+            Some(Status::Pending | Status::Scheduled | Status::Running) => Some(j.scheduled_at),
+            _ => j.finished_at,
+        };
+        println!(
+            "{}\t{}\t{}\t{}\t{}/{} attempts\t{}\t{}",
+            j.id,
+            j.queue,
+            j.name,
+            j.status,
+            j.attempts,
+            j.max_attempts,
+            when.unwrap_or_default(),
+            one_line(&j.last_error.unwrap_or_default())
+        );
+    }
+    Ok(())
 }

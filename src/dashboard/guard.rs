@@ -75,7 +75,7 @@ pub(super) fn csrf_cookie(req: &HttpRequest) -> impl Iterator<Item = &str> {
         .filter(|token| token.len() == TOKEN_LEN && token.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-pub(super) fn new_token() -> actix_web::Result<String> {
+pub(super) fn new_csrf_token() -> actix_web::Result<String> {
     let mut bytes = [0u8; TOKEN_LEN / 2];
     getrandom::fill(&mut bytes).map_err(|e| {
         tracing::error!(target: "lightjobs::dashboard", error = %e, "no randomness for a CSRF token");
@@ -109,8 +109,8 @@ mod tests {
 
     #[test]
     fn tokens() {
-        let a = new_token().unwrap();
-        let b = new_token().unwrap();
+        let a = new_csrf_token().unwrap();
+        let b = new_csrf_token().unwrap();
         assert_eq!(a.len(), TOKEN_LEN);
         assert_ne!(a, b);
         assert!(same_token(&a, &a.clone()));

@@ -9,7 +9,7 @@ use std::fmt::{self, Display, Write as _};
 
 use super::{Outcome, FAILED_SHOWN, RECENT_SHOWN};
 use crate::queue::JobQueue;
-use crate::store::{JobRecord, QueueCount, JOB_STATUSES};
+use crate::store::{JobRecord, QueueCount, Status, JOB_STATUSES};
 
 /// Characters of an error shown; the full text is in the row and `lightjobs failed`.
 const ERROR_SHOWN: usize = 2_000;
@@ -22,30 +22,30 @@ pub(super) struct Snapshot {
     paused: Vec<String>,
     failed: Vec<JobRecord>,
     /// Running, pending, scheduled and processed jobs, in that order.
-    recent: [(&'static str, Vec<JobRecord>); 4],
+    recent: [(Status, Vec<JobRecord>); 4],
 }
 
 impl Snapshot {
     pub(super) async fn load(queue: &JobQueue) -> crate::Result<Snapshot> {
-        let recent = |status| queue.list(status, None, RECENT_SHOWN);
+        let recent = |status: Status| queue.list(status.as_str(), None, RECENT_SHOWN);
         let (counts, paused, failed, running, pending, scheduled, processed) = futures::try_join!(
             queue.stats(),
             queue.paused_queues(),
-            queue.list("failed", None, FAILED_SHOWN),
-            recent("running"),
-            recent("pending"),
-            recent("scheduled"),
-            recent("processed"),
+            queue.list(Status::Failed.as_str(), None, FAILED_SHOWN),
+            recent(Status::Running),
+            recent(Status::Pending),
+            recent(Status::Scheduled),
+            recent(Status::Processed),
         )?;
         Ok(Snapshot {
             counts,
             paused,
             failed,
             recent: [
-                ("running", running),
-                ("pending", pending),
-                ("scheduled", scheduled),
-                ("processed", processed),
+                (Status::Running, running),
+                (Status::Pending, pending),
+                (Status::Scheduled, scheduled),
+                (Status::Processed, processed),
             ],
         })
     }
@@ -144,7 +144,7 @@ fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<Strin
     write_queues(out, s, token)?;
     write_failed(out, s, token)?;
     for (status, jobs) in &s.recent {
-        write_recent(out, status, jobs, token)?;
+        write_recent(out, *status, jobs, token)?;
     }
     out.write_str(
         "<p class=\"muted\">Times are UTC. Every button is also a command: \
@@ -283,11 +283,11 @@ fn write_failed(out: &mut String, s: &Snapshot, token: &str) -> fmt::Result {
     out.write_str("</table>")
 }
 
-fn write_recent(out: &mut String, status: &str, jobs: &[JobRecord], token: &str) -> fmt::Result {
+fn write_recent(out: &mut String, status: Status, jobs: &[JobRecord], token: &str) -> fmt::Result {
     let (title, when) = match status {
-        "running" => ("Running", "started"),
-        "pending" => ("Pending", "due"),
-        "scheduled" => ("Scheduled", "due"),
+        Status::Running => ("Running", "started"),
+        Status::Pending => ("Pending", "due"),
+        Status::Scheduled => ("Scheduled", "due"),
         _ => ("Processed", "finished"),
     };
     write!(out, "<h2>{title}</h2>")?;
@@ -301,7 +301,7 @@ fn write_recent(out: &mut String, status: &str, jobs: &[JobRecord], token: &str)
     )?;
     for job in jobs {
         let at = match status {
-            "processed" => job.finished_at.as_deref(),
+            Status::Processed => job.finished_at.as_deref(),
             _ => Some(job.scheduled_at.as_str()),
         };
         write_job_cells(out, job)?;
@@ -313,10 +313,10 @@ fn write_recent(out: &mut String, status: &str, jobs: &[JobRecord], token: &str)
             job.max_attempts,
             Esc(time(at)),
             // An error before a later success is history, not an alarm.
-            if status == "processed" { "muted" } else { "err" },
+            if status == Status::Processed { "muted" } else { "err" },
             Esc(&cut(job.last_error.as_deref().unwrap_or(""), ERROR_SHOWN)),
         )?;
-        if matches!(status, "pending" | "scheduled") {
+        if matches!(status, Status::Pending | Status::Scheduled) {
             write_form(
                 out,
                 token,

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
+use super::role::Role;
 use crate::store::Store;
 
 /// How often the table is looked at.
@@ -21,19 +20,41 @@ const SCAN: u64 = 10_000;
 /// Looks in a row that fail jobs, at most, before the next pause.
 const FAIL_ROUNDS: u32 = 10;
 
-pub(crate) struct ForeignJobs {
-    pub queues: Vec<String>,
-    pub names: Vec<&'static str>,
-    pub interval: Duration,
-    pub warn_after: Duration,
+/// What the watch looks for: the queues and the types this process runs.
+pub(crate) struct ForeignPlan {
+    pub(crate) queues: Vec<String>,
+    pub(crate) names: Vec<&'static str>,
+    pub(crate) interval: Duration,
+    pub(crate) warn_after: Duration,
     /// [`Workers::fail_unknown_after`](crate::Workers::fail_unknown_after).
-    pub fail_after: Option<Duration>,
+    pub(crate) fail_after: Option<Duration>,
+}
+
+pub(crate) struct ForeignJobs {
+    store: Store,
+    queues: Vec<String>,
+    names: Vec<&'static str>,
+    interval: Duration,
+    warn_after: Duration,
+    fail_after: Option<Duration>,
 }
 
 impl ForeignJobs {
+    pub(crate) fn new(store: Store, plan: ForeignPlan) -> ForeignJobs {
+        ForeignJobs {
+            store,
+            queues: plan.queues,
+            names: plan.names,
+            interval: plan.interval,
+            warn_after: plan.warn_after,
+            fail_after: plan.fail_after,
+        }
+    }
+
     /// One look: reports what waits, then fails what waited past `fail_after`. Returns
     /// (jobs waiting past the warning age, jobs failed).
-    pub(crate) async fn run_once(&self, store: &Store) -> crate::Result<(u64, u64)> {
+    pub(crate) async fn run_once(&self) -> crate::Result<(u64, u64)> {
+        let store = &self.store;
         let warn_after = self
             .fail_after
             .map_or(self.warn_after, |f| f.min(self.warn_after));
@@ -80,19 +101,17 @@ impl ForeignJobs {
         }
         Ok((waiting, failed))
     }
+}
 
-    pub(crate) async fn run(&self, store: &Store, stop: CancellationToken) {
-        loop {
-            let next = match self.run_once(store).await {
-                Ok(_) => self.interval,
-                Err(error) => {
-                    tracing::debug!(target: "lightjobs::foreign", %error, "looking for jobs of unknown types failed");
-                    self.interval.min(RETRY_AFTER)
-                }
-            };
-            if crate::runtime::timing::pause(next, &stop).await {
-                return;
-            }
-        }
+impl Role for ForeignJobs {
+    const NAME: &'static str = "foreign";
+
+    async fn pass(&self) -> crate::Result<Duration> {
+        self.run_once().await?;
+        Ok(self.interval)
+    }
+
+    fn after_error(&self) -> Duration {
+        self.interval.min(RETRY_AFTER)
     }
 }

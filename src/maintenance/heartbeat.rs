@@ -18,14 +18,30 @@ use crate::store::{Store, WorkerInfo};
 const FORGET_DEAD_AFTER: Duration = Duration::from_secs(3600);
 
 pub(crate) struct Heartbeat {
-    pub store: Store,
-    pub info: WorkerInfo,
-    pub fence: Arc<Fence>,
-    /// The shutdown's releases the database refused: written with the row as it stops.
-    pub left_behind: LeftBehind,
+    store: Store,
+    info: WorkerInfo,
+    /// Confirmed here; watched by the worker thread.
+    fence: Arc<Fence>,
+    /// The shutdown's releases the database refused (filled by the completer): written
+    /// with the row as it stops.
+    left_behind: LeftBehind,
 }
 
 impl Heartbeat {
+    pub(crate) fn new(
+        store: Store,
+        info: WorkerInfo,
+        fence: Arc<Fence>,
+        left_behind: LeftBehind,
+    ) -> Heartbeat {
+        Heartbeat {
+            store,
+            info,
+            fence,
+            left_behind,
+        }
+    }
+
     /// One beat, within its interval: a beat that has not landed by then is no use, and
     /// the next one goes on a fresh connection.
     pub(crate) async fn run_once(&self) -> crate::Result<()> {

@@ -10,8 +10,10 @@ mod pruner;
 #[cfg(feature = "cron")]
 mod recurring;
 mod rescuer;
+mod role;
 
-pub(crate) use foreign::{ForeignJobs, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
+use foreign::ForeignJobs;
+pub(crate) use foreign::{ForeignPlan, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
 use heartbeat::Heartbeat;
 use promoter::Promoter;
 use pruner::Pruner;
@@ -20,6 +22,7 @@ use recurring::Recurring;
 #[cfg(feature = "cron")]
 pub(crate) use recurring::RecurringJob;
 use rescuer::Rescuer;
+use role::Role;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,41 +44,31 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How often due `scheduled` jobs (delays, retries) are moved to `pending`: the lateness
 /// of a delayed job, at most.
-const SCHEDULER_INTERVAL: Duration = Duration::from_millis(100);
+const PROMOTE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// What the maintenance thread runs with, besides the queue.
+/// What the maintenance thread runs with, besides the queue: a plain record `Workers::start`
+/// fills in.
 pub(crate) struct Maintenance {
-    pub info: WorkerInfo,
-    pub fence: Arc<Fence>,
-    pub left_behind: LeftBehind,
-    pub queue_states: QueueStates,
-    pub retention: (Duration, Option<Duration>),
+    pub(crate) info: WorkerInfo,
+    pub(crate) fence: Arc<Fence>,
+    pub(crate) left_behind: LeftBehind,
+    pub(crate) queue_states: QueueStates,
+    pub(crate) retention: (Duration, Option<Duration>),
     #[cfg(feature = "cron")]
-    pub recurring: Vec<RecurringJob>,
-    pub foreign: ForeignJobs,
+    pub(crate) recurring: Vec<RecurringJob>,
+    pub(crate) foreign: ForeignPlan,
 }
 
-/// Runs the heartbeat and the rescuer on a thread and runtime of their own, with their own
-/// connections: a job that blocks the workers' thread cannot silence the heartbeat and get
-/// itself rescued (and run twice) while it is still running. Each loop is supervised: a
-/// panic in one (a bug, a value that does not decode) restarts it and never stops the
-/// heartbeat.
+/// Runs the roles on a thread and runtime of their own, with their own connections: a job
+/// that blocks the workers' thread cannot silence the heartbeat and get itself rescued (and
+/// run twice) while it is still running. Each role is supervised: a panic in one (a bug, a
+/// value that does not decode) restarts it and never stops the heartbeat.
 pub(crate) fn start_maintenance(
     queue: &JobQueue,
     plan: Maintenance,
     stop: CancellationToken,
 ) -> Result<oneshot::Receiver<()>> {
     let queue = queue.clone();
-    let Maintenance {
-        info,
-        fence,
-        left_behind,
-        queue_states,
-        retention,
-        #[cfg(feature = "cron")]
-        recurring,
-        foreign,
-    } = plan;
     let (done, finished) = oneshot::channel();
     std::thread::Builder::new()
         .name("lightjobs-maintenance".into())
@@ -92,52 +85,43 @@ pub(crate) fn start_maintenance(
             };
             runtime.block_on(async move {
                 let store = Store::on(queue.new_pool(6));
-                let rescuer = Rescuer {
-                    store: store.clone(),
-                    worker_id: info.id.clone(),
-                    stale_after: info.stale_after,
-                    interval: info.interval,
-                    fence: fence.clone(),
-                    seen: Default::default(),
-                    trips: Default::default(),
-                };
-                let heartbeat = Heartbeat {
-                    store: store.clone(),
-                    info,
-                    fence,
-                    left_behind,
-                };
-                #[cfg(feature = "cron")]
-                let recurring = Recurring::new(queue.clone(), recurring);
-                let scheduler = Promoter {
-                    store: store.clone(),
-                    interval: SCHEDULER_INTERVAL,
-                    queues: queue_states,
-                };
-                let pruner = Pruner {
-                    store: store.clone(),
-                    worker_id: heartbeat.info.id.clone(),
-                    processed: retention.0,
-                    failed: retention.1,
-                    interval: PRUNE_INTERVAL,
-                };
-                let s = &stop;
-                // Cron schedules run only with the `cron` feature.
-                let recurring_task = async {
-                    #[cfg(feature = "cron")]
-                    supervise("recurring", Some(s), || recurring.run(s.clone())).await;
-                };
-                tokio::join!(
-                    supervise("heartbeat", None, || heartbeat.run(s.clone())),
-                    supervise("rescuer", Some(s), || rescuer.run(s.clone())),
-                    supervise("scheduler", Some(s), || scheduler.run(s.clone())),
-                    supervise("pruner", Some(s), || pruner.run(s.clone())),
-                    recurring_task,
-                    supervise("foreign", Some(s), || foreign.run(&store, s.clone())),
-                );
+                run_roles(&queue, &store, plan, &stop).await;
                 let _ = store.nodes().clone().disconnect().await;
             });
             let _ = done.send(());
         })?;
     Ok(finished)
+}
+
+/// Builds every role and runs them, each through [`role::run`] (the heartbeat through its
+/// own loop, which ends by removing or marking this process's row), until `stop`.
+async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &CancellationToken) {
+    let rescuer = Rescuer::new(store.clone(), &plan.info, plan.fence.clone());
+    let pruner = Pruner::new(
+        store.clone(),
+        plan.info.id.clone(),
+        plan.retention,
+        PRUNE_INTERVAL,
+    );
+    let promoter = Promoter::new(store.clone(), PROMOTE_INTERVAL, plan.queue_states);
+    let foreign = ForeignJobs::new(store.clone(), plan.foreign);
+    #[cfg(feature = "cron")]
+    let recurring = Recurring::new(queue.clone(), plan.recurring);
+    #[cfg(not(feature = "cron"))]
+    let _ = queue;
+    let heartbeat = Heartbeat::new(store.clone(), plan.info, plan.fence, plan.left_behind);
+    let s = Some(stop);
+    // Cron schedules run only with the `cron` feature.
+    let recurring_task = async {
+        #[cfg(feature = "cron")]
+        supervise(Recurring::NAME, s, || role::run(&recurring, stop)).await;
+    };
+    tokio::join!(
+        supervise("heartbeat", None, || heartbeat.run(stop.clone())),
+        supervise(Rescuer::NAME, s, || role::run(&rescuer, stop)),
+        supervise(Promoter::NAME, s, || role::run(&promoter, stop)),
+        supervise(Pruner::NAME, s, || role::run(&pruner, stop)),
+        supervise(ForeignJobs::NAME, s, || role::run(&foreign, stop)),
+        recurring_task,
+    );
 }

@@ -2,12 +2,11 @@
 //! they are due, takes up rows a Lightpack app still inserts (status `new`), and wakes this
 //! process's workers when it did.
 
+use std::cell::Cell;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
+use super::role::Role;
 use crate::runtime::queue_state::{QueueState, QueueStates};
-use crate::runtime::timing::pause;
 use crate::store::Store;
 
 /// Most jobs moved by one statement.
@@ -17,12 +16,24 @@ const BATCH: u64 = 1000;
 const SETTINGS_EVERY: u32 = 10;
 
 pub(crate) struct Promoter {
-    pub store: Store,
-    pub interval: Duration,
-    pub queues: QueueStates,
+    store: Store,
+    interval: Duration,
+    /// Written here, read by the fetch loop and the handoff.
+    queues: QueueStates,
+    /// Passes so far: the settings are read every [`SETTINGS_EVERY`].
+    ticks: Cell<u32>,
 }
 
 impl Promoter {
+    pub(crate) fn new(store: Store, interval: Duration, queues: QueueStates) -> Promoter {
+        Promoter {
+            store,
+            interval,
+            queues,
+            ticks: Cell::new(0),
+        }
+    }
+
     /// Promotes every due job; returns how many.
     pub(crate) async fn run_once(&self) -> crate::Result<u64> {
         let mut total = 0;
@@ -49,39 +60,45 @@ impl Promoter {
         }
         Ok(())
     }
+}
 
-    pub(crate) async fn run(&self, stop: CancellationToken) {
-        let mut tick = 0u32;
-        loop {
-            if tick % SETTINGS_EVERY == 0 {
-                if let Err(error) = self.refresh_queues().await {
-                    tracing::debug!(target: "lightjobs::promoter", %error, "reading queue settings failed");
-                }
-                match self.store.adopt_seed_rows(BATCH).await {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(target: "lightjobs::promoter", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
-                        crate::runtime::wake::wake_workers();
-                    }
-                    Err(error) => {
-                        tracing::debug!(target: "lightjobs::promoter", %error, "taking up seed-shaped rows failed");
-                    }
-                }
+impl Promoter {
+    /// Every second or so: the queue settings, and rows a Lightpack app inserted.
+    async fn now_and_then(&self) {
+        if let Err(error) = self.refresh_queues().await {
+            tracing::debug!(target: "lightjobs::promoter", %error, "reading queue settings failed");
+        }
+        match self.store.adopt_seed_rows(BATCH).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(target: "lightjobs::promoter", rows = n, "took up jobs a Lightpack app dispatched (status `new`)");
+                crate::runtime::wake::wake_workers();
             }
-            tick = tick.wrapping_add(1);
-            match self.run_once().await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::debug!(target: "lightjobs::promoter", promoted = n, "scheduled jobs are due");
-                    crate::runtime::wake::wake_workers();
-                }
-                Err(error) => {
-                    tracing::debug!(target: "lightjobs::promoter", %error, "promoting due jobs failed");
-                }
-            }
-            if pause(self.interval, &stop).await {
-                return;
+            Err(error) => {
+                tracing::debug!(target: "lightjobs::promoter", %error, "taking up seed-shaped rows failed");
             }
         }
+    }
+}
+
+impl Role for Promoter {
+    const NAME: &'static str = "promoter";
+
+    async fn pass(&self) -> crate::Result<Duration> {
+        let tick = self.ticks.get();
+        self.ticks.set(tick.wrapping_add(1));
+        if tick % SETTINGS_EVERY == 0 {
+            self.now_and_then().await;
+        }
+        let n = self.run_once().await?;
+        if n > 0 {
+            tracing::debug!(target: "lightjobs::promoter", promoted = n, "scheduled jobs are due");
+            crate::runtime::wake::wake_workers();
+        }
+        Ok(self.interval)
+    }
+
+    fn after_error(&self) -> Duration {
+        self.interval
     }
 }

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
+use super::role::Role;
 use crate::store::Store;
 
 /// How long the pruner lease lasts if its holder dies during a pass.
@@ -14,17 +13,32 @@ const LEASE: Duration = Duration::from_secs(600);
 const BATCH: u64 = 1000;
 
 pub(crate) struct Pruner {
-    pub store: Store,
+    store: Store,
     /// This process's worker id, the lease holder.
-    pub worker_id: String,
+    worker_id: String,
     /// `processed` and `cancelled` jobs older than this go.
-    pub processed: Duration,
+    processed: Duration,
     /// `failed` jobs older than this go; `None` keeps them.
-    pub failed: Option<Duration>,
-    pub interval: Duration,
+    failed: Option<Duration>,
+    interval: Duration,
 }
 
 impl Pruner {
+    pub(crate) fn new(
+        store: Store,
+        worker_id: String,
+        (processed, failed): (Duration, Option<Duration>),
+        interval: Duration,
+    ) -> Pruner {
+        Pruner {
+            store,
+            worker_id,
+            processed,
+            failed,
+            interval,
+        }
+    }
+
     /// One pass; `None` when another process holds the pruner lease.
     pub(crate) async fn run_once(&self) -> crate::Result<Option<u64>> {
         self.store
@@ -34,21 +48,25 @@ impl Pruner {
             })
             .await
     }
+}
 
-    pub(crate) async fn run(&self, stop: CancellationToken) {
-        loop {
-            if crate::runtime::timing::pause(self.interval, &stop).await {
-                return;
-            }
-            match self.run_once().await {
-                Ok(Some(n)) if n > 0 => {
-                    tracing::info!(target: "lightjobs::pruner", deleted = n, "pruned finished jobs");
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(target: "lightjobs::pruner", %error, "pruning failed");
-                }
+impl Role for Pruner {
+    const NAME: &'static str = "pruner";
+
+    fn first_pause(&self) -> Duration {
+        self.interval
+    }
+
+    async fn pass(&self) -> crate::Result<Duration> {
+        if let Some(n) = self.run_once().await? {
+            if n > 0 {
+                tracing::info!(target: "lightjobs::pruner", deleted = n, "pruned finished jobs");
             }
         }
+        Ok(self.interval)
+    }
+
+    fn after_error(&self) -> Duration {
+        self.interval
     }
 }

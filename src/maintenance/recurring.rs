@@ -7,8 +7,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_util::sync::CancellationToken;
 
+use super::role::Role;
+use crate::fnv::Fnv64;
 use crate::queue::JobQueue;
 use crate::store::{NewJob, When};
 
@@ -81,10 +82,10 @@ impl RecurringJob {
 }
 
 pub(crate) struct Recurring {
-    pub queue: JobQueue,
-    pub jobs: Vec<RecurringJob>,
+    queue: JobQueue,
+    jobs: Vec<RecurringJob>,
     /// The last tick dispatched (or found already dispatched) per job.
-    pub last: RefCell<Vec<Option<DateTime<Utc>>>>,
+    last: RefCell<Vec<Option<DateTime<Utc>>>>,
 }
 
 impl Recurring {
@@ -116,43 +117,22 @@ impl Recurring {
         }
         Ok(made)
     }
+}
 
-    pub(crate) async fn run(&self, stop: CancellationToken) {
+impl Role for Recurring {
+    const NAME: &'static str = "recurring";
+
+    async fn pass(&self) -> crate::Result<Duration> {
         if self.jobs.is_empty() {
-            return;
+            // Nothing to dispatch, ever: sleep until the stop.
+            return Ok(Duration::from_secs(24 * 3600));
         }
-        loop {
-            if let Err(error) = self.run_once(Utc::now()).await {
-                tracing::warn!(target: "lightjobs::recurring", %error, "dispatching recurring jobs failed");
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(CHECK_INTERVAL) => {}
-            }
-        }
-    }
-}
-
-/// FNV-1a: a hash that is the same in every process and every build (std's
-/// `DefaultHasher` makes no such promise), so processes agree on a tick's key.
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv64 {
-    fn finish(&self) -> u64 {
-        self.0
+        self.run_once(Utc::now()).await?;
+        Ok(CHECK_INTERVAL)
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
+    fn after_error(&self) -> Duration {
+        CHECK_INTERVAL
     }
 }
 

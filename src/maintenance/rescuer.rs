@@ -15,12 +15,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
+use super::role::Role;
 use crate::runtime::fence::Fence;
 #[cfg(test)]
 use crate::store::WorkerSeen;
-use crate::store::{Liveness, Store};
+use crate::store::{Liveness, Store, WorkerInfo};
 
 /// How long the rescuer lease lasts if its holder dies during a pass (it is given back at
 /// the end of each pass).
@@ -110,20 +109,32 @@ impl Observations {
 }
 
 pub(crate) struct Rescuer {
-    pub store: Store,
+    store: Store,
     /// This process's worker id: the holder of the lease.
-    pub worker_id: String,
+    worker_id: String,
     /// This process's staleness: the one used for holders whose row does not say.
-    pub stale_after: Duration,
-    pub interval: Duration,
+    stale_after: Duration,
+    interval: Duration,
     /// This process's own lease: while it is not valid, this rescuer sees nothing.
-    pub fence: Arc<Fence>,
-    pub seen: RefCell<Observations>,
+    fence: Arc<Fence>,
+    seen: RefCell<Observations>,
     /// The fence's trips when the observations started.
-    pub trips: std::cell::Cell<u64>,
+    trips: std::cell::Cell<u64>,
 }
 
 impl Rescuer {
+    pub(crate) fn new(store: Store, info: &WorkerInfo, fence: Arc<Fence>) -> Rescuer {
+        Rescuer {
+            store,
+            worker_id: info.id.clone(),
+            stale_after: info.stale_after,
+            interval: info.interval,
+            fence,
+            seen: RefCell::default(),
+            trips: std::cell::Cell::new(0),
+        }
+    }
+
     /// One pass: reads who is alive, and rescues the jobs of the dead. `None` when
     /// another process holds the rescuer lease.
     pub(crate) async fn run_once(&self) -> crate::Result<Option<Rescued>> {
@@ -172,22 +183,26 @@ impl Rescuer {
             })
             .await
     }
+}
 
-    pub(crate) async fn run(&self, stop: CancellationToken) {
-        loop {
-            if crate::runtime::timing::pause(self.interval, &stop).await {
-                return;
-            }
-            match self.run_once().await {
-                Ok(Some(r)) if r != Rescued::default() => {
-                    tracing::warn!(target: "lightjobs::rescuer", to_pending = r.pending, to_failed = r.failed, "rescued jobs of dead workers");
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(target: "lightjobs::rescuer", %error, "rescue pass failed");
-                }
+impl Role for Rescuer {
+    const NAME: &'static str = "rescuer";
+
+    fn first_pause(&self) -> Duration {
+        self.interval
+    }
+
+    async fn pass(&self) -> crate::Result<Duration> {
+        if let Some(r) = self.run_once().await? {
+            if r != Rescued::default() {
+                tracing::warn!(target: "lightjobs::rescuer", to_pending = r.pending, to_failed = r.failed, "rescued jobs of dead workers");
             }
         }
+        Ok(self.interval)
+    }
+
+    fn after_error(&self) -> Duration {
+        self.interval
     }
 }
 

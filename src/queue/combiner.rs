@@ -20,7 +20,6 @@
 //! paths.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::ticket::Ticket;
 use crate::error::{Error, Result};
 use crate::runtime::handoff::Reservation;
 use crate::store::{Claim, NewIds, NewJob, Store};
@@ -59,41 +59,10 @@ pub(crate) struct Pending {
     pub(crate) _place: OwnedSemaphorePermit,
 }
 
-/// Whether a waiting dispatch went into a statement or its caller gave up on it (its
-/// deadline passed): exactly one of the two happens, so a caller told "nothing was sent"
-/// never finds its job inserted after all.
-#[derive(Debug, Default)]
-pub(crate) struct Ticket(AtomicU8);
-
-const WAITING: u8 = 0;
-const SENT: u8 = 1;
-const ABANDONED: u8 = 2;
-
-impl Ticket {
-    /// Takes the dispatch into a statement; false when its caller gave up first.
-    fn send(&self) -> bool {
-        self.0
-            .compare_exchange(WAITING, SENT, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// Marks a dispatch that goes its own way (not through the combiner) as sent.
-    pub(crate) fn mark_sent(&self) {
-        self.send();
-    }
-
-    /// Gives the dispatch up; false when it was already sent (it may be inserted).
-    pub(crate) fn abandon(&self) -> bool {
-        self.0
-            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-}
-
 impl Pending {
     /// Still wanted: its caller waits and has not given up.
     fn wanted(&self) -> bool {
-        !self.reply.is_closed() && self.ticket.0.load(Ordering::Acquire) != ABANDONED
+        !self.reply.is_closed() && !self.ticket.abandoned()
     }
 }
 
@@ -261,7 +230,7 @@ async fn insert(store: &Store, mut batch: Vec<Pending>) {
                 if let Some(reservation) = p.handoff {
                     reservation.in_doubt();
                 }
-                let _ = p.reply.send(Err(Error::Schema(message.clone())));
+                let _ = p.reply.send(Err(Error::UnexpectedReply(message.clone())));
             }
         }
         Err(error) if batch.len() > 1 && error.is_server_refusal() => {

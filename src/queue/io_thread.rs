@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::combiner::{self, Pending, Ticket};
+use super::combiner::{self, Pending};
+use super::ticket::Ticket;
 use crate::error::{Error, Result};
 use crate::nodes::{Deadlines, Nodes};
 use crate::runtime::handoff::Reservation;

@@ -5,6 +5,7 @@ mod combiner;
 mod dispatch;
 mod io_thread;
 mod operations;
+mod ticket;
 mod validate;
 
 pub(crate) use validate::validate_queue_name;
@@ -28,8 +29,8 @@ use crate::nodes::{split_urls, Deadlines, Nodes};
 use crate::runtime::handoff::{Intake, Reservation};
 use crate::runtime::queue_state::{QueueState, QueueStates};
 use crate::store::{JobRecord, NewIds, NewJob, QueueCount, Store, When};
-use combiner::Ticket;
 use io_thread::IoThread;
+use ticket::Ticket;
 
 static GLOBAL: OnceCell<JobQueue> = OnceCell::new();
 

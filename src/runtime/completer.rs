@@ -5,8 +5,6 @@
 //! a command of its own rather than an event with made-up fields.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +13,11 @@ use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
+pub(crate) use super::report::{EventHook, Report};
+use crate::backoff::Doubling;
 use crate::events::{JobEvent, JobOutcome};
 use crate::store::{Guarded, Held, Store};
+use std::collections::HashSet;
 
 /// A run's result on its way to the table: the event to report once written, and the
 /// claim whose guard the write carries.
@@ -65,41 +66,6 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How often a write that keeps failing is logged again.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
-pub(crate) type EventHook = Arc<dyn Fn(&JobEvent) + Send + Sync>;
-
-/// Counts of what the workers did, returned when they stop.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Report {
-    /// Jobs that succeeded.
-    pub processed: u64,
-    /// Runs that failed and were scheduled again.
-    pub retried: u64,
-    /// Jobs marked `failed`.
-    pub failed: u64,
-    /// Jobs given back to `pending` at shutdown.
-    pub released: u64,
-    /// Runs that snoozed (rescheduled without spending an attempt).
-    pub snoozed: u64,
-    /// Results not written because the job was no longer ours (rescued, or edited by
-    /// hand), including runs stopped because this process learned it had lost the claim.
-    pub lost: u64,
-    /// Results that could not be written before the shutdown deadline (the jobs stay
-    /// `running` until a rescuer returns them to `pending`).
-    pub unwritten: u64,
-}
-
-/// Calls the user's hook for each event; its panics are contained.
-pub(crate) fn emit<'a>(hook: &Option<EventHook>, events: impl Iterator<Item = &'a JobEvent>) {
-    if let Some(hook) = hook {
-        for e in events {
-            // The hook is user code; its panic must not stop results being written.
-            if std::panic::catch_unwind(AssertUnwindSafe(|| hook(e))).is_err() {
-                tracing::error!(target: "lightjobs::completer", id = e.id, "the on_event hook panicked");
-            }
-        }
-    }
-}
-
 /// Counts the successes of `done` found written (`written` ids) as processed and reports
 /// them to the hook; the others were no longer ours: counted as lost, never reported.
 /// Either way the claims are settled. Shared by the fetch loop (successes folded into a
@@ -123,7 +89,7 @@ pub(crate) fn record_written(
     if !lost.is_empty() {
         tracing::warn!(target: "lightjobs::completer", lost = lost.len(), "completed jobs were no longer ours");
     }
-    emit(hook, ours.iter().map(|f| &f.event));
+    super::report::emit(hook, ours.iter().map(|f| &f.event));
 }
 
 /// Successes waiting for a transaction to write them: the fetch loop folds them into its
@@ -144,22 +110,6 @@ impl Completions {
 
     pub(crate) fn take(&self) -> Vec<Finished> {
         std::mem::take(&mut *self.events.borrow_mut())
-    }
-}
-
-impl std::ops::Add for Report {
-    type Output = Report;
-
-    fn add(self, o: Report) -> Report {
-        Report {
-            processed: self.processed + o.processed,
-            retried: self.retried + o.retried,
-            failed: self.failed + o.failed,
-            released: self.released + o.released,
-            snoozed: self.snoozed + o.snoozed,
-            lost: self.lost + o.lost,
-            unwritten: self.unwritten + o.unwritten,
-        }
     }
 }
 
@@ -218,7 +168,7 @@ impl Completer {
     pub(crate) async fn run(&self, rx: &Mutex<mpsc::UnboundedReceiver<Command>>) {
         let mut rx = rx.lock().await;
         let mut pending: Vec<Command> = Vec::with_capacity(MAX_BATCH);
-        let mut delay = Duration::from_millis(50);
+        let mut pause = Doubling::new(Duration::from_millis(50), MAX_RETRY_DELAY);
         let mut failing_since: Option<Instant> = None;
         let mut last_log = Instant::now();
         loop {
@@ -245,7 +195,7 @@ impl Completer {
                 if let Some(since) = failing_since.take() {
                     tracing::info!(target: "lightjobs::completer", failed_for = ?since.elapsed(), "job results written again");
                 }
-                delay = Duration::from_millis(50);
+                pause.reset();
                 continue;
             };
             if self.give_up.is_cancelled() {
@@ -274,12 +224,10 @@ impl Completer {
                 Some(_) => {}
             }
             pending = failed;
-            let jittered = delay.mul_f64(0.5 + fastrand::f64());
             tokio::select! {
-                () = tokio::time::sleep(jittered) => {}
+                () = tokio::time::sleep(pause.next_jittered(fastrand::f64())) => {}
                 () = self.give_up.cancelled() => {}
             }
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
     }
 
@@ -421,6 +369,6 @@ impl Completer {
     }
 
     fn emit<'a>(&self, events: impl Iterator<Item = &'a JobEvent>) {
-        emit(&self.hook, events);
+        super::report::emit(&self.hook, events);
     }
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fence::Fence;
 use super::queue_state::QueueStates;
+use crate::backoff::Doubling;
 use crate::error::Result;
 use crate::store::{Claim, ClaimedJob, NewJob, Store, When};
 
@@ -249,7 +250,7 @@ impl Drop for Reservation {
 /// rescuer takes the row.
 fn release_in_background(store: Store, queue: String, worker: String, token: u64) {
     tokio::spawn(async move {
-        let mut pause = Duration::from_millis(250);
+        let mut pause = Doubling::new(Duration::from_millis(250), Duration::from_secs(10));
         let mut waited = Duration::ZERO;
         while waited < RELEASE_WATCH {
             match store.release_handoff(&queue, &worker, token).await {
@@ -263,9 +264,9 @@ fn release_in_background(store: Store, queue: String, worker: String, token: u64
                     tracing::debug!(target: "lightjobs::queue", %error, "releasing an undelivered job failed; retrying");
                 }
             }
-            tokio::time::sleep(pause).await;
-            waited += pause;
-            pause = (pause * 2).min(Duration::from_secs(10));
+            let wait = pause.next();
+            tokio::time::sleep(wait).await;
+            waited += wait;
         }
     });
 }

@@ -29,6 +29,7 @@ mod lifecycle;
 mod pacing;
 pub(crate) mod queue_state;
 mod reconciler;
+pub(crate) mod report;
 pub(crate) mod supervise;
 pub(crate) mod timing;
 pub(crate) mod wake;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::fence::Fence;
 use super::handoff::Intake;
 use super::ledger::Ledger;
+use crate::backoff::Doubling;
 use crate::store::{Held, Store};
 
 /// How often a pass runs when nothing asks for one: late commits of statements in doubt
@@ -91,6 +92,7 @@ impl Reconciler {
     /// Runs a pass every [`EVERY`], and [`SOON`] after being asked, until `stop`. A pass
     /// that failed is tried again after a pause growing to [`EVERY`].
     pub(crate) async fn run(&self, stop: &CancellationToken) {
+        let mut pause = Doubling::new(SOON, EVERY);
         let mut retry: Option<Duration> = None;
         loop {
             let wait = retry.unwrap_or(EVERY);
@@ -105,10 +107,13 @@ impl Reconciler {
                 () = tokio::time::sleep(wait) => {}
             }
             retry = match self.run_once().await {
-                Ok(_) => None,
+                Ok(_) => {
+                    pause.reset();
+                    None
+                }
                 Err(error) => {
                     tracing::debug!(target: "lightjobs::reconciler", %error, "reconciling failed; trying again");
-                    Some(retry.map_or(SOON, |d| (d * 2).min(EVERY)))
+                    Some(pause.next())
                 }
             };
         }

@@ -81,10 +81,10 @@ impl Store {
         self.nodes
             .run_for(crate::defaults::ADMIN_STATEMENT_TIMEOUT, async |conn| {
                 conn.exec_drop(
-                    "UPDATE jobs SET status = 'pending', attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
+                    concat!("UPDATE jobs SET status = ", st!(pending), ", attempts = 0, scheduled_at = UTC_TIMESTAMP(6), \
                      reserved_by = NULL, reserved_at = NULL, finished_at = NULL, claim_token = NULL, \
                      last_error = NULL \
-                     WHERE status = 'failed' AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)",
+                     WHERE status = ", st!(failed), " AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)"),
                     (id, id, queue, queue),
                 )
                 .await?;
@@ -98,9 +98,17 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.exec_drop(
-                    "UPDATE jobs SET status = 'cancelled', finished_at = UTC_TIMESTAMP(6), \
+                    concat!(
+                        "UPDATE jobs SET status = ",
+                        st!(cancelled),
+                        ", finished_at = UTC_TIMESTAMP(6), \
                      last_error = COALESCE(last_error, 'cancelled') \
-                     WHERE id = ? AND status IN ('pending', 'scheduled')",
+                     WHERE id = ? AND status IN (",
+                        st!(pending),
+                        ", ",
+                        st!(scheduled),
+                        ")"
+                    ),
                     (id,),
                 )
                 .await?;
@@ -113,8 +121,11 @@ impl Store {
     pub(crate) async fn discard_failed(&self, id: u64) -> Result<bool> {
         self.nodes
             .run(async |conn| {
-                conn.exec_drop("DELETE FROM jobs WHERE id = ? AND status = 'failed'", (id,))
-                    .await?;
+                conn.exec_drop(
+                    concat!("DELETE FROM jobs WHERE id = ? AND status = ", st!(failed)),
+                    (id,),
+                )
+                .await?;
                 Ok(conn.affected_rows() == 1)
             })
             .await

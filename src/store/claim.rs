@@ -25,12 +25,18 @@ pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
         only.push(')');
     }
     format!(
-        "SELECT id, name, payload, attempts, max_attempts, \
+        concat!(
+            "SELECT id, name, payload, attempts, max_attempts, \
          GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0) \
          FROM jobs FORCE INDEX (jobs_claim) \
-         WHERE queue = {} AND status = 'pending'{only} \
-         ORDER BY priority, scheduled_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED",
-        sql_string(queue)
+         WHERE queue = {} AND status = ",
+            st!(pending),
+            "{only} \
+         ORDER BY priority, scheduled_at, id LIMIT {limit} FOR UPDATE SKIP LOCKED"
+        ),
+        sql_string(queue),
+        only = only,
+        limit = limit
     )
 }
 
@@ -139,10 +145,15 @@ pub(super) async fn claim_transaction(
         let q = sql_string(queue);
         let result = conn
             .query_iter(format!(
-                "START TRANSACTION; \
+                concat!(
+                    "START TRANSACTION; \
                  SELECT global_limit, (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_claim) \
-                 WHERE queue = {q} AND status = 'running') \
+                 WHERE queue = {q} AND status = ",
+                    st!(running),
+                    ") \
                  FROM lightjobs_queues WHERE queue = {q} FOR UPDATE"
+                ),
+                q = q
             ))
             .await?;
         let sets: Vec<Vec<(Option<u64>, u64)>> = read_sets(result).await?;
@@ -179,17 +190,26 @@ pub(super) async fn claim_transaction(
     if !rows.is_empty() {
         let _ = write!(
             second,
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, reserved_by = {}, \
-             reserved_at = UTC_TIMESTAMP(6), claim_token = {token} WHERE id IN ({}); ",
+            concat!(
+                "UPDATE jobs SET status = ",
+                st!(running),
+                ", attempts = attempts + 1, reserved_by = {}, \
+             reserved_at = UTC_TIMESTAMP(6), claim_token = {token} WHERE id IN ({}); "
+            ),
             sql_string(worker),
-            id_list(rows.iter().map(|r| r.id))
+            id_list(rows.iter().map(|r| r.id)),
+            token = token
         );
     }
     if !done.is_empty() {
         let _ = write!(
             second,
-            "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}; \
-             SELECT ROW_COUNT(); ",
+            concat!(
+                "UPDATE jobs SET status = ",
+                st!(processed),
+                ", finished_at = UTC_TIMESTAMP(6) WHERE {}; \
+             SELECT ROW_COUNT(); "
+            ),
             success_guard(done)
         );
     }
@@ -306,7 +326,7 @@ pub(super) async fn written_successes(conn: &mut Conn, done: &[Held]) -> Result<
     }
     Ok(conn
         .query(format!(
-            "SELECT id FROM jobs WHERE {} AND status = 'processed'",
+            concat!("SELECT id FROM jobs WHERE {} AND status = ", st!(processed)),
             token_match(done)
         ))
         .await?)

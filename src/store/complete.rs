@@ -14,7 +14,11 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.query_drop(format!(
-                    "UPDATE jobs SET status = 'processed', finished_at = UTC_TIMESTAMP(6) WHERE {}",
+                    concat!(
+                        "UPDATE jobs SET status = ",
+                        st!(processed),
+                        ", finished_at = UTC_TIMESTAMP(6) WHERE {}"
+                    ),
                     success_guard(held)
                 ))
                 .await?;
@@ -61,9 +65,15 @@ impl Store {
     ) -> Result<Guarded> {
         self.guarded(
             format!(
-                "UPDATE jobs SET status = IF(? > 0, 'scheduled', 'pending'), \
+                concat!(
+                    "UPDATE jobs SET status = IF(? > 0, ",
+                    st!(scheduled),
+                    ", ",
+                    st!(pending),
+                    "), \
                  attempts = GREATEST(attempts, 1) - 1, reserved_by = NULL, reserved_at = NULL, \
-                 scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {}",
+                 scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {}"
+                ),
                 claim_guard(&[held], worker)
             ),
             vec![micros(delay).into(), micros(delay).into()],
@@ -80,8 +90,12 @@ impl Store {
     ) -> Result<Guarded> {
         self.guarded(
             format!(
-                "UPDATE jobs SET status = 'failed', last_error = ?, \
-                 finished_at = UTC_TIMESTAMP(6) WHERE {}",
+                concat!(
+                    "UPDATE jobs SET status = ",
+                    st!(failed),
+                    ", last_error = ?, \
+                 finished_at = UTC_TIMESTAMP(6) WHERE {}"
+                ),
                 claim_guard(&[held], worker)
             ),
             vec![truncate_error(error).into()],
@@ -98,8 +112,12 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.query_drop(format!(
-                    "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts, 1) - 1, \
-                     reserved_by = NULL, reserved_at = NULL WHERE {}",
+                    concat!(
+                        "UPDATE jobs SET status = ",
+                        st!(pending),
+                        ", attempts = GREATEST(attempts, 1) - 1, \
+                     reserved_by = NULL, reserved_at = NULL WHERE {}"
+                    ),
                     claim_guard(held, worker)
                 ))
                 .await?;
@@ -114,10 +132,16 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.exec_drop(
-                    "UPDATE jobs FORCE INDEX (jobs_claim) SET status = 'pending', attempts = 0, \
+                    concat!(
+                        "UPDATE jobs FORCE INDEX (jobs_claim) SET status = ",
+                        st!(pending),
+                        ", attempts = 0, \
                      reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
-                     WHERE queue = ? AND status = 'running' AND claim_token = ? AND reserved_by = ? \
-                     AND attempts = 1",
+                     WHERE queue = ? AND status = ",
+                        st!(running),
+                        " AND claim_token = ? AND reserved_by = ? \
+                     AND attempts = 1"
+                    ),
                     (queue, token, worker),
                 )
                 .await?;

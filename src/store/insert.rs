@@ -2,6 +2,7 @@
 //! worker (the handoff), and batches.
 
 use super::*;
+use crate::backoff::Doubling;
 
 /// How long a unique dispatch that loses a lock race is tried again.
 pub(super) const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
@@ -11,10 +12,15 @@ pub(super) const INSERT_SQL: &str = "INSERT INTO jobs (name, payload, status, qu
 
 /// One row: a job due now is `pending`, one for later `scheduled`, decided by the
 /// database's clock (UTC_TIMESTAMP is fixed for the whole statement).
-pub(super) const INSERT_ROW: &str =
+pub(super) const INSERT_ROW: &str = concat!(
     "(?, ?, IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
-     > UTC_TIMESTAMP(6), 'scheduled', 'pending'), ?, ?, ?, \
-     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))";
+     > UTC_TIMESTAMP(6), ",
+    st!(scheduled),
+    ", ",
+    st!(pending),
+    "), ?, ?, ?, \
+     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))"
+);
 
 /// [`INSERT_SQL`] with the columns of a claim, for batches with rows inserted already
 /// claimed by a local worker (the handoff).
@@ -25,10 +31,18 @@ const INSERT_CLAIMABLE_SQL: &str = "INSERT INTO jobs (name, payload, status, que
 /// [`INSERT_ROW`] with a claim: given a token, the row is `running` under its worker with its
 /// first attempt counted and `reserved_at = created_at`, as a claim by the fetch loop leaves
 /// it; without one it is an ordinary row.
-const CLAIMABLE_ROW: &str = "(?, ?, IF(? IS NOT NULL, 'running', \
-     IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) > UTC_TIMESTAMP(6), 'scheduled', \
-     'pending')), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
-     UTC_TIMESTAMP(6), IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)";
+const CLAIMABLE_ROW: &str = concat!(
+    "(?, ?, IF(? IS NOT NULL, ",
+    st!(running),
+    ", \
+     IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) > UTC_TIMESTAMP(6), ",
+    st!(scheduled),
+    ", \
+     ",
+    st!(pending),
+    ")), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
+     UTC_TIMESTAMP(6), IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
+);
 
 /// How a multi-row INSERT learns the ids of its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +103,7 @@ pub(super) async fn insert_one<Q: Queryable>(
     let result = conn.exec_iter(sql.as_ref(), params).await?;
     let id = result.last_insert_id();
     result.drop_result().await?;
-    id.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+    id.ok_or_else(|| Error::UnexpectedReply("INSERT INTO jobs returned no id".into()))
 }
 
 impl Store {
@@ -100,9 +114,17 @@ impl Store {
         };
         // A finished holder whose period is over gives the key up first.
         conn.exec_drop(
-            "UPDATE jobs SET unique_key = NULL WHERE unique_key = ? \
-             AND status IN ('processed', 'failed', 'cancelled') \
-             AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))",
+            concat!(
+                "UPDATE jobs SET unique_key = NULL WHERE unique_key = ? \
+             AND status IN (",
+                st!(processed),
+                ", ",
+                st!(failed),
+                ", ",
+                st!(cancelled),
+                ") \
+             AND (unique_until IS NULL OR unique_until <= UTC_TIMESTAMP(6))"
+            ),
             (key.as_str(),),
         )
         .await?;
@@ -132,7 +154,7 @@ impl Store {
         let holder: Option<u64> = conn
             .exec_first("SELECT id FROM jobs WHERE unique_key = ?", (key.as_str(),))
             .await?;
-        holder.ok_or_else(|| Error::Schema("INSERT INTO jobs returned no id".into()))
+        holder.ok_or_else(|| Error::UnexpectedReply("INSERT INTO jobs returned no id".into()))
     }
 
     /// Inserts one job through a connection of ours (not the caller's transaction).
@@ -146,7 +168,7 @@ impl Store {
             return Self::insert_job(conn, job).await;
         }
         let started = std::time::Instant::now();
-        let mut pause = Duration::from_millis(5);
+        let mut pause = Doubling::new(Duration::from_millis(5), Duration::from_millis(200));
         loop {
             let attempt: Result<u64> = async {
                 conn.query_drop("START TRANSACTION").await?;
@@ -162,8 +184,7 @@ impl Store {
                     if !error.is_lock_conflict() || started.elapsed() >= RACE_RETRY_FOR {
                         return Err(error);
                     }
-                    tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64())).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                    tokio::time::sleep(pause.next_jittered(fastrand::f64())).await;
                 }
             }
         }
@@ -180,10 +201,14 @@ impl Store {
     ) -> Result<u64> {
         insert_one(
             conn,
-            "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
+            concat!(
+                "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
              scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
-             VALUES (?, ?, 'running', ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 1, ?, \
-             UTC_TIMESTAMP(6), ?)",
+             VALUES (?, ?, ",
+                st!(running),
+                ", ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 1, ?, \
+             UTC_TIMESTAMP(6), ?)"
+            ),
             (
                 job.name,
                 job.payload.as_str(),

@@ -54,9 +54,13 @@ pub(super) fn text(row: &mut mysql_async::Row, i: usize) -> Option<String> {
 /// ` AND queue IN (…) AND name NOT IN (…)`: the rows of `queues` no type in `names` runs.
 /// The `scan` longest-waiting due jobs that are older than a bound (parameters: the age in
 /// microseconds, `scan`), read in the order of the seed's `KEY status`.
-const OLDEST_DUE: &str = "SELECT id, queue, name, scheduled_at FROM jobs \
-     WHERE status = 'pending' AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-     ORDER BY scheduled_at LIMIT ?";
+const OLDEST_DUE: &str = concat!(
+    "SELECT id, queue, name, scheduled_at FROM jobs \
+     WHERE status = ",
+    st!(pending),
+    " AND scheduled_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+     ORDER BY scheduled_at LIMIT ?"
+);
 
 pub(super) fn foreign_filter(queues: &[String], names: &[&str]) -> String {
     let queues = queues
@@ -78,8 +82,14 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.exec_drop(
-                    "UPDATE jobs SET status = 'pending' WHERE status = 'scheduled' \
-                     AND scheduled_at <= UTC_TIMESTAMP(6) ORDER BY scheduled_at LIMIT ?",
+                    concat!(
+                        "UPDATE jobs SET status = ",
+                        st!(pending),
+                        " WHERE status = ",
+                        st!(scheduled),
+                        " \
+                     AND scheduled_at <= UTC_TIMESTAMP(6) ORDER BY scheduled_at LIMIT ?"
+                    ),
                     (limit,),
                 )
                 .await?;
@@ -95,8 +105,14 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.exec_drop(
-                    "UPDATE jobs SET status = IF(scheduled_at <= UTC_TIMESTAMP(6), 'pending', 'scheduled') \
-                     WHERE status = 'new' ORDER BY scheduled_at LIMIT ?",
+                    concat!(
+                        "UPDATE jobs SET status = IF(scheduled_at <= UTC_TIMESTAMP(6), ",
+                        st!(pending),
+                        ", ",
+                        st!(scheduled),
+                        ") \
+                     WHERE status = 'new' ORDER BY scheduled_at LIMIT ?"
+                    ),
                     (limit,),
                 )
                 .await?;
@@ -176,10 +192,10 @@ impl Store {
                 }
                 conn.exec_drop(
                     format!(
-                        "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+                        concat!("UPDATE jobs SET status = ", st!(failed), ", finished_at = UTC_TIMESTAMP(6), \
                          last_error = CONCAT('unknown job `', name, '`: no worker running this job type \
                          took it within ', ?, ' (Workers::fail_unknown_after)') \
-                         WHERE id IN ({}) AND status = 'pending'",
+                         WHERE id IN ({}) AND status = ", st!(pending)),
                         id_list(ids.into_iter())
                     ),
                     (format!("{older:?}"),),
@@ -227,10 +243,11 @@ impl Store {
                     })
                     .collect();
                 let holders: Vec<Option<Vec<u8>>> = conn
-                    .query(
+                    .query(concat!(
                         "SELECT DISTINCT reserved_by FROM jobs FORCE INDEX (status) \
-                         WHERE status = 'running'",
-                    )
+                         WHERE status = ",
+                        st!(running)
+                    ))
                     .await?;
                 let holders = holders
                     .into_iter()
@@ -272,7 +289,11 @@ impl Store {
             ),
             (None, _) => "TRUE".to_owned(),
         };
-        let dead_holder = format!("status = 'running' AND {who} AND {still}");
+        let dead_holder = format!(
+            concat!("status = ", st!(running), " AND {who} AND {still}"),
+            who = who,
+            still = still
+        );
         let returned = format!("CONCAT(id, ':', COALESCE(claim_token, 0)) IN ({given_back})");
         self.nodes
             .run(async |conn| {
@@ -291,19 +312,35 @@ impl Store {
                 // The token stays: a run that still finishes (its process had stalled, not
                 // died) can record its success while the job has not been claimed again.
                 conn.query_drop(format!(
-                    "UPDATE jobs SET status = 'failed', finished_at = UTC_TIMESTAMP(6), \
+                    concat!(
+                        "UPDATE jobs SET status = ",
+                        st!(failed),
+                        ", finished_at = UTC_TIMESTAMP(6), \
                      last_error = {died}, its last attempt') \
                      WHERE id IN ({ids}) AND attempts >= max_attempts AND NOT {returned} \
                      AND {dead_holder}"
+                    ),
+                    died = died,
+                    ids = ids,
+                    returned = returned,
+                    dead_holder = dead_holder
                 ))
                 .await?;
                 let failed = conn.affected_rows();
                 conn.query_drop(format!(
-                    "UPDATE jobs SET status = 'pending', \
+                    concat!(
+                        "UPDATE jobs SET status = ",
+                        st!(pending),
+                        ", \
                      attempts = IF({returned}, GREATEST(attempts, 1) - 1, attempts), \
                      last_error = IF({returned}, last_error, {died}')), reserved_by = NULL, \
                      reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) \
                      WHERE id IN ({ids}) AND {dead_holder}"
+                    ),
+                    returned = returned,
+                    died = died,
+                    ids = ids,
+                    dead_holder = dead_holder
                 ))
                 .await?;
                 Ok((conn.affected_rows(), failed))
@@ -318,8 +355,12 @@ impl Store {
             .run(async |conn| {
                 let rows: Vec<(u64, Option<u64>)> = conn
                     .exec(
-                        "SELECT id, claim_token FROM jobs FORCE INDEX (status) \
-                         WHERE status = 'running' AND reserved_by = ?",
+                        concat!(
+                            "SELECT id, claim_token FROM jobs FORCE INDEX (status) \
+                         WHERE status = ",
+                            st!(running),
+                            " AND reserved_by = ?"
+                        ),
                         (worker,),
                     )
                     .await?;
@@ -343,15 +384,15 @@ impl Store {
     ) -> Result<u64> {
         let mut total = 0;
         let targets = [
-            (status::PROCESSED, Some(processed_age)),
-            ("cancelled", Some(processed_age)),
-            (status::FAILED, failed_age),
+            (Status::Processed, Some(processed_age)),
+            (Status::Cancelled, Some(processed_age)),
+            (Status::Failed, failed_age),
         ];
         for (status, age) in targets {
             let Some(age) = age else { continue };
             // One batch per operation, each under its own deadline.
             loop {
-                let (deleted, more) = self.prune_batch(status, age, batch).await?;
+                let (deleted, more) = self.prune_batch(status.as_str(), age, batch).await?;
                 total += deleted;
                 if !more {
                     break;

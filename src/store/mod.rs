@@ -21,6 +21,7 @@ mod leases;
 mod maintenance;
 mod queues;
 mod sql;
+mod status;
 mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
@@ -32,24 +33,9 @@ pub use maintenance::Liveness;
 #[cfg(test)]
 pub(crate) use maintenance::WorkerSeen;
 pub(crate) use sql::*;
-
-/// Statuses stored in `jobs.status` (besides `pending`, `scheduled`, `running`, and
-/// `cancelled`, which are only written inside SQL).
-pub(crate) mod status {
-    pub const PROCESSED: &str = "processed";
-    pub const FAILED: &str = "failed";
-}
-
-/// Every status a job row can have, in the order a job passes through them.
 #[cfg(any(feature = "cli", feature = "dashboard"))]
-pub(crate) const JOB_STATUSES: [&str; 6] = [
-    "pending",
-    "scheduled",
-    "running",
-    "processed",
-    "failed",
-    "cancelled",
-];
+pub(crate) use status::JOB_STATUSES;
+pub(crate) use status::{st, Status};
 
 /// A claim: the job's id and the claim's token.
 pub type Held = (u64, u64);

@@ -23,7 +23,7 @@ pub(super) fn token_match(held: &[Held]) -> String {
 /// can never change a newer claim of the same job, not even this process's own.
 pub(super) fn claim_guard(held: &[Held], worker: &str) -> String {
     format!(
-        "{} AND reserved_by = {} AND status = 'running'",
+        concat!("{} AND reserved_by = {} AND status = ", st!(running)),
         token_match(held),
         sql_string(worker)
     )
@@ -35,7 +35,15 @@ pub(super) fn claim_guard(held: &[Held], worker: &str) -> String {
 /// rescuer failed or queued again from running (or staying failed) for nothing.
 pub(super) fn success_guard(held: &[Held]) -> String {
     format!(
-        "{} AND status IN ('running', 'pending', 'failed')",
+        concat!(
+            "{} AND status IN (",
+            st!(running),
+            ", ",
+            st!(pending),
+            ", ",
+            st!(failed),
+            ")"
+        ),
         token_match(held)
     )
 }

@@ -10,7 +10,7 @@ use super::Workers;
 use crate::error::Result;
 use crate::handle::WorkerHandle;
 use crate::maintenance::{
-    start_maintenance, ForeignJobs, Maintenance, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER,
+    start_maintenance, ForeignPlan, Maintenance, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER,
 };
 use crate::runtime::completer::LeftBehind;
 use crate::runtime::fence::Fence;
@@ -134,7 +134,7 @@ impl Workers {
             retention: self.retention,
             #[cfg(feature = "cron")]
             recurring: std::mem::take(&mut self.recurring),
-            foreign: ForeignJobs {
+            foreign: ForeignPlan {
                 queues: self.queues.clone(),
                 names: self.registry.names(),
                 interval: FOREIGN_CHECK_INTERVAL,

@@ -57,12 +57,14 @@ fn start_own_cluster() -> Vec<String> {
         "the Galera cluster did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Stops the cluster once this process is gone, however it ends.
+    // Stops the cluster once this process is gone, however it ends. The watcher outlives
+    // this process on purpose: it is never waited for.
     let watcher = format!(
         "while kill -0 {} 2>/dev/null; do sleep 1; done; bash '{}' stop '{dir}'",
         std::process::id(),
         script()
     );
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(["bash", "-c", &watcher])
         .stdin(std::process::Stdio::null())

@@ -411,8 +411,36 @@ async fn idle_workers(db: &TestDb, queue: &JobQueue) -> lightjobs::WorkerHandle 
         .start()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    handle
+    // Idle: its fetch loop has made its first claim and waits for the next poll, so its
+    // slots are free for handoffs. Shown by a probe that is handed over (a handed row's
+    // claim is its INSERT: reserved_at = created_at); a loaded machine can take longer
+    // than any fixed pause. The probe leaves no trace for the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let id = queue
+            .dispatch(Record {
+                tag: "probe".into(),
+            })
+            .await
+            .unwrap();
+        db.wait_for("processed", 1, Duration::from_secs(15)).await;
+        let handed: u64 = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE id = {id} AND reserved_at = created_at"
+            ))
+            .await;
+        db.exec(&format!("DELETE FROM jobs WHERE id = {id}")).await;
+        db.exec(&format!("DELETE FROM runs WHERE job_id = {id}"))
+            .await;
+        if handed == 1 {
+            return handle;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workers never went idle"
+        );
+    }
 }
 
 /// A trigger that refuses (`SIGNAL`) the INSERT of any row whose payload holds `tag`.

@@ -15,7 +15,11 @@ impl Fetcher {
     /// Claims from the queues in turn (one claim per queue at most) until the permits are
     /// used up or every queue came back short, and starts a run per job. The first
     /// claim's transaction also writes the successes finished since the last one.
-    pub(super) async fn claim(&self, round: &mut Round, permits: &mut Vec<OwnedSemaphorePermit>) -> Claimed {
+    pub(super) async fn claim(
+        &self,
+        round: &mut Round,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+    ) -> Claimed {
         match self.claim_queues(round, permits).await {
             Ok(got) => {
                 if let Some(since) = round.outage.take() {
@@ -204,4 +208,3 @@ impl Drop for KeptConn {
         self.close();
     }
 }
-
