@@ -62,14 +62,14 @@ impl ForeignJobs {
             .foreign_waiting(&self.queues, &self.names, warn_after, SCAN)
             .await?;
         let mut waiting = 0;
-        for (queue, name, n, waited) in &groups {
-            waiting += n;
+        for g in &groups {
+            waiting += g.jobs;
             tracing::warn!(
                 target: "lightjobs::foreign",
-                queue = %queue,
-                name = %name,
-                jobs = n,
-                oldest_secs = waited.as_secs(),
+                queue = %g.queue,
+                name = %g.name,
+                jobs = g.jobs,
+                oldest_secs = g.waited.as_secs(),
                 "jobs of a type this worker does not run are waiting: start a worker that \
                  registers it (Job::NAME or Job::ALIASES), or let Workers::fail_unknown_after \
                  fail them"
@@ -79,7 +79,7 @@ impl ForeignJobs {
         {
             let gauge: Vec<_> = groups
                 .into_iter()
-                .map(|(q, name, n, _)| (q, name, n))
+                .map(|g| (g.queue, g.name, g.jobs))
                 .collect();
             crate::metrics::set_foreign(&self.queues, &gauge);
         }

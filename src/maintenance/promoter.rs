@@ -51,7 +51,7 @@ impl Promoter {
         let now = QueueState::from_rows(self.store.queue_settings().await?);
         let resumed = {
             let mut state = self.queues.write().unwrap_or_else(|e| e.into_inner());
-            let resumed = state.paused.iter().any(|q| !now.paused.contains(q));
+            let resumed = state.resumed_in(&now);
             *state = now;
             resumed
         };

@@ -28,7 +28,7 @@ use crate::job::Job;
 use crate::nodes::{split_urls, Deadlines, Nodes};
 use crate::runtime::handoff::{Intake, Reservation};
 use crate::runtime::queue_state::{QueueState, QueueStates};
-use crate::store::{JobRecord, NewIds, NewJob, QueueCount, Store, When};
+use crate::store::{JobRecord, NewIds, NewJob, QueueCount, ServerState, Store, When};
 use io_thread::IoThread;
 use ticket::Ticket;
 
@@ -164,7 +164,11 @@ impl JobQueue {
         self.inner
             .server
             .get_or_try_init(|| async {
-                let (version, step, applied) = self
+                let ServerState {
+                    version,
+                    autoinc_step: step,
+                    applied,
+                } = self
                     .on_io(|store| async move { store.read_server_state().await })
                     .await?;
                 crate::migrate::check_server_version(&version)?;
@@ -191,10 +195,10 @@ impl JobQueue {
     }
 
     async fn check_server(&self) -> Result<()> {
-        let (version, _, _) = self
+        let state = self
             .on_io(|store| async move { store.read_server_state().await })
             .await?;
-        crate::migrate::check_server_version(&version)
+        crate::migrate::check_server_version(&state.version)
     }
 
     /// How multi-row INSERTs learn their ids (known once `check_ready` succeeded).

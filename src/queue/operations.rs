@@ -82,13 +82,7 @@ impl JobQueue {
         let name = queue.to_owned();
         self.on_io(move |store| async move { store.set_paused(&name, paused).await })
             .await?;
-        self.apply_locally(|state| {
-            if paused {
-                state.paused.insert(queue.to_owned());
-            } else {
-                state.paused.remove(queue);
-            }
-        });
+        self.apply_locally(|state| state.set_paused(queue, paused));
         Ok(())
     }
 
@@ -129,13 +123,7 @@ impl JobQueue {
         let name = queue.to_owned();
         self.on_io(move |store| async move { store.set_global_limit(&name, limit).await })
             .await?;
-        self.apply_locally(|state| {
-            if limit.is_some() {
-                state.limited.insert(queue.to_owned());
-            } else {
-                state.limited.remove(queue);
-            }
-        });
+        self.apply_locally(|state| state.set_limited(queue, limit.is_some()));
         Ok(())
     }
 

@@ -23,11 +23,19 @@ use std::collections::HashSet;
 /// claim whose guard the write carries.
 #[derive(Debug, Clone)]
 pub(crate) struct Finished {
-    pub token: u64,
-    pub event: JobEvent,
+    token: u64,
+    event: JobEvent,
 }
 
 impl Finished {
+    pub(crate) fn new(token: u64, event: JobEvent) -> Finished {
+        Finished { token, event }
+    }
+
+    pub(crate) fn outcome(&self) -> &JobOutcome {
+        &self.event.outcome
+    }
+
     pub(crate) fn held(&self) -> Held {
         (self.event.id, self.token)
     }
@@ -99,13 +107,18 @@ pub(crate) struct Completions {
     /// Pushed by the run tasks, taken by the fetch loop (or, at shutdown, the drain).
     events: RefCell<Vec<Finished>>,
     /// Wakes the fetch loop's idle wait: successes must not wait for a poll.
-    pub notify: Notify,
+    notify: Notify,
 }
 
 impl Completions {
     pub(crate) fn push(&self, event: Finished) {
         self.events.borrow_mut().push(event);
         self.notify.notify_one();
+    }
+
+    /// Resolves at the next push.
+    pub(crate) fn pushed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 
     pub(crate) fn take(&self) -> Vec<Finished> {

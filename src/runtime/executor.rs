@@ -97,9 +97,9 @@ impl Executor {
                 tracing::warn!(target: "lightjobs::executor", ?duration, "job stopped: the database has not confirmed this process's heartbeat for half its staleness, so another process may take the job over");
             }
         }
-        Finished {
-            token: job.token,
-            event: JobEvent {
+        Finished::new(
+            job.token,
+            JobEvent {
                 id: job.id,
                 name: job.name.clone(),
                 queue: job.queue.clone(),
@@ -107,7 +107,7 @@ impl Executor {
                 duration,
                 outcome,
             },
-        }
+        )
     }
 
     async fn run_inner(&self, job: &ClaimedJob) -> JobOutcome {

@@ -36,8 +36,15 @@ pub(crate) type Permits = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
 
 /// A job inserted as claimed, on its way to the worker's thread.
 pub(crate) struct Handoff {
-    pub job: ClaimedJob,
-    pub permits: Permits,
+    job: ClaimedJob,
+    permits: Permits,
+}
+
+impl Handoff {
+    /// The job, and the slots it runs in.
+    pub(crate) fn into_parts(self) -> (ClaimedJob, Permits) {
+        (self.job, self.permits)
+    }
 }
 
 /// What a running set of workers accepts directly, and where to send it. Shared between
@@ -122,7 +129,7 @@ impl Intake {
         }
         {
             let states = self.queue_states.read().ok()?;
-            if states.paused.contains(&job.queue) || states.limited.contains(&job.queue) {
+            if states.is_paused(&job.queue) || states.is_limited(&job.queue) {
                 return None;
             }
         }

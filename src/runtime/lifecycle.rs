@@ -155,7 +155,7 @@ async fn drain(
         hand_over();
         tokio::select! {
             () = &mut runs => break,
-            () = shared.completions.notify.notified() => {}
+            () = shared.completions.pushed() => {}
             () = &mut fence => {}
         }
     }

@@ -9,18 +9,18 @@ pub(super) const RECORD_SELECT: &str =
      DATE_FORMAT(scheduled_at, '%Y-%m-%d %H:%i:%s.%f'), \
      DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f') FROM jobs";
 
-impl JobRecord {
-    /// Decodes a row of [`RECORD_SELECT`] value by value, never panicking: the operator
-    /// must be able to look at a row another program wrote badly. Text that is not UTF-8
-    /// is shown with replacement characters; a value that does not decode as a number
-    /// shows as 0; a date that does not format (a zero date) as the text the server gave.
-    fn from_row(mut row: Row) -> JobRecord {
+/// A row of [`RECORD_SELECT`], decoded value by value and never refused: the operator
+/// must be able to look at a row another program wrote badly. Text that is not UTF-8 is
+/// shown with replacement characters; a value that does not decode as a number shows as
+/// 0; a date that does not format (a zero date) as the text the server gave.
+impl FromRow for JobRecord {
+    fn from_row_opt(mut row: Row) -> std::result::Result<JobRecord, mysql_async::FromRowError> {
         let mut number = |i: usize| -> u64 { row.take_opt(i).and_then(|v| v.ok()).unwrap_or(0) };
         let id = number(0);
         let attempts = u32::try_from(number(4)).unwrap_or(u32::MAX);
         let max_attempts = u32::try_from(number(5)).unwrap_or(u32::MAX);
         let mut text = |i: usize| text(&mut row, i);
-        JobRecord {
+        Ok(JobRecord {
             id,
             name: text(1).unwrap_or_default(),
             queue: text(2).unwrap_or_default(),
@@ -32,7 +32,18 @@ impl JobRecord {
             created_at: text(8).unwrap_or_default(),
             scheduled_at: text(9).unwrap_or_default(),
             finished_at: text(10),
-        }
+        })
+    }
+}
+
+/// A row of `SELECT queue, status, COUNT(*)`, decoded like [`JobRecord`]'s.
+impl FromRow for QueueCount {
+    fn from_row_opt(mut row: Row) -> std::result::Result<QueueCount, mysql_async::FromRowError> {
+        Ok(QueueCount {
+            queue: text(&mut row, 0).unwrap_or_default(),
+            status: text(&mut row, 1).unwrap_or_default(),
+            count: row.take_opt(2).and_then(|v| v.ok()).unwrap_or(0),
+        })
     }
 }
 
@@ -41,14 +52,9 @@ impl Store {
     pub(crate) async fn find_job(&self, id: u64) -> Result<Option<JobRecord>> {
         self.nodes
             .run(async |conn| {
-                let rows = conn
-                    .exec_map(
-                        format!("{RECORD_SELECT} WHERE id = ?"),
-                        (id,),
-                        JobRecord::from_row,
-                    )
-                    .await?;
-                Ok(rows.into_iter().next())
+                Ok(conn
+                    .exec_first(format!("{RECORD_SELECT} WHERE id = ?"), (id,))
+                    .await?)
             })
             .await
     }
@@ -63,13 +69,12 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 Ok(conn
-                    .exec_map(
+                    .exec(
                         format!(
                             "{RECORD_SELECT} WHERE status = ? AND (? IS NULL OR queue = ?) \
                              ORDER BY id DESC LIMIT ?"
                         ),
                         (status, queue, queue, limit),
-                        JobRecord::from_row,
                     )
                     .await?)
             })
@@ -136,14 +141,9 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 Ok(conn
-                    .query_map(
+                    .query(
                         "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status \
                          ORDER BY queue, status",
-                        |(queue, status, count)| QueueCount {
-                            queue,
-                            status,
-                            count,
-                        },
                     )
                     .await?)
             })

@@ -133,72 +133,96 @@ pub(super) async fn claim_transaction(
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<(Vec<ClaimedJob>, u64)> {
+    let (queue, token) = (ask.queue, ask.token);
+    let rows = lock_rows(conn, ask).await?;
+    // Each row decoded on its own: a value another program wrote that does not decode
+    // fails that job alone (a row whose id does not decode is left as it is, locked only
+    // until this transaction ends).
+    let rows: Vec<ClaimRow> = rows.into_iter().filter_map(ClaimRow::decode).collect();
+    in_doubt.extend(rows.iter().map(|r| (r.id, token)));
+    let ids = rows.iter().map(|r| r.id);
+    let completed = commit_claim(conn, ids, token, worker, done).await?;
+    let claimed = rows
+        .into_iter()
+        .map(|row| row.into_job(queue, token))
+        .collect();
+    Ok((claimed, completed))
+}
+
+/// The first round trip: `START TRANSACTION` and the locking read of the head of the
+/// queue. With a limit across processes, the queue's row is locked first (claimers of
+/// that queue take turns), its running jobs counted, and at most the difference read.
+async fn lock_rows(conn: &mut Conn, ask: Ask<'_>) -> Result<Vec<Row>> {
     let Ask {
         queue,
         mut limit,
         limited,
         names,
-        token,
+        ..
     } = ask;
-    let mut rows: Vec<Row> = Vec::new();
-    if limited && limit > 0 {
-        let q = sql_string(queue);
-        let result = conn
-            .query_iter(format!(
-                concat!(
-                    "START TRANSACTION; \
-                 SELECT global_limit, (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_claim) \
-                 WHERE queue = {q} AND status = ",
-                    st!(running),
-                    ") \
-                 FROM lightjobs_queues WHERE queue = {q} FOR UPDATE"
-                ),
-                q = q
-            ))
-            .await?;
-        let sets: Vec<Vec<(Option<u64>, u64)>> = read_sets(result).await?;
-        let allowed = sets.iter().flatten().next().and_then(|&(global, running)| {
-            global.map(|g| usize::try_from(g.saturating_sub(running)).unwrap_or(usize::MAX))
-        });
-        limit = limit.min(allowed.unwrap_or(usize::MAX));
-        if limit > 0 {
-            rows = conn.query(claim_sql_for(queue, limit, names)).await?;
-        }
-    } else if limit > 0 {
+    if limit == 0 {
+        conn.query_drop("START TRANSACTION").await?;
+        return Ok(Vec::new());
+    }
+    if !limited {
         let result = conn
             .query_iter(format!(
                 "START TRANSACTION; {}",
                 claim_sql_for(queue, limit, names)
             ))
             .await?;
-        rows = read_sets::<Row>(result)
+        return Ok(read_sets::<Row>(result)
             .await?
             .into_iter()
             .flatten()
-            .collect();
-    } else {
-        conn.query_drop("START TRANSACTION").await?;
+            .collect());
     }
-    // Every claim has a token of its own (chosen by the caller, so that it can tell its
-    // rows before the reply comes): each later write matches (id, token), so it can never
-    // touch a newer claim of the same job, whatever happened to `attempts` meanwhile.
-    // Each row decoded on its own: a value another program wrote that does not decode
-    // fails that job alone (a row whose id does not decode is left as it is, locked only
-    // until this transaction ends).
-    let rows: Vec<ClaimRow> = rows.into_iter().filter_map(ClaimRow::decode).collect();
+    let q = sql_string(queue);
+    let result = conn
+        .query_iter(format!(
+            concat!(
+                "START TRANSACTION; \
+                 SELECT global_limit, (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_claim) \
+                 WHERE queue = {q} AND status = ",
+                st!(running),
+                ") FROM lightjobs_queues WHERE queue = {q} FOR UPDATE"
+            ),
+            q = q
+        ))
+        .await?;
+    let sets: Vec<Vec<(Option<u64>, u64)>> = read_sets(result).await?;
+    let allowed = sets.iter().flatten().next().and_then(|&(global, running)| {
+        global.map(|g| usize::try_from(g.saturating_sub(running)).unwrap_or(usize::MAX))
+    });
+    limit = limit.min(allowed.unwrap_or(usize::MAX));
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(conn.query(claim_sql_for(queue, limit, names)).await?)
+}
+
+/// The second round trip: the claimed rows to `running` under `token`, the successes
+/// `done` to `processed` (guarded), and the COMMIT. Returns how many successes it wrote.
+async fn commit_claim(
+    conn: &mut Conn,
+    ids: impl ExactSizeIterator<Item = u64>,
+    token: u64,
+    worker: &str,
+    done: &[Held],
+) -> Result<u64> {
     let mut second = String::new();
-    if !rows.is_empty() {
+    if ids.len() > 0 {
         let _ = write!(
             second,
             concat!(
                 "UPDATE jobs SET status = ",
                 st!(running),
                 ", attempts = attempts + 1, reserved_by = {}, \
-             reserved_at = UTC_TIMESTAMP(6), claim_token = {token} WHERE id IN ({}); "
+                 reserved_at = UTC_TIMESTAMP(6), claim_token = {} WHERE id IN ({}); "
             ),
             sql_string(worker),
-            id_list(rows.iter().map(|r| r.id)),
-            token = token
+            token,
+            id_list(ids)
         );
     }
     if !done.is_empty() {
@@ -207,26 +231,19 @@ pub(super) async fn claim_transaction(
             concat!(
                 "UPDATE jobs SET status = ",
                 st!(processed),
-                ", finished_at = UTC_TIMESTAMP(6) WHERE {}; \
-             SELECT ROW_COUNT(); "
+                ", finished_at = UTC_TIMESTAMP(6) WHERE {}; SELECT ROW_COUNT(); "
             ),
             success_guard(done)
         );
     }
     second.push_str("COMMIT");
-    in_doubt.extend(rows.iter().map(|r| (r.id, token)));
     let result = conn.query_iter(second).await?;
-    let completed = read_sets::<i64>(result)
+    Ok(read_sets::<i64>(result)
         .await?
         .into_iter()
         .flatten()
         .next()
-        .map_or(0, |n| u64::try_from(n).unwrap_or(0));
-    let claimed = rows
-        .into_iter()
-        .map(|row| row.into_job(queue, token))
-        .collect();
-    Ok((claimed, completed))
+        .map_or(0, |n| u64::try_from(n).unwrap_or(0)))
 }
 
 /// A claimed row as read, each value decoded on its own.

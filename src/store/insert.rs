@@ -7,8 +7,15 @@ use crate::backoff::Doubling;
 /// How long a unique dispatch that loses a lock race is tried again.
 pub(super) const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
 
-pub(super) const INSERT_SQL: &str = "INSERT INTO jobs (name, payload, status, queue, priority, \
-     max_attempts, scheduled_at, created_at) VALUES";
+/// The columns every INSERT of a job writes, in the order of [`INSERT_ROW`]'s values: the
+/// one list, which the other INSERTs extend.
+macro_rules! job_columns {
+    () => {
+        "name, payload, status, queue, priority, max_attempts, scheduled_at, created_at"
+    };
+}
+
+pub(super) const INSERT_SQL: &str = concat!("INSERT INTO jobs (", job_columns!(), ") VALUES");
 
 /// One row: a job due now is `pending`, one for later `scheduled`, decided by the
 /// database's clock (UTC_TIMESTAMP is fixed for the whole statement).
@@ -24,9 +31,11 @@ pub(super) const INSERT_ROW: &str = concat!(
 
 /// [`INSERT_SQL`] with the columns of a claim, for batches with rows inserted already
 /// claimed by a local worker (the handoff).
-const INSERT_CLAIMABLE_SQL: &str = "INSERT INTO jobs (name, payload, status, queue, priority, \
-     max_attempts, scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
-     VALUES";
+const INSERT_CLAIMABLE_SQL: &str = concat!(
+    "INSERT INTO jobs (",
+    job_columns!(),
+    ", attempts, reserved_by, reserved_at, claim_token) VALUES"
+);
 
 /// [`INSERT_ROW`] with a claim: given a token, the row is `running` under its worker with its
 /// first attempt counted and `reserved_at = created_at`, as a claim by the fetch loop leaves
@@ -135,10 +144,13 @@ impl Store {
         let result = conn
             .exec_iter(
                 format!(
-                    "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
-                     scheduled_at, created_at, unique_key, unique_until) VALUES {}, ?, \
-                     UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
-                     ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
+                    concat!(
+                        "INSERT INTO jobs (",
+                        job_columns!(),
+                        ", unique_key, unique_until) VALUES {}, ?, \
+                         UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+                         ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)"
+                    ),
                     INSERT_ROW.strip_suffix(')').unwrap_or(INSERT_ROW)
                 ),
                 params,
@@ -199,25 +211,11 @@ impl Store {
         worker: &str,
         token: u64,
     ) -> Result<u64> {
+        let claim = Claim { worker, token };
         insert_one(
             conn,
-            concat!(
-                "INSERT INTO jobs (name, payload, status, queue, priority, max_attempts, \
-             scheduled_at, created_at, attempts, reserved_by, reserved_at, claim_token) \
-             VALUES (?, ?, ",
-                st!(running),
-                ", ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 1, ?, \
-             UTC_TIMESTAMP(6), ?)"
-            ),
-            (
-                job.name,
-                job.payload.as_str(),
-                job.queue.as_str(),
-                job.priority,
-                job.max_attempts,
-                worker,
-                token,
-            ),
+            format!("{INSERT_CLAIMABLE_SQL} {CLAIMABLE_ROW}"),
+            job.claimable_params(Some(claim))?,
         )
         .await
     }

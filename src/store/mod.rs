@@ -18,6 +18,7 @@ mod claim;
 mod complete;
 mod insert;
 mod leases;
+mod liveness;
 mod maintenance;
 mod queues;
 mod sql;
@@ -28,14 +29,25 @@ pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
 pub(crate) use claim::{claim_and_complete_or_report, Ask};
 pub(crate) use insert::{Claim, NewIds};
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
-use maintenance::text;
-pub use maintenance::Liveness;
+pub use liveness::Liveness;
 #[cfg(test)]
-pub(crate) use maintenance::WorkerSeen;
+pub(crate) use liveness::WorkerSeen;
+pub(crate) use queues::QueueSetting;
 pub(crate) use sql::*;
 #[cfg(any(feature = "cli", feature = "dashboard"))]
 pub(crate) use status::JOB_STATUSES;
 pub(crate) use status::{st, Status};
+
+/// What the server is, as read when a queue first checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerState {
+    /// `SELECT VERSION()`.
+    pub(crate) version: String,
+    /// `@@auto_increment_increment`: the step between the ids of a multi-row INSERT.
+    pub(crate) autoinc_step: u64,
+    /// The newest migration applied (`None` before the first).
+    pub(crate) applied: Option<u32>,
+}
 
 /// A claim: the job's id and the claim's token.
 pub type Held = (u64, u64);
@@ -186,9 +198,8 @@ impl Store {
         &self.nodes
     }
 
-    /// `SELECT VERSION()`, `@@auto_increment_increment` and the newest applied migration
-    /// (None when the table is missing).
-    pub(crate) async fn read_server_state(&self) -> Result<(String, u64, Option<u32>)> {
+    /// What the server is and how far it is migrated.
+    pub(crate) async fn read_server_state(&self) -> Result<ServerState> {
         self.nodes
             .run(async |conn| {
                 let server: Option<(String, u64)> = conn
@@ -204,7 +215,11 @@ impl Store {
                     Err(mysql_async::Error::Server(e)) if e.code == 1146 => None,
                     Err(e) => return Err(e.into()),
                 };
-                Ok((version, step.max(1), applied))
+                Ok(ServerState {
+                    version,
+                    autoinc_step: step.max(1),
+                    applied,
+                })
             })
             .await
     }

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A row of `lightjobs_queues`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueSetting {
+    pub(crate) queue: String,
+    pub(crate) paused: bool,
+    /// The limit across processes, if any.
+    pub(crate) limit: Option<u32>,
+}
+
 impl Store {
     /// Pauses or resumes a queue for every process.
     pub(crate) async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
@@ -35,8 +44,8 @@ impl Store {
             .await
     }
 
-    /// (queue, paused, global limit) of every queue with settings.
-    pub(crate) async fn queue_settings(&self) -> Result<Vec<(String, bool, Option<u32>)>> {
+    /// The settings of every queue that has some.
+    pub(crate) async fn queue_settings(&self) -> Result<Vec<QueueSetting>> {
         self.nodes
             .run(async |conn| {
                 // Read as wide integers: a value written by hand (paused = 2, a negative limit)
@@ -48,7 +57,11 @@ impl Store {
                     .into_iter()
                     .map(|(queue, paused, limit)| {
                         let limit = limit.map(|l| u32::try_from(l.max(0)).unwrap_or(u32::MAX));
-                        (queue, paused.unwrap_or(0) != 0, limit)
+                        QueueSetting {
+                            queue,
+                            paused: paused.unwrap_or(0) != 0,
+                            limit,
+                        }
                     })
                     .collect())
             })

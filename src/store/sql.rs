@@ -48,6 +48,12 @@ pub(super) fn success_guard(held: &[Held]) -> String {
     )
 }
 
+/// Column `i` of `row` as text, whatever bytes it holds (`None` for NULL).
+pub(crate) fn text(row: &mut mysql_async::Row, i: usize) -> Option<String> {
+    let bytes: Option<Vec<u8>> = row.take_opt(i).and_then(|v| v.ok());
+    bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// A string as a hex literal with a charset introducer: no escaping, whatever the
 /// server's `sql_mode` (NO_BACKSLASH_ESCAPES changes what a quoted literal means), and it
 /// still compares in the column's collation, so the index is used.

@@ -91,7 +91,7 @@ impl Fetcher {
             .shared
             .queue_states
             .read()
-            .map(|s| (s.paused.contains(queue), s.limited.contains(queue)))
+            .map(|s| (s.is_paused(queue), s.is_limited(queue)))
             .unwrap_or((false, false));
         // This process's own limit for the queue: a permit per job, on top of the slot.
         let mut queue_permits = Vec::new();

@@ -297,7 +297,7 @@ impl Fetcher {
     ) -> bool {
         let next_poll = Instant::now() + wait;
         loop {
-            let completed = self.shared.completions.notify.notified();
+            let completed = self.shared.completions.pushed();
             let left = next_poll.saturating_duration_since(Instant::now());
             tokio::select! {
                 biased;

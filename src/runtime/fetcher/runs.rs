@@ -45,8 +45,9 @@ impl Fetcher {
     /// Runs a job a dispatch of this process inserted already claimed by this worker.
     pub(crate) fn accept(&self, handoff: Handoff) {
         self.claimed.set(self.claimed.get() + 1);
-        let token = handoff.job.token;
-        self.spawn(handoff.job, handoff.permits);
+        let (job, permits) = handoff.into_parts();
+        let token = job.token;
+        self.spawn(job, permits);
         if let Some(intake) = &self.shared.intake {
             intake.arrived(token);
         }
@@ -65,7 +66,7 @@ impl Fetcher {
         self.shared.tracker.spawn_local(async move {
             let finished = executor.run(&job, &stop).await;
             shared.ledger.ended(held);
-            match finished.event.outcome {
+            match finished.outcome() {
                 JobOutcome::Processed => shared.completions.push(finished),
                 JobOutcome::Lost => {
                     // Nothing to write: the reconciler gives the row back once the
