@@ -88,7 +88,7 @@ pub use error::{Error, Result};
 pub use events::{JobEvent, JobOutcome};
 pub use handle::{StopSignal, WorkerHandle};
 pub use job::{Job, JobContext, JobError};
-pub use queue::{Dispatch, JobQueue, JobQueueBuilder};
+pub use queue::{Dispatch, JobQueue, JobQueueBuilder, Page};
 pub use registry::Registry;
 pub use runtime::report::Report;
 pub use store::{JobRecord, QueueCount};
@@ -103,7 +103,7 @@ pub use workers::Workers;
 #[allow(missing_docs)]
 pub mod __private {
     pub use crate::store::{
-        acquire_lease, claim_and_complete, claim_sql, claim_sql_for, release_lease, ClaimedJob,
-        Guarded, Store, CREATE_LEASES,
+        acquire_lease, claim_and_complete, claim_sql, claim_sql_for, counting_sql, list_sql,
+        release_lease, ClaimedJob, Guarded, Store, CREATE_LEASES,
     };
 }

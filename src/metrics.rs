@@ -93,7 +93,10 @@ pub(crate) fn set_foreign(queues: &[String], groups: &[(String, String, u64)]) {
 
 pub(crate) fn render(counts: &[crate::QueueCount], paused: &[String]) -> String {
     let mut out = String::new();
-    out.push_str("# HELP lightjobs_jobs Jobs in the table, by queue and status.\n");
+    out.push_str(
+        "# HELP lightjobs_jobs Jobs by queue and status: waiting and running ones now, \
+         finished ones finished in the last day.\n",
+    );
     out.push_str("# TYPE lightjobs_jobs gauge\n");
     for c in counts {
         let _ = writeln!(

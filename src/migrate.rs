@@ -90,6 +90,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_worker_liveness.sql"),
     migration!(10, "0010_adopted_finished_at.sql"),
     migration!(11, "0011_worker_left_behind.sql"),
+    migration!(12, "0012_counts.sql"),
 ];
 
 /// The newest migration the running code needs.

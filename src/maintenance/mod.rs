@@ -1,7 +1,8 @@
 //! The roles every worker process runs beside its fetch loop, on a thread of its own so that
 //! a busy or blocked worker runtime never delays a heartbeat: the heartbeat, the rescuer of
 //! dead processes' jobs, the promoter of due jobs (and reader of queue settings), the
-//! pruner, cron schedules, and the watch for jobs of types no worker here runs.
+//! pruner, the rollup of finished jobs per minute, cron schedules, and the watch for jobs
+//! of types no worker here runs.
 
 mod foreign;
 mod heartbeat;
@@ -11,6 +12,7 @@ mod pruner;
 mod recurring;
 mod rescuer;
 mod role;
+mod rollup;
 
 use foreign::ForeignJobs;
 pub(crate) use foreign::{ForeignPlan, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
@@ -23,6 +25,7 @@ use recurring::Recurring;
 pub(crate) use recurring::RecurringJob;
 use rescuer::Rescuer;
 use role::Role;
+use rollup::Rollup;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +108,7 @@ async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &Ca
     );
     let promoter = Promoter::new(store.clone(), PROMOTE_INTERVAL, plan.queue_states);
     let foreign = ForeignJobs::new(store.clone(), plan.foreign);
+    let rollup = Rollup::new(store.clone(), plan.info.id.clone());
     #[cfg(feature = "cron")]
     let recurring = Recurring::new(queue.clone(), plan.recurring);
     #[cfg(not(feature = "cron"))]
@@ -122,6 +126,7 @@ async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &Ca
         supervise(Promoter::NAME, s, || role::run(&promoter, stop)),
         supervise(Pruner::NAME, s, || role::run(&pruner, stop)),
         supervise(ForeignJobs::NAME, s, || role::run(&foreign, stop)),
+        supervise(Rollup::NAME, s, || role::run(&rollup, stop)),
         recurring_task,
     );
 }

@@ -13,6 +13,16 @@ pub(crate) use validate::validate_queue_name;
 pub use builder::JobQueueBuilder;
 pub use dispatch::Dispatch;
 
+/// A page of jobs from [`JobQueue::list_page`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Page {
+    /// The jobs, newest first.
+    pub jobs: Vec<JobRecord>,
+    /// The cursor of the next page, `None` after the last.
+    pub next: Option<String>,
+}
+
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -10,18 +10,53 @@ impl JobQueue {
             .await
     }
 
-    /// Jobs with `status` (`pending`, `running`, `processed`, `failed`), newest first.
+    /// Jobs with `status`, newest first: finished ones by when they finished, the others
+    /// by when they are due. At most `limit`.
     pub async fn list(
         &self,
         status: &str,
         queue: Option<&str>,
         limit: u64,
     ) -> Result<Vec<JobRecord>> {
+        Ok(self.list_page(status, queue, limit, None).await?.jobs)
+    }
+
+    /// A page of [`list`](Self::list): `limit` jobs after `after`, the cursor of the page
+    /// before (`None`: the first page). Served by an index in its own order, so a page
+    /// costs about its own rows at any table size.
+    ///
+    /// ```no_run
+    /// # async fn f(queue: lightjobs::JobQueue) -> lightjobs::Result<()> {
+    /// let mut after = None;
+    /// loop {
+    ///     let page = queue.list_page("failed", None, 100, after.as_deref()).await?;
+    ///     for job in &page.jobs {
+    ///         println!("{} {}", job.id, job.last_error.as_deref().unwrap_or(""));
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_page(
+        &self,
+        status: &str,
+        queue: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page> {
         let (status, queue) = (status.to_owned(), queue.map(str::to_owned));
-        self.on_io(
-            move |store| async move { store.list_jobs(&status, queue.as_deref(), limit).await },
-        )
-        .await
+        let after = after.map(str::to_owned);
+        let (jobs, next) = self
+            .on_io(move |store| async move {
+                store
+                    .list_jobs(&status, queue.as_deref(), limit, after.as_deref())
+                    .await
+            })
+            .await?;
+        Ok(Page { jobs, next })
     }
 
     /// Puts one `failed` job back to `pending` with a fresh set of attempts and its
@@ -133,7 +168,13 @@ impl JobQueue {
             .await
     }
 
-    /// Job counts per queue and status.
+    /// Job counts per queue and status: the waiting and running jobs as they are now, and
+    /// the finished ones (`processed`, `failed`, `cancelled`) that finished since the start
+    /// of the minute a day ago, whether or not the pruner has deleted them since.
+    ///
+    /// It costs the same at any table size: active jobs are counted from index ranges,
+    /// finished ones from the per-minute rollup in `lightjobs_counts` plus the few seconds
+    /// of work since its last pass.
     pub async fn stats(&self) -> Result<Vec<QueueCount>> {
         self.on_io(|store| async move { store.count_jobs().await })
             .await

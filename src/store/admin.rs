@@ -47,6 +47,41 @@ impl FromRow for QueueCount {
     }
 }
 
+/// A page of `status` (see [`Store::list_jobs`]): the statement, in the order of the index
+/// that serves it (parameters: status, queue twice, the cursor's time three times and id,
+/// the limit).
+pub fn list_sql(status: &str) -> String {
+    let (index, column) = if is_finished(status) {
+        ("jobs_finished", "finished_at")
+    } else {
+        ("status", "scheduled_at")
+    };
+    format!(
+        "{RECORD_SELECT} FORCE INDEX ({index}) WHERE status = ? AND (? IS NULL OR queue = ?) \
+         AND (? IS NULL OR {column} < ? OR ({column} = ? AND id < ?)) \
+         ORDER BY {column} DESC, id DESC LIMIT ?"
+    )
+}
+
+fn is_finished(status: &str) -> bool {
+    Status::parse(status).is_some_and(Status::is_finished)
+}
+
+/// Where a page ends: the job's time in the page's order and its id, as text.
+fn cursor(status: &str, job: &JobRecord) -> String {
+    let at = if is_finished(status) {
+        job.finished_at.clone().unwrap_or_default()
+    } else {
+        job.scheduled_at.clone()
+    };
+    format!("{at}|{}", job.id)
+}
+
+fn parse_cursor(cursor: &str) -> Option<(String, u64)> {
+    let (at, id) = cursor.rsplit_once('|')?;
+    Some((at.to_owned(), id.parse().ok()?))
+}
+
 impl Store {
     /// One job by id.
     pub(crate) async fn find_job(&self, id: u64) -> Result<Option<JobRecord>> {
@@ -59,26 +94,35 @@ impl Store {
             .await
     }
 
-    /// Jobs with `status`, newest first.
+    /// Jobs with `status`, newest first (by `finished_at` for finished jobs, `scheduled_at`
+    /// for the others), `limit` of them after the cursor `after` (from an earlier page).
+    /// The index of the status serves the WHERE and the ORDER BY, so a page reads about
+    /// its own rows, however many the table keeps. Returns the page and the cursor of the
+    /// next one (`None`: this was the last).
     pub(crate) async fn list_jobs(
         &self,
         status: &str,
         queue: Option<&str>,
         limit: u64,
-    ) -> Result<Vec<JobRecord>> {
-        self.nodes
+        after: Option<&str>,
+    ) -> Result<(Vec<JobRecord>, Option<String>)> {
+        let sql = list_sql(status);
+        let (at, id) = match after.and_then(parse_cursor) {
+            Some((at, id)) => (Some(at), Some(id)),
+            None => (None, None),
+        };
+        let jobs: Vec<JobRecord> = self
+            .nodes
             .run(async |conn| {
                 Ok(conn
-                    .exec(
-                        format!(
-                            "{RECORD_SELECT} WHERE status = ? AND (? IS NULL OR queue = ?) \
-                             ORDER BY id DESC LIMIT ?"
-                        ),
-                        (status, queue, queue, limit),
-                    )
+                    .exec(sql, (status, queue, queue, &at, &at, &at, id, limit))
                     .await?)
             })
-            .await
+            .await?;
+        let next = (jobs.len() as u64 == limit && limit > 0)
+            .then(|| jobs.last().map(|j| cursor(status, j)))
+            .flatten();
+        Ok((jobs, next))
     }
 
     /// `failed` → `pending` with a fresh set of attempts; `id` None retries all (of `queue`).
@@ -132,20 +176,6 @@ impl Store {
                 )
                 .await?;
                 Ok(conn.affected_rows() == 1)
-            })
-            .await
-    }
-
-    /// Counts per queue and status.
-    pub(crate) async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
-        self.nodes
-            .run(async |conn| {
-                Ok(conn
-                    .query(
-                        "SELECT queue, status, COUNT(*) FROM jobs GROUP BY queue, status \
-                         ORDER BY queue, status",
-                    )
-                    .await?)
             })
             .await
     }

@@ -16,6 +16,9 @@ use crate::nodes::Nodes;
 mod admin;
 mod claim;
 mod complete;
+mod counts;
+pub use admin::list_sql;
+pub use counts::counting_sql;
 mod insert;
 mod leases;
 mod liveness;
@@ -152,7 +155,8 @@ pub struct QueueCount {
     pub queue: String,
     /// The status.
     pub status: String,
-    /// How many jobs.
+    /// How many jobs: for a finished status, those finished in the last day (see
+    /// [`JobQueue::stats`](crate::JobQueue::stats)).
     pub count: u64,
 }
 

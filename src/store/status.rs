@@ -46,8 +46,13 @@ impl Status {
         }
     }
 
+    /// Whether a job in this status is done: counted per minute by the rollup, listed by
+    /// when it finished, removed by the pruner.
+    pub(crate) const fn is_finished(self) -> bool {
+        matches!(self, Status::Processed | Status::Failed | Status::Cancelled)
+    }
+
     /// The status `s` names, if it is one of lightjobs'.
-    #[cfg(any(test, feature = "cli"))]
     pub(crate) fn parse(s: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|st| st.as_str() == s)
     }

@@ -9,6 +9,7 @@ mod common;
 
 mod cli;
 mod connections;
+mod counts;
 mod dashboard;
 mod exactly_once;
 mod faults;
