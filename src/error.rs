@@ -231,6 +231,12 @@ impl Error {
 }
 
 impl Error {
+    /// The server refused to act on another user's connection (1095): a `KILL` of a
+    /// connection that belongs to a different database user.
+    pub(crate) fn is_not_owner(&self) -> bool {
+        matches!(self, Error::Database(mysql_async::Error::Server(s)) if s.code == 1095)
+    }
+
     /// True for a deadlock (1213), a lock wait timeout (1205) or a cluster certification
     /// conflict (3101): the statement lost a race and can simply be run again.
     pub fn is_lock_conflict(&self) -> bool {

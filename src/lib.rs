@@ -74,6 +74,7 @@ pub mod migrate;
 #[cfg(test)]
 mod module_graph;
 mod nodes;
+mod process;
 mod queue;
 mod registry;
 mod runtime;

@@ -91,6 +91,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_adopted_finished_at.sql"),
     migration!(11, "0011_worker_left_behind.sql"),
     migration!(12, "0012_counts.sql"),
+    migration!(13, "0013_worker_wake.sql"),
 ];
 
 /// The newest migration the running code needs.

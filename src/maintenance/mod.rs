@@ -1,11 +1,12 @@
 //! The roles every worker process runs beside its fetch loop, on a thread of its own so that
 //! a busy or blocked worker runtime never delays a heartbeat: the heartbeat, the rescuer of
 //! dead processes' jobs, the promoter of due jobs (and reader of queue settings), the
-//! pruner, the rollup of finished jobs per minute, cron schedules, and the watch for jobs
-//! of types no worker here runs.
+//! pruner, the rollup of finished jobs per minute, the listener for other processes'
+//! wake-ups, cron schedules, and the watch for jobs of types no worker here runs.
 
 mod foreign;
 mod heartbeat;
+mod listener;
 mod promoter;
 mod pruner;
 #[cfg(feature = "cron")]
@@ -17,6 +18,7 @@ mod rollup;
 use foreign::ForeignJobs;
 pub(crate) use foreign::{ForeignPlan, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
 use heartbeat::Heartbeat;
+use listener::Listener;
 use promoter::Promoter;
 use pruner::Pruner;
 #[cfg(feature = "cron")]
@@ -109,6 +111,7 @@ async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &Ca
     let promoter = Promoter::new(store.clone(), PROMOTE_INTERVAL, plan.queue_states);
     let foreign = ForeignJobs::new(store.clone(), plan.foreign);
     let rollup = Rollup::new(store.clone(), plan.info.id.clone());
+    let listener = Listener::new(store.clone(), plan.info.id.clone());
     #[cfg(feature = "cron")]
     let recurring = Recurring::new(queue.clone(), plan.recurring);
     #[cfg(not(feature = "cron"))]
@@ -127,6 +130,7 @@ async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &Ca
         supervise(Pruner::NAME, s, || role::run(&pruner, stop)),
         supervise(ForeignJobs::NAME, s, || role::run(&foreign, stop)),
         supervise(Rollup::NAME, s, || role::run(&rollup, stop)),
+        supervise(Listener::NAME, s, || listener.run(stop.clone())),
         recurring_task,
     );
 }

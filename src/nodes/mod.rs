@@ -86,7 +86,7 @@ fn shared_choice(opts: &[Opts]) -> Arc<Choice> {
     choice
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -320,6 +320,40 @@ impl Drop for Checkout {
         if let Some(conn) = self.0.take() {
             discard(conn);
         }
+    }
+}
+
+/// A connection kept by one user between statements (the fetch loop between claims, the
+/// listener between waits). Closed rather than pooled when dropped or replaced: after an
+/// error, a deadline, a panic or a cancelled wait it may sit inside a transaction its raw
+/// `START TRANSACTION` opened, or wait for a reply that is not coming.
+#[derive(Default)]
+pub(crate) struct KeptConn(Option<Conn>);
+
+impl KeptConn {
+    pub(crate) fn close(&mut self) {
+        if let Some(conn) = self.0.take() {
+            discard(conn);
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The connection, to use and give back with [`insert`](Self::insert).
+    pub(crate) fn take(&mut self) -> Option<Conn> {
+        self.0.take()
+    }
+
+    pub(crate) fn insert(&mut self, conn: Conn) -> &mut Conn {
+        self.0.insert(conn)
+    }
+}
+
+impl Drop for KeptConn {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

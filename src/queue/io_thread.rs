@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::combiner::{self, Pending};
 use super::ticket::Ticket;
+use super::waker::Waker;
 use crate::error::{Error, Result};
 use crate::nodes::{Deadlines, Nodes};
 use crate::runtime::handoff::Reservation;
@@ -33,6 +34,8 @@ pub(crate) struct IoThread {
     dispatches: mpsc::UnboundedSender<Pending>,
     /// Places for dispatches waiting for the combiner: the bound on its list.
     places: Arc<Semaphore>,
+    /// Wakes idle workers of other processes after dispatches.
+    waker: Waker,
 }
 
 impl IoThread {
@@ -40,6 +43,8 @@ impl IoThread {
     pub(crate) fn start(nodes: Vec<Opts>, deadlines: Deadlines) -> Result<IoThread> {
         let (tasks, mut rx) = mpsc::unbounded_channel::<Task>();
         let (dispatches, dispatched) = mpsc::unbounded_channel::<Pending>();
+        let store = Store::on(Nodes::new(nodes, deadlines));
+        let (waker, wakes) = Waker::new(store.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -47,7 +52,7 @@ impl IoThread {
             .name("lightjobs-io".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let store = Store::on(Nodes::new(nodes, deadlines));
+                    tokio::spawn(wakes);
                     let combiner = tokio::spawn(combiner::run(store.clone(), dispatched));
                     while let Some(task) = rx.recv().await {
                         tokio::spawn(task(store.clone()));
@@ -62,6 +67,7 @@ impl IoThread {
             tasks,
             dispatches,
             places: Arc::new(Semaphore::new(crate::defaults::MAX_WAITING_DISPATCHES)),
+            waker,
         })
     }
 
@@ -95,6 +101,11 @@ impl IoThread {
             })
             .map_err(|_| Error::QueueClosed)?;
         id.await.map_err(|_| Error::QueueClosed)?
+    }
+
+    /// Wakes an idle worker process that serves `queue` (`None`: any), soon.
+    pub(crate) fn wake_others(&self, queue: Option<&str>) {
+        self.waker.wake(queue);
     }
 
     /// Runs `f` with the store on the connection thread and returns its result.

@@ -7,6 +7,7 @@ mod io_thread;
 mod operations;
 mod ticket;
 mod validate;
+mod waker;
 
 pub(crate) use validate::validate_queue_name;
 
@@ -156,10 +157,18 @@ impl JobQueue {
         self.inner.io.run(f).await
     }
 
-    /// Wakes this process's workers, e.g. after committing a transaction that dispatched
-    /// jobs with [`Dispatch::within`].
+    /// Wakes this process's workers and an idle worker process elsewhere, e.g. after
+    /// committing a transaction that dispatched jobs with [`Dispatch::within`].
     pub fn notify_workers(&self) {
         crate::runtime::wake::wake_workers();
+        self.inner.io.wake_others(None);
+    }
+
+    /// Wakes this process's workers and an idle worker process elsewhere that serves
+    /// `queue`.
+    fn notify_queue(&self, queue: &str) {
+        crate::runtime::wake::wake_workers();
+        self.inner.io.wake_others(Some(queue));
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
@@ -256,7 +265,7 @@ impl JobQueue {
         let ids = self
             .on_io(move |store| async move { store.insert_jobs(&rows, new_ids).await })
             .await?;
-        self.notify_workers();
+        self.notify_queue(J::QUEUE);
         Ok(ids)
     }
 
@@ -310,7 +319,7 @@ impl JobQueue {
             tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched to a local worker");
             return Ok(id);
         }
-        self.notify_workers();
+        self.notify_queue(&queue_name);
         tracing::debug!(target: "lightjobs::queue", id, name, queue = %queue_name, "dispatched");
         Ok(id)
     }

@@ -26,6 +26,7 @@ mod maintenance;
 mod queues;
 mod sql;
 mod status;
+mod wake;
 mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
@@ -40,6 +41,7 @@ pub(crate) use sql::*;
 #[cfg(any(feature = "cli", feature = "dashboard"))]
 pub(crate) use status::JOB_STATUSES;
 pub(crate) use status::{st, Status};
+pub(crate) use wake::Waited;
 
 /// What the server is, as read when a queue first checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,7 +38,7 @@ impl Workers {
         let settings = self.settings();
         let info = WorkerInfo {
             id: settings.worker_id.clone(),
-            host: host_name(),
+            host: crate::process::host_name(),
             pid: std::process::id(),
             queues: serde_json::to_string(&self.queues)?,
             interval: self.heartbeat_interval,
@@ -145,18 +145,9 @@ impl Workers {
     }
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 /// `host:pid:random`, limited to characters safe in logs and the 128-char column.
 fn worker_id() -> String {
-    let host: String = host_name()
+    let host: String = crate::process::host_name()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         .take(80)

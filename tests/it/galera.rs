@@ -775,3 +775,91 @@ async fn a_process_cut_from_the_writer_node_does_not_become_a_second_writer() {
     assert!(delta(0, 0) > 0, "the others went on writing on node 1");
     let _ = std::fs::remove_file(&log);
 }
+
+/// Waits until the one process row of `db` has a listener registered on a node other than
+/// `not` (read through `node`); returns that node's uid.
+async fn listener_node(node: &str, db: &str, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool = mysql_async::Pool::new(node);
+        let got: Option<String> = match pool.get_conn().await {
+            Ok(mut c) => c
+                .query_first(format!(
+                    "SELECT wake_node FROM {db}.lightjobs_workers WHERE wake_conn IS NOT NULL"
+                ))
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => None,
+        };
+        let _ = pool.disconnect().await;
+        if let Some(uid) = got.filter(|uid| Some(uid.as_str()) != not) {
+            return uid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no listener registered (beside {not:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_dispatch_wakes_a_process_on_the_writer_node_and_after_it_moved() {
+    const DB: &str = "ljg_wake";
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster();
+    let urls = fresh_db(&nodes, DB).await;
+    let list = urls.join(",");
+    let queue = JobQueue::connect(&list).unwrap();
+    queue.migrate().await.unwrap();
+    // It polls every 30 s: a job that starts sooner was pushed. Its runs go to a file
+    // (its own pool for `runs` would be on the node this test kills).
+    let log = audit_file(DB);
+    let _worker = common::procs::start_worker_env(
+        &worker_binary(),
+        &list,
+        &[
+            ("LIGHTJOBS_TEST_POLL_MS", "30000"),
+            ("LIGHTJOBS_TEST_AUDIT", &log),
+        ],
+        &["--heartbeat", "0.2", "--stale-after", "2"],
+    );
+    let first = listener_node(&nodes[1], DB, None).await;
+    let ran = |n: usize| {
+        let log = log.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while runs_from_file(&log)
+                .iter()
+                .filter(|r| r.ended.is_some())
+                .count()
+                < n
+            {
+                assert!(Instant::now() < deadline, "job {n} was not pushed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    queue.dispatch(Work { millis: 0 }).await.unwrap();
+    ran(1).await;
+
+    // The writer node goes: the process and the dispatcher move, and the listener with
+    // them (KILL is node-local: a registration on the old node could wake nothing).
+    node("kill", 1);
+    let second = listener_node(&nodes[1], DB, Some(&first)).await;
+    eprintln!("galera: the listener moved from {first} to {second}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The dispatcher finds the new node on its own; until then a dispatch may fail.
+        match queue.dispatch(Work { millis: 0 }).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "no dispatch after the move: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ran(2).await;
+    node("restart", 1);
+}

@@ -22,5 +22,6 @@ mod rescuer;
 mod silent;
 mod store;
 mod supervisor;
+mod wake;
 mod web;
 mod worker;

@@ -103,8 +103,17 @@ fn main() -> ExitCode {
     let pool = Pool::new(url.split(',').next().unwrap_or_default());
     // The recurring-job race test runs two of these with the same schedule.
     let recurring = std::env::var("LIGHTJOBS_TEST_RECURRING").ok();
+    // The wake-up tests poll slowly, so that only a push can start a job soon.
+    let poll = std::env::var("LIGHTJOBS_TEST_POLL_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     lightjobs::cli::run_with(Registry::new().register::<Work>(), move |w| {
         let w = w.data(pool);
+        let w = match poll {
+            Some(poll) => w.poll_interval(poll, poll),
+            None => w,
+        };
         match recurring {
             Some(schedule) => w.recurring(&schedule, Work { millis: 0 }),
             None => w,

@@ -5,8 +5,6 @@ use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use mysql_async::Conn;
-
 use super::{Claimed, Fetcher, Round, Stopped};
 use crate::runtime::completer::Finished;
 use crate::store::{claim_and_complete_or_report, new_token, Ask, ClaimedJob, Held};
@@ -124,10 +122,10 @@ impl Fetcher {
         done: Vec<Finished>,
     ) -> Result<Vec<ClaimedJob>, (Vec<Finished>, Stopped)> {
         let nodes = self.shared.store.nodes();
-        if round.conn.0.is_some() && nodes.moved_from(self.conn_node.get()).await {
+        if round.conn.is_open() && nodes.moved_from(self.conn_node.get()).await {
             round.conn.close();
         }
-        let conn = match round.conn.0.take() {
+        let conn = match round.conn.take() {
             Some(c) => c,
             None => match nodes.get_conn_at().await {
                 Ok((node, c)) => {
@@ -140,7 +138,7 @@ impl Fetcher {
                 }
             },
         };
-        let conn = round.conn.0.insert(conn);
+        let conn = round.conn.insert(conn);
         if nodes.settle_left().is_some() {
             // A check moved the process while this connection was had (here or on another
             // thread): the move settles before any claim.
@@ -186,25 +184,5 @@ impl Fetcher {
             }
         }
         Ok(claim.jobs)
-    }
-}
-
-/// The fetch loop's own connection, kept between claims. Closed rather than pooled when
-/// dropped or replaced: after an error, a deadline or a panic it may sit inside a
-/// transaction its raw `START TRANSACTION` opened, or wait for a reply that is not coming.
-#[derive(Default)]
-pub(crate) struct KeptConn(Option<Conn>);
-
-impl KeptConn {
-    pub(super) fn close(&mut self) {
-        if let Some(conn) = self.0.take() {
-            crate::nodes::discard(conn);
-        }
-    }
-}
-
-impl Drop for KeptConn {
-    fn drop(&mut self) {
-        self.close();
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::executor::Executor;
 use super::pacing::{Next, Pacing, CLAIM_GATHER};
 use super::{Settings, Shared};
-use claim::KeptConn;
+use crate::nodes::KeptConn;
 
 mod claim;
 mod runs;

@@ -55,17 +55,29 @@ impl Drop for Proc {
 }
 
 pub fn start_worker(bin: &PathBuf, url: &str, args: &[&str]) -> Proc {
-    spawn_worker(bin, url, None, args)
+    spawn_worker(bin, url, None, args, &[])
+}
+
+/// A worker with more environment (e.g. `LIGHTJOBS_TEST_POLL_MS`).
+pub fn start_worker_env(bin: &PathBuf, url: &str, env: &[(&str, &str)], args: &[&str]) -> Proc {
+    spawn_worker(bin, url, None, args, env)
 }
 
 /// A worker that records its runs in the audit file `audit` (see `audit::runs_from_file`).
 pub fn start_audited(bin: &PathBuf, url: &str, audit: &str, args: &[&str]) -> Proc {
-    spawn_worker(bin, url, Some(audit), args)
+    spawn_worker(bin, url, Some(audit), args, &[])
 }
 
-fn spawn_worker(bin: &PathBuf, url: &str, audit: Option<&str>, args: &[&str]) -> Proc {
+fn spawn_worker(
+    bin: &PathBuf,
+    url: &str,
+    audit: Option<&str>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let mut command = Command::new(bin);
     command
+        .envs(env.iter().copied())
         .arg("process:jobs")
         .args(args)
         .env("LIGHTJOBS_DATABASE_URL", url)
