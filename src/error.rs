@@ -237,6 +237,12 @@ impl Error {
         matches!(self, Error::Database(mysql_async::Error::Server(s)) if s.code == 1095)
     }
 
+    /// A lock wait ran out (1205): with `FOR UPDATE WAIT`, the lock's holder kept it longer
+    /// than the wait.
+    pub(crate) fn is_lock_wait_timeout(&self) -> bool {
+        matches!(self, Error::Database(mysql_async::Error::Server(s)) if s.code == 1205)
+    }
+
     /// True for a deadlock (1213), a lock wait timeout (1205) or a cluster certification
     /// conflict (3101): the statement lost a race and can simply be run again.
     pub fn is_lock_conflict(&self) -> bool {

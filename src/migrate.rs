@@ -92,6 +92,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(11, "0011_worker_left_behind.sql"),
     migration!(12, "0012_counts.sql"),
     migration!(13, "0013_worker_wake.sql"),
+    migration!(14, "0014_claim_turns.sql"),
 ];
 
 /// The newest migration the running code needs.

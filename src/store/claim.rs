@@ -63,6 +63,7 @@ pub async fn claim_and_complete(
         limited: false,
         names: &[],
         token: new_token(),
+        turn: None,
     };
     claim_and_complete_or_report(conn, ask, worker, done, &mut Vec::new()).await
 }
@@ -124,6 +125,37 @@ pub(crate) struct Ask<'a> {
     pub limited: bool,
     pub names: &'a [&'a str],
     pub token: u64,
+    /// The claim turn to take first (see [`turn_sql`]); none for a claim that goes
+    /// straight to the head.
+    pub turn: Option<u8>,
+}
+
+/// Claim turns per queue. One turn serialises the claimers (a claimer never waits for a
+/// row, but a lone claimer leaves the server idle while its reply travels); two let one
+/// claim's round trip overlap another's, and claimers stop stepping over each other's
+/// locked rows at the head of the index, however many processes there are. Measured with
+/// `benches/compare --only hosts` at 1–16 processes (docs/benchmarks.md): one turn ran
+/// 0.90× of its best at 16, two 0.88–1.0×, three and four ran worse than two.
+pub(crate) const TURNS: u8 = 2;
+
+/// How long a claim waits for its turn before it gives up (MariaDB's `FOR UPDATE WAIT`,
+/// error 1205): a turn is held for one claim, milliseconds, so a wait this long means its
+/// holder stalled mid-transaction (a process stopped, a network path gone silent) and the
+/// server has not noticed yet. The fetcher then claims without turns for a while.
+pub(crate) const TURN_WAIT_SECS: u32 = 2;
+
+/// The statement that takes `turn` of `queue` before the claim reads the head, or nothing.
+/// A turn row that is missing (never made, or deleted) takes no lock under READ COMMITTED:
+/// that claim goes straight to the head, as before turns.
+pub(crate) fn turn_sql(queue: &str, turn: Option<u8>) -> String {
+    match turn {
+        Some(turn) => format!(
+            "SELECT turn FROM lightjobs_claim_turns WHERE queue = {} AND turn = {turn} \
+             FOR UPDATE WAIT {TURN_WAIT_SECS}; ",
+            sql_string(queue)
+        ),
+        None => String::new(),
+    }
 }
 
 pub(super) async fn claim_transaction(
@@ -149,8 +181,8 @@ pub(super) async fn claim_transaction(
     Ok((claimed, completed))
 }
 
-/// The first round trip: `START TRANSACTION` and the locking read of the head of the
-/// queue. With a limit across processes, the queue's row is locked first (claimers of
+/// The first round trip: `START TRANSACTION`, the claim turn when there is one (its
+/// result set skipped) and the locking read of the head of the queue. With a limit across processes, the queue's row is locked first (claimers of
 /// that queue take turns), its running jobs counted, and at most the difference read.
 async fn lock_rows(conn: &mut Conn, ask: Ask<'_>) -> Result<Vec<Row>> {
     let Ask {
@@ -158,6 +190,7 @@ async fn lock_rows(conn: &mut Conn, ask: Ask<'_>) -> Result<Vec<Row>> {
         mut limit,
         limited,
         names,
+        turn,
         ..
     } = ask;
     if limit == 0 {
@@ -167,15 +200,16 @@ async fn lock_rows(conn: &mut Conn, ask: Ask<'_>) -> Result<Vec<Row>> {
     if !limited {
         let result = conn
             .query_iter(format!(
-                "START TRANSACTION; {}",
+                "START TRANSACTION; {}{}",
+                turn_sql(queue, turn),
                 claim_sql_for(queue, limit, names)
             ))
             .await?;
         return Ok(read_sets::<Row>(result)
             .await?
             .into_iter()
-            .flatten()
-            .collect());
+            .next_back()
+            .unwrap_or_default());
     }
     let q = sql_string(queue);
     let result = conn

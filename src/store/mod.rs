@@ -30,7 +30,7 @@ mod wake;
 mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
-pub(crate) use claim::{claim_and_complete_or_report, Ask};
+pub(crate) use claim::{claim_and_complete_or_report, Ask, TURNS};
 pub(crate) use insert::{Claim, NewIds};
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
 pub use liveness::Liveness;

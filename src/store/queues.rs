@@ -44,6 +44,38 @@ impl Store {
             .await
     }
 
+    /// Makes the claim turns of each of `queues` (see [`TURNS`](super::claim::TURNS)) that
+    /// are missing: once per queue for the table's life, as rows are only ever locked after.
+    /// Those present are found by a plain read first, because an `INSERT IGNORE` of a row
+    /// that exists waits for its lock, and a stalled claimer may hold it.
+    pub(crate) async fn add_claim_turns(&self, queues: &[String]) -> Result<()> {
+        self.nodes
+            .run(async |conn| {
+                let present: Vec<(String, u8)> = conn
+                    .query(format!(
+                        "SELECT queue, turn FROM lightjobs_claim_turns WHERE queue IN ({})",
+                        queues
+                            .iter()
+                            .map(|q| sql_string(q))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                    .await?;
+                let missing = queues
+                    .iter()
+                    .flat_map(|q| (0..super::claim::TURNS).map(move |t| (q.clone(), t)));
+                let missing: Vec<(String, u8)> =
+                    missing.filter(|row| !present.contains(row)).collect();
+                conn.exec_batch(
+                    "INSERT IGNORE INTO lightjobs_claim_turns (queue, turn) VALUES (?, ?)",
+                    missing,
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+    }
+
     /// The settings of every queue that has some.
     pub(crate) async fn queue_settings(&self) -> Result<Vec<QueueSetting>> {
         self.nodes

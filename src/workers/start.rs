@@ -44,12 +44,7 @@ impl Workers {
             interval: self.heartbeat_interval,
             stale_after: self.stale_after,
         };
-        // Registered before the first claim, so no rescuer can take our jobs for a dead
-        // process's; the beat opens this process's lease on its jobs.
-        let fence = Arc::new(Fence::new(self.stale_after / 2));
-        let sent = Instant::now();
-        store.beat_worker(&info).await?;
-        fence.confirm(sent);
+        let fence = self.announce(&store, &info).await?;
         // Read once before the first claim so a paused queue is never claimed from.
         let queue_states: QueueStates = Arc::new(RwLock::new(QueueState::from_rows(
             store.queue_settings().await?,
@@ -98,6 +93,21 @@ impl Workers {
             },
         );
         Ok(WorkerHandle::new(self.queue, stop, task))
+    }
+
+    /// Registers the process before its first claim, so no rescuer can take its jobs for a
+    /// dead process's: the beat opens its lease on its jobs. Makes its queues' claim turns.
+    async fn announce(&self, store: &Store, info: &WorkerInfo) -> Result<Arc<Fence>> {
+        let fence = Arc::new(Fence::new(self.stale_after / 2));
+        let sent = Instant::now();
+        store.beat_worker(info).await?;
+        fence.confirm(sent);
+        if let Err(error) = store.add_claim_turns(&self.queues).await {
+            // A queue without its turns is claimed without them: slower under many
+            // processes, never wrong.
+            tracing::warn!(target: "lightjobs::worker", %error, "making the claim turns failed");
+        }
+        Ok(fence)
     }
 
     /// The runtime's settings, from the builder's.

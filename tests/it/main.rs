@@ -22,6 +22,7 @@ mod rescuer;
 mod silent;
 mod store;
 mod supervisor;
+mod turns;
 mod wake;
 mod web;
 mod worker;

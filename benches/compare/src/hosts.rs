@@ -71,6 +71,9 @@ pub struct HostRun {
     /// Server status counters over the drain.
     pub questions: u64,
     pub lock_waits: u64,
+    /// Index entries the server read (`Handler_read_key` + `Handler_read_next`): what
+    /// claimers stepping over each other's locked rows costs.
+    pub rows_read: u64,
 }
 
 /// The namespaces: `ljb-db` (the server, 10.78.0.1 towards this process, 10.78.i.1 towards
@@ -282,12 +285,12 @@ impl Drop for Server {
 }
 
 /// `SHOW GLOBAL STATUS` counters read around a run.
-async fn counters(server: &str) -> AnyResult<[u64; 2]> {
+async fn counters(server: &str) -> AnyResult<[u64; 3]> {
     let mut conn = util::connect(&util::db_url(server, "mysql")).await?;
     let rows: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL STATUS WHERE Variable_name IN \
-             ('Questions', 'Innodb_row_lock_waits')",
+             ('Questions', 'Innodb_row_lock_waits', 'Handler_read_next', 'Handler_read_key')",
         )
         .await?;
     conn.disconnect().await?;
@@ -297,7 +300,11 @@ async fn counters(server: &str) -> AnyResult<[u64; 2]> {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0)
     };
-    Ok([get("Questions"), get("Innodb_row_lock_waits")])
+    Ok([
+        get("Questions"),
+        get("Innodb_row_lock_waits"),
+        get("Handler_read_next") + get("Handler_read_key"),
+    ])
 }
 
 /// Runs every configuration, the runs of both sides interleaved.
@@ -348,6 +355,7 @@ pub fn run(opts: &HostsOpts, actix: &actix_rt::SystemRunner) -> AnyResult<(Vec<H
                     workers_cpu: reports.iter().map(|r| r.cpu_secs).sum(),
                     questions: after[0] - before[0],
                     lock_waits: after[1] - before[1],
+                    rows_read: after[2] - before[2],
                 });
             }
         }

@@ -8,6 +8,7 @@
 //! ```
 
 mod apalis_bench;
+mod bigtable;
 mod hosts;
 mod lj;
 mod raw;
@@ -33,7 +34,8 @@ struct Cli {
     command: Option<Internal>,
 
     /// The MySQL/MariaDB server (a database path is ignored); the benchmark creates and
-    /// drops its own databases there: bench_lightjobs, bench_lightjobs_mem, bench_apalis.
+    /// drops its own databases there: bench_lightjobs, bench_lightjobs_mem, bench_apalis,
+    /// bench_web, bench_lightjobs_big.
     #[arg(long, default_value = "mysql://root@127.0.0.1:3306")]
     url: String,
 
@@ -46,7 +48,8 @@ struct Cli {
     runs: usize,
 
     /// Parts to run, comma-separated: all, lifecycle (= lightjobs,raw,seed,apalis),
-    /// lightjobs, raw, seed, apalis, latency, memory.
+    /// lightjobs, raw, seed, apalis, latency, memory, web; hosts and bigtable only when
+    /// named (not in all).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     only: Vec<Part>,
 
@@ -128,6 +131,11 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     host_delay_us: u64,
 
+    /// Finished rows the table retains in the bigtable part (`--only bigtable`), one
+    /// column each: every size on a freshly filled database.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000000,10000000")]
+    retained: Vec<u64>,
+
     /// Leave the last run's databases in place for inspection (they are dropped otherwise).
     #[arg(long)]
     keep_databases: bool,
@@ -196,13 +204,16 @@ enum Part {
     Web,
     /// Not part of `all`: needs root and iproute2.
     Hosts,
+    /// Costs against millions of retained finished rows. Not part of `all`: slow (it
+    /// fills tables of up to `--retained` rows).
+    Bigtable,
 }
 
 impl Cli {
     fn wants(&self, part: Part) -> bool {
         self.only.iter().any(|&p| {
             p == part
-                || (p == Part::All && part != Part::Hosts)
+                || (p == Part::All && !matches!(part, Part::Hosts | Part::Bigtable))
                 || (p == Part::Lifecycle
                     && matches!(
                         part,
@@ -322,6 +333,10 @@ fn run(cli: Cli) -> AnyResult<()> {
     if cli.wants(Part::Memory) {
         let report = memory(&cli)?;
         print_memory(&mut out, &report);
+    }
+    if cli.wants(Part::Bigtable) {
+        let runs = actix.block_on(bigtable::run(&cli.url, &cli.retained, cli.keep_databases))?;
+        bigtable::print(&mut out, &runs);
     }
     print_machine(&mut out, &version);
     print!("{out}");
@@ -854,17 +869,19 @@ fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun
          a private `mariadbd` (defaults, binary log off). lightjobs: one `Workers` of \
          concurrency {} per process; raw floor: one claiming connection per process \
          (claim 100 with SKIP LOCKED, one UPDATE to processed). CPU is in cores (CPU \
-         seconds ÷ drain seconds), server µs/job its CPU time per job; statements per job and row lock waits are the \
-         server's `Questions` and `Innodb_row_lock_waits` over the drain.\n",
+         seconds ÷ drain seconds), server µs/job its CPU time per job; statements per job, \
+         index reads per job and row lock waits are the server's `Questions`, \
+         `Handler_read_key` + `Handler_read_next` and `Innodb_row_lock_waits` over the \
+         drain. ÷ best: this count's jobs/s over the best count's, same side.\n",
         thousands(opts.jobs as f64),
         opts.runs,
         opts.concurrency
     );
     let _ = writeln!(
         out,
-        "| processes | side | jobs/s | × 1 process | ÷ raw floor | server CPU | server µs/job \
-         | workers CPU | statements/job | row lock waits |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| processes | side | jobs/s | × 1 process | ÷ best | ÷ raw floor | server CPU \
+         | server µs/job | workers CPU | statements/job | index reads/job | row lock waits |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let rates = |n: usize, side: hosts::Side| -> Vec<&hosts::HostRun> {
         runs.iter()
@@ -887,19 +904,27 @@ fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun
             }
             let (med, min, max) = median(&rs, &rate);
             let base = median(&rates(first, side), &rate).0;
+            let best = opts
+                .processes
+                .iter()
+                .map(|&m| median(&rates(m, side), &rate).0)
+                .fold(0.0, f64::max);
             let _ = writeln!(
                 out,
-                "| {n} | {} | {} ({}–{}) | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.3} | {:.0} |",
+                "| {n} | {} | {} ({}–{}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.3} \
+                 | {:.1} | {:.0} |",
                 side.label(),
                 thousands(med),
                 thousands(min),
                 thousands(max),
                 med / base,
+                med / best,
                 med / raw_median,
                 median(&rs, &|r| r.server_cpu / r.secs).0,
                 median(&rs, &|r| r.server_cpu * 1e6 / jobs).0,
                 median(&rs, &|r| r.workers_cpu / r.secs).0,
                 median(&rs, &|r| r.questions as f64 / jobs).0,
+                median(&rs, &|r| r.rows_read as f64 / jobs).0,
                 median(&rs, &|r| r.lock_waits as f64).0,
             );
         }

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use mysql_async::Conn;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::{Claimed, Fetcher, Round, Stopped};
@@ -122,23 +123,10 @@ impl Fetcher {
         done: Vec<Finished>,
     ) -> Result<Vec<ClaimedJob>, (Vec<Finished>, Stopped)> {
         let nodes = self.shared.store.nodes();
-        if round.conn.is_open() && nodes.moved_from(self.conn_node.get()).await {
-            round.conn.close();
-        }
-        let conn = match round.conn.take() {
-            Some(c) => c,
-            None => match nodes.get_conn_at().await {
-                Ok((node, c)) => {
-                    self.conn_node.set(node);
-                    c
-                }
-                Err(e) => {
-                    let error = crate::Error::Connect(e.to_string());
-                    return Err((done, Stopped::Failed(error)));
-                }
-            },
+        let conn = match self.claim_conn(round).await {
+            Ok(conn) => conn,
+            Err(error) => return Err((done, Stopped::Failed(error))),
         };
-        let conn = round.conn.insert(conn);
         if nodes.settle_left().is_some() {
             // A check moved the process while this connection was had (here or on another
             // thread): the move settles before any claim.
@@ -152,7 +140,11 @@ impl Fetcher {
             limited,
             names: &self.settings.names,
             token,
+            turn: (!limited)
+                .then(|| self.turns.take(queue, Instant::now()))
+                .flatten(),
         };
+        let turn = ask.turn;
         let mut in_doubt = Vec::new();
         let limit = nodes.deadlines().statement;
         let worker = &self.settings.worker_id;
@@ -172,6 +164,9 @@ impl Fetcher {
             Ok(claim) => claim,
             Err(error) => {
                 self.release_in_doubt(in_doubt);
+                if turn.is_some() && error.is_lock_wait_timeout() {
+                    self.turn_stalled(queue);
+                }
                 return Err((done, Stopped::Failed(error)));
             }
         };
@@ -184,5 +179,36 @@ impl Fetcher {
             }
         }
         Ok(claim.jobs)
+    }
+
+    /// The loop's kept connection, or a new one to the node in use after a move or an error.
+    async fn claim_conn<'r>(&self, round: &'r mut Round) -> Result<&'r mut Conn, crate::Error> {
+        let nodes = self.shared.store.nodes();
+        if round.conn.is_open() && nodes.moved_from(self.conn_node.get()).await {
+            round.conn.close();
+        }
+        let conn = match round.conn.take() {
+            Some(c) => c,
+            None => {
+                let (node, c) = nodes
+                    .get_conn_at()
+                    .await
+                    .map_err(|e| crate::Error::Connect(e.to_string()))?;
+                self.conn_node.set(node);
+                c
+            }
+        };
+        Ok(round.conn.insert(conn))
+    }
+
+    /// A claim of `queue` waited its turn out: its holder stalled.
+    fn turn_stalled(&self, queue: &str) {
+        if self.turns.stalled(queue, Instant::now()) {
+            tracing::warn!(
+                target: "lightjobs::fetcher",
+                queue,
+                "a claim turn is held by a stalled claimer; claiming without turns for 30 s"
+            );
+        }
     }
 }

@@ -19,6 +19,7 @@ use crate::nodes::KeptConn;
 
 mod claim;
 mod runs;
+mod turns;
 
 /// Due `scheduled` jobs moved to `pending` at a time by a worker about to stop when empty.
 const PROMOTE_BEFORE_EXIT: u64 = 1000;
@@ -44,6 +45,7 @@ pub(crate) struct Fetcher {
     panicked: Cell<bool>,
     /// The database node the loop's kept connection goes to. Written and read here.
     conn_node: Cell<usize>,
+    turns: turns::Turns,
 }
 
 /// What one run of the loop keeps between rounds.
@@ -84,6 +86,7 @@ impl Fetcher {
             claimed: Cell::new(0),
             panicked: Cell::new(false),
             conn_node: Cell::new(0),
+            turns: turns::Turns::new(),
         }
     }
 
