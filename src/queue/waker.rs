@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -17,6 +17,11 @@ use crate::store::Store;
 
 /// The least time between two rounds of one queue handle.
 const GAP: Duration = Duration::from_millis(5);
+
+/// How long rounds are skipped after one found no other process listening (an app whose
+/// workers run in its own process, or none at all). A process that starts listening
+/// meanwhile misses at most this much of wake-ups, each costing it one poll.
+const NOBODY_FOR: Duration = Duration::from_secs(1);
 
 /// Past this many distinct queues waiting for a round, it wakes a listener of any queue.
 const MAX_QUEUES: usize = 32;
@@ -66,18 +71,27 @@ impl Waker {
 async fn run(store: Store, wanted: Arc<Mutex<Wanted>>, mut kicked: mpsc::Receiver<()>) {
     let host = crate::process::host_name();
     let pid = std::process::id();
+    let mut nobody_until: Option<Instant> = None;
     while kicked.recv().await.is_some() {
         let Wanted { queues, any } = std::mem::take(&mut *crate::nodes::lock(&wanted));
+        if nobody_until.is_some_and(|until| Instant::now() < until) {
+            continue;
+        }
         let queues: Vec<String> = queues.into_iter().collect();
         let which = (!any).then_some(queues.as_slice());
-        if let Err(error) = store.wake_listeners(which, &host, pid).await {
-            if error.is_not_owner() {
+        match store.wake_listeners(which, &host, pid).await {
+            Ok(listening) => {
+                nobody_until = (listening == 0).then(|| Instant::now() + NOBODY_FOR);
+            }
+            Err(error) if error.is_not_owner() => {
                 // The workers connect as another user: `KILL` of their connections is
                 // refused, and the fetch loops' polls find the jobs.
                 tracing::info!(target: "lightjobs::queue", %error, "workers of other processes use another database user: not waking them, they poll");
                 return;
             }
-            tracing::debug!(target: "lightjobs::queue", %error, "waking other processes failed; they poll");
+            Err(error) => {
+                tracing::debug!(target: "lightjobs::queue", %error, "waking other processes failed; they poll");
+            }
         }
         tokio::time::sleep(GAP).await;
     }

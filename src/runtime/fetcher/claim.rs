@@ -178,6 +178,7 @@ impl Fetcher {
                 None => self.to_completer(done),
             }
         }
+        self.turns.claimed(queue, claim.jobs.len());
         Ok(claim.jobs)
     }
 
