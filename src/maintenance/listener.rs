@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Doubling;
 use crate::nodes::KeptConn;
 use crate::runtime::timing::pause;
-use crate::store::{Store, Waited};
+use crate::store::{Registered, Store, Waited};
 
 /// How long one wait lasts. Its reply is the listener's only idle query: a tenth of one
 /// fetch loop's idle poll at the default settings.
@@ -92,9 +92,13 @@ impl Listener {
         };
         if !held.registered || held.waits % REGISTER_EVERY == 0 {
             let register = Store::register_listener(conn, &self.worker_id);
-            held.registered = tokio::time::timeout(deadline, register)
+            let registered = tokio::time::timeout(deadline, register)
                 .await
                 .map_err(|_| timeout("registering the listener", deadline))??;
+            held.registered = registered == Registered::Yes;
+            if registered == Registered::Woken {
+                return Ok(Waited::Woken);
+            }
         }
         held.waits = held.waits.wrapping_add(1);
         // A wait whose reply does not come (a path that stopped forwarding) is given up

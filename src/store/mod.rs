@@ -41,7 +41,7 @@ pub(crate) use sql::*;
 #[cfg(any(feature = "cli", feature = "dashboard"))]
 pub(crate) use status::JOB_STATUSES;
 pub(crate) use status::{st, Status};
-pub(crate) use wake::Waited;
+pub(crate) use wake::{Registered, Waited};
 
 /// What the server is, as read when a queue first checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,16 @@ const INTERRUPTED: u16 = 1317;
 /// `KILL` of an id the server does not know: the listener's connection is gone.
 const UNKNOWN_THREAD: u16 = 1094;
 
+/// What a registration of the listening connection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registered {
+    Yes,
+    /// The process's row is not there (not yet inserted, or removed).
+    NoRow,
+    /// A `KILL QUERY` cut it short: a dispatcher is waking this process.
+    Woken,
+}
+
 /// What a wait on the listening connection ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Waited {
@@ -35,20 +45,27 @@ pub(crate) enum Waited {
 }
 
 impl Store {
-    /// Registers `conn` as `worker_id`'s listener. False when the process's row is not
-    /// there (not yet inserted, or removed).
-    pub(crate) async fn register_listener(conn: &mut Conn, worker_id: &str) -> Result<bool> {
-        conn.exec_drop(
-            concat!(
-                "UPDATE lightjobs_workers SET wake_conn = CONNECTION_ID(), ",
-                "wake_node = @@server_uid, wake_boot = ",
-                server_boot!(),
-                " WHERE id = ?"
-            ),
-            (worker_id,),
-        )
-        .await?;
-        Ok(conn.affected_rows() > 0)
+    /// Registers `conn` as `worker_id`'s listener.
+    pub(crate) async fn register_listener(conn: &mut Conn, worker_id: &str) -> Result<Registered> {
+        let written = conn
+            .exec_drop(
+                concat!(
+                    "UPDATE lightjobs_workers SET wake_conn = CONNECTION_ID(), ",
+                    "wake_node = @@server_uid, wake_boot = ",
+                    server_boot!(),
+                    " WHERE id = ?"
+                ),
+                (worker_id,),
+            )
+            .await;
+        match written {
+            Ok(()) if conn.affected_rows() > 0 => Ok(Registered::Yes),
+            Ok(()) => Ok(Registered::NoRow),
+            // A wake-up meant for the registration already in place (the same connection
+            // registered again): the statement is rolled back, the wake-up is not lost.
+            Err(mysql_async::Error::Server(e)) if e.code == INTERRUPTED => Ok(Registered::Woken),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Waits on the listening connection for up to `secs` seconds.

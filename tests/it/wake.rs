@@ -78,6 +78,8 @@ async fn a_wake_up_reaches_only_a_listener_of_this_server_start() {
     // Registered with another start of this server (a restart since: ids begin again)
     // or with another server: never interrupted.
     for (shift, node) in [(-100, None), (0, Some("another-server"))] {
+        // Past the second in which a dispatcher whose round found nobody sends none.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let (id, sleep) = bystander(&db, 2).await;
         register(&db, "stale", id, shift, node).await;
         queue.dispatch(Work { millis: 0 }).await.unwrap();
@@ -89,6 +91,7 @@ async fn a_wake_up_reaches_only_a_listener_of_this_server_start() {
     }
     // The same registration with this server's start is woken: the check is what spared
     // the others.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (id, sleep) = bystander(&db, 5).await;
     register(&db, "live", id, 0, None).await;
     let sent = Instant::now();
@@ -126,5 +129,50 @@ async fn a_wake_up_to_a_dead_connection_goes_to_the_next_listener() {
         // Past the waker's gap between rounds.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_wake_up_that_cuts_a_registration_short_is_not_lost() {
+    let db = TestDb::new("wake_register").await;
+    let queue = db.migrated().await;
+    let _worker = start_worker_env(
+        &worker_binary(),
+        &db.url,
+        &[("LIGHTJOBS_TEST_POLL_MS", "30000")],
+        // Heartbeats far apart: one held up behind the slow registration would close the
+        // lease and reopen it, and the reopened fetch loop claims whether woken or not.
+        &["--heartbeat", "25", "--stale-after", "60"],
+    );
+    let listening = "SELECT COUNT(*) FROM lightjobs_workers WHERE wake_conn IS NOT NULL";
+    wait_count(&db.url, listening, 1, Duration::from_secs(30)).await;
+    let conn: u64 = db
+        .scalar("SELECT wake_conn FROM lightjobs_workers WHERE wake_conn IS NOT NULL")
+        .await;
+    // The listener registers its connection again every sixth wait; a registration that
+    // leaves the heartbeat as it was now takes 5 s, and the dispatch's KILL QUERY meets it
+    // instead of the SLEEP (the server shows the trigger's statement while it runs).
+    db.exec(
+        "CREATE TRIGGER slow_registration BEFORE UPDATE ON lightjobs_workers FOR EACH ROW \
+         IF NEW.heartbeat_at <=> OLD.heartbeat_at AND NEW.wake_conn IS NOT NULL \
+         THEN DO SLEEP(5); END IF",
+    )
+    .await;
+    let registering = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {conn} \
+         AND INFO = 'DO SLEEP(5)'"
+    );
+    wait_count(&db.url, &registering, 1, Duration::from_secs(90)).await;
+    let sent = Instant::now();
+    queue.dispatch(Work { millis: 0 }).await.unwrap();
+    // Taken as a wake-up, the interrupted registration starts the claim at once; lost, the
+    // job would wait for the 30 s poll.
+    let done = "SELECT COUNT(*) FROM jobs WHERE status = 'processed'";
+    wait_count(&db.url, done, 1, Duration::from_secs(5)).await;
+    eprintln!(
+        "ran {:?} after a dispatch that cut a registration short",
+        sent.elapsed()
+    );
+    db.exec("DROP TRIGGER slow_registration").await;
     db.drop_db().await;
 }
