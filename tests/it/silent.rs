@@ -520,7 +520,8 @@ async fn bad_rows_from_another_program_fail_alone_and_hold_up_nothing() {
 /// the server, never after an INSERT: a read that failed after a committed INSERT would
 /// tell every caller "nothing written", and their retries would insert the rows again.
 /// (MySQL's path, taken on MariaDB through a test hook; a proxy cuts any statement that
-/// reads the step.)
+/// reads the step.) Needs the `test-hooks` feature (`bash .ci/test` enables every feature).
+#[cfg(feature = "test-hooks")]
 #[actix_rt::test]
 async fn a_combined_insert_on_mysql_reads_nothing_after_it_commits() {
     let db = TestDb::new("silent_autoinc").await;
