@@ -134,8 +134,9 @@ pub(crate) struct Ask<'a> {
 /// row, but a lone claimer leaves the server idle while its reply travels); two let one
 /// claim's round trip overlap another's, and claimers stop stepping over each other's
 /// locked rows at the head of the index, however many processes there are. Measured with
-/// `benches/compare --only hosts` at 1–16 processes (docs/benchmarks.md): one turn ran
-/// 0.90× of its best at 16, two 0.88–1.0×, three and four ran worse than two.
+/// `benches/compare --only hosts` at 1–16 processes (docs/benchmarks.md): one turn peaked
+/// at 13,768 jobs/s, two at 17,565 (16 processes at 0.87× and 0.88× of those), three and
+/// four did worse than two.
 pub(crate) const TURNS: u8 = 2;
 
 /// How long a claim waits for its turn before it gives up (MariaDB's `FOR UPDATE WAIT`,
@@ -182,8 +183,9 @@ pub(super) async fn claim_transaction(
 }
 
 /// The first round trip: `START TRANSACTION`, the claim turn when there is one (its
-/// result set skipped) and the locking read of the head of the queue. With a limit across processes, the queue's row is locked first (claimers of
-/// that queue take turns), its running jobs counted, and at most the difference read.
+/// result set skipped) and the locking read of the head of the queue. With a limit across
+/// processes, the queue's row is locked first (claimers of that queue take turns), its
+/// running jobs counted, and at most the difference read.
 async fn lock_rows(conn: &mut Conn, ask: Ask<'_>) -> Result<Vec<Row>> {
     let Ask {
         queue,

@@ -59,7 +59,9 @@ impl Store {
             )
             .await;
         match written {
-            Ok(()) if conn.affected_rows() > 0 => Ok(Registered::Yes),
+            Ok(()) if rows_matched(&conn.info()).unwrap_or(conn.affected_rows()) > 0 => {
+                Ok(Registered::Yes)
+            }
             Ok(()) => Ok(Registered::NoRow),
             // A wake-up meant for the registration already in place (the same connection
             // registered again): the statement is rolled back, the wake-up is not lost.
@@ -115,6 +117,15 @@ impl Store {
     }
 }
 
+/// The rows an UPDATE matched, from its OK packet's "Rows matched: 1  Changed: 0
+/// Warnings: 0". Its affected rows count only the rows it changed (the driver does not ask
+/// for found rows), and the same connection registered again changes nothing: read as
+/// "no row", it would register again at every wait.
+fn rows_matched(info: &str) -> Option<u64> {
+    let rest = info.strip_prefix("Rows matched:")?.trim_start();
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// Interrupts connection `id`'s statement; false when the server knows no such
 /// connection.
 async fn kill_query(conn: &mut Conn, id: u64) -> Result<bool> {
@@ -157,7 +168,20 @@ fn choose(listeners: &[(u64, String)], queues: Option<&[String]>, start: usize) 
 
 #[cfg(test)]
 mod tests {
-    use super::choose;
+    use super::{choose, rows_matched};
+
+    #[test]
+    fn rows_matched_is_read_from_the_update_info() {
+        assert_eq!(
+            rows_matched("Rows matched: 1  Changed: 0  Warnings: 0"),
+            Some(1)
+        );
+        assert_eq!(
+            rows_matched("Rows matched: 0  Changed: 0  Warnings: 0"),
+            Some(0)
+        );
+        assert_eq!(rows_matched(""), None);
+    }
 
     #[test]
     fn one_listener_per_queue_among_those_that_serve_it() {

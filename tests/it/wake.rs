@@ -176,3 +176,40 @@ async fn a_wake_up_that_cuts_a_registration_short_is_not_lost() {
     db.exec("DROP TRIGGER slow_registration").await;
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn a_listener_registers_again_only_every_sixth_wait() {
+    let db = TestDb::new("wake_reregister").await;
+    let queue = db.migrated().await;
+    let _worker = start_worker_env(
+        &worker_binary(),
+        &db.url,
+        &[("LIGHTJOBS_TEST_POLL_MS", "30000")],
+        &["--heartbeat", "25", "--stale-after", "60"],
+    );
+    let listening = "SELECT COUNT(*) FROM lightjobs_workers WHERE wake_conn IS NOT NULL";
+    wait_count(&db.url, listening, 1, Duration::from_secs(30)).await;
+    // Every write of the registration, counted: one that leaves the heartbeat as it was.
+    db.exec("CREATE TABLE registrations (at DATETIME(6) NOT NULL)")
+        .await;
+    db.exec(
+        "CREATE TRIGGER count_registrations BEFORE UPDATE ON lightjobs_workers FOR EACH ROW \
+         IF NEW.heartbeat_at <=> OLD.heartbeat_at AND NEW.wake_conn IS NOT NULL \
+         THEN INSERT INTO registrations VALUES (UTC_TIMESTAMP(6)); END IF",
+    )
+    .await;
+    // Twelve wake-ups, each ending a wait: two registrations at most (every sixth wait),
+    // not one per wait (the same values written again change no row; read as "no row",
+    // they were written at every wait).
+    for n in 1..=12 {
+        queue.dispatch(Work { millis: 0 }).await.unwrap();
+        let done = "SELECT COUNT(*) FROM jobs WHERE status = 'processed'";
+        wait_count(&db.url, done, n, Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written: u64 = db.scalar("SELECT COUNT(*) FROM registrations").await;
+    eprintln!("12 wake-ups, {written} registrations");
+    assert!(written <= 3, "registered again at {written} of 12 waits");
+    db.exec("DROP TRIGGER count_registrations").await;
+    db.drop_db().await;
+}
