@@ -57,6 +57,10 @@ impl Side {
 pub struct ChildReport {
     pub jobs: u64,
     pub cpu_secs: f64,
+    /// Seconds from `go` until the process was claiming: `Workers::start` (0 for the raw
+    /// floor, which is connected before `go`).
+    #[serde(default)]
+    pub start_secs: f64,
 }
 
 /// One drain with `processes` worker processes.
@@ -74,6 +78,29 @@ pub struct HostRun {
     /// Index entries the server read (`Handler_read_key` + `Handler_read_next`): what
     /// claimers stepping over each other's locked rows costs.
     pub rows_read: u64,
+    /// Jobs/s between the 10th and the 90th percentile of `finished_at`: the fleet once it
+    /// runs, without its processes' start nor the stragglers' tail.
+    pub steady: f64,
+    /// The slowest process's `start_secs`.
+    pub start_secs: f64,
+}
+
+/// The rate at which the middle 80% of the jobs finished, from their `finished_at`.
+async fn steady_rate(server: &str, jobs: usize) -> AnyResult<f64> {
+    let mut conn = util::connect(&util::db_url(server, DB)).await?;
+    let (lo, hi) = (jobs / 10, jobs * 9 / 10);
+    let secs: Option<f64> = conn
+        .query_first(format!(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, \
+               (SELECT finished_at FROM jobs WHERE status = 'processed' \
+                ORDER BY finished_at LIMIT 1 OFFSET {lo}), \
+               (SELECT finished_at FROM jobs WHERE status = 'processed' \
+                ORDER BY finished_at LIMIT 1 OFFSET {hi})) / 1e6"
+        ))
+        .await?;
+    conn.disconnect().await?;
+    let secs = secs.ok_or("no finished_at to measure")?;
+    Ok((hi - lo) as f64 / secs.max(1e-6))
 }
 
 /// The namespaces: `ljb-db` (the server, 10.78.0.1 towards this process, 10.78.i.1 towards
@@ -356,6 +383,8 @@ pub fn run(opts: &HostsOpts, actix: &actix_rt::SystemRunner) -> AnyResult<(Vec<H
                     questions: after[0] - before[0],
                     lock_waits: after[1] - before[1],
                     rows_read: after[2] - before[2],
+                    steady: actix.block_on(steady_rate(admin, opts.jobs))?,
+                    start_secs: reports.iter().map(|r| r.start_secs).fold(0.0, f64::max),
                 });
             }
         }
@@ -426,17 +455,20 @@ pub fn child(side: Side, url: &str, concurrency: usize, name: &str) -> AnyResult
         std::io::stdin().read_line(&mut line)?;
         Ok(())
     };
+    let mut start_secs = 0.0;
     let jobs = match side {
         Side::Lightjobs => actix_rt::System::new().block_on(async {
             let queue = JobQueue::connect(url)?;
             queue.check_ready().await?;
             wait_for_go()?;
+            let go = Instant::now();
             let workers = Workers::new(queue)
                 .register::<lj::Noop>()
                 .concurrency(concurrency)
                 .stop_when_empty(true)
                 .start()
                 .await?;
+            start_secs = go.elapsed().as_secs_f64();
             AnyResult::Ok(workers.wait().await.processed)
         })?,
         Side::Raw => tokio::runtime::Builder::new_current_thread()
@@ -451,6 +483,7 @@ pub fn child(side: Side, url: &str, concurrency: usize, name: &str) -> AnyResult
     let report = ChildReport {
         jobs,
         cpu_secs: util::cpu_secs("self").unwrap_or(0.0),
+        start_secs,
     };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

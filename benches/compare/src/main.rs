@@ -872,16 +872,21 @@ fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun
          seconds ÷ drain seconds), server µs/job its CPU time per job; statements per job, \
          index reads per job and row lock waits are the server's `Questions`, \
          `Handler_read_key` + `Handler_read_next` and `Innodb_row_lock_waits` over the \
-         drain. ÷ best: this count's jobs/s over the best count's, same side.\n",
+         drain. ÷ best: this count's jobs/s over the best count's, same side. Steady: jobs/s \
+         between the 10th and 90th percentile of the jobs' `finished_at` (the fleet once \
+         running, without its start and its last stragglers), and its ÷ best; start ms: the \
+         slowest process's `Workers::start` after `go`, which the wall-clock jobs/s \
+         includes.\n",
         thousands(opts.jobs as f64),
         opts.runs,
         opts.concurrency
     );
     let _ = writeln!(
         out,
-        "| processes | side | jobs/s | × 1 process | ÷ best | ÷ raw floor | server CPU \
-         | server µs/job | workers CPU | statements/job | index reads/job | row lock waits |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| processes | side | jobs/s | × 1 process | ÷ best | ÷ raw floor | steady jobs/s \
+         | steady ÷ best | start ms | server CPU | server µs/job | workers CPU \
+         | workers µs/job | statements/job | index reads/job | row lock waits |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let rates = |n: usize, side: hosts::Side| -> Vec<&hosts::HostRun> {
         runs.iter()
@@ -909,10 +914,17 @@ fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun
                 .iter()
                 .map(|&m| median(&rates(m, side), &rate).0)
                 .fold(0.0, f64::max);
+            let steady = |r: &hosts::HostRun| r.steady;
+            let steady_best = opts
+                .processes
+                .iter()
+                .map(|&m| median(&rates(m, side), &steady).0)
+                .fold(0.0, f64::max);
+            let steady_med = median(&rs, &steady).0;
             let _ = writeln!(
                 out,
-                "| {n} | {} | {} ({}–{}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.3} \
-                 | {:.1} | {:.0} |",
+                "| {n} | {} | {} ({}–{}) | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.0} | {:.2} \
+                 | {:.0} | {:.2} | {:.0} | {:.3} | {:.1} | {:.0} |",
                 side.label(),
                 thousands(med),
                 thousands(min),
@@ -920,9 +932,13 @@ fn print_hosts(out: &mut String, opts: &hosts::HostsOpts, runs: &[hosts::HostRun
                 med / base,
                 med / best,
                 med / raw_median,
+                thousands(steady_med),
+                steady_med / steady_best,
+                median(&rs, &|r| r.start_secs * 1e3).0,
                 median(&rs, &|r| r.server_cpu / r.secs).0,
                 median(&rs, &|r| r.server_cpu * 1e6 / jobs).0,
                 median(&rs, &|r| r.workers_cpu / r.secs).0,
+                median(&rs, &|r| r.workers_cpu * 1e6 / jobs).0,
                 median(&rs, &|r| r.questions as f64 / jobs).0,
                 median(&rs, &|r| r.rows_read as f64 / jobs).0,
                 median(&rs, &|r| r.lock_waits as f64).0,
