@@ -289,6 +289,11 @@ pub fn format_event(event: &JobEvent) -> Option<String> {
             event.id,
             delay.as_secs_f64()
         )),
+        JobOutcome::Throttled { delay } => Some(format!(
+            "… Job rate limited: {} (it and its flow key wait {:.1}s)",
+            event.id,
+            delay.as_secs_f64()
+        )),
         JobOutcome::Released | JobOutcome::Lost => None,
     }
 }

@@ -29,6 +29,13 @@ pub enum JobOutcome {
         /// How long until it runs again.
         delay: Duration,
     },
+    /// The job reported its service's rate limit ([`JobError::rate_limited`](crate::JobError::rate_limited)):
+    /// it runs again after `delay` with its attempt given back, and its flow key starts no
+    /// job before then.
+    Throttled {
+        /// How long the job and its key wait.
+        delay: Duration,
+    },
     /// The run was stopped because this process could no longer vouch for its claim:
     /// the database had not confirmed its heartbeat for half its staleness (it was cut
     /// off, or stalled), so another process may take the job over. Its future was dropped

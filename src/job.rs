@@ -85,6 +85,13 @@ pub trait Job: Serialize + DeserializeOwned + 'static {
         Backoff::default().delay(attempt, fastrand::f64())
     }
 
+    /// The job's flow key and its limits (see [`Flow`](crate::Flow)), read from the job at
+    /// dispatch: `None` (the default) runs it without per-key limits. A dispatch's
+    /// [`flow`](crate::Dispatch::flow) overrides it.
+    fn flow(&self) -> Option<crate::Flow> {
+        None
+    }
+
     /// Runs the job. `Err` with attempts left schedules a retry; see [`JobError`].
     fn execute(self, ctx: &JobContext) -> impl Future<Output = Result<(), JobError>>;
 }
@@ -212,6 +219,10 @@ pub enum JobError {
     /// Not a failure: run again after this delay, without spending an attempt (waiting for
     /// a rate limit, a resource not ready yet).
     Snooze(Duration),
+    /// The service the job calls said to wait (an HTTP 429 with `Retry-After`): the job
+    /// runs again after this delay without spending an attempt, and no other job of its
+    /// flow key starts before then either. Without a flow key it is a snooze.
+    RateLimited(Duration),
 }
 
 impl JobError {
@@ -230,11 +241,25 @@ impl JobError {
         JobError::Snooze(delay)
     }
 
+    /// The service said to wait `retry_after`: this job and every job of its flow key
+    /// wait that long, without spending an attempt.
+    ///
+    /// ```
+    /// use lightjobs::JobError;
+    /// use std::time::Duration;
+    /// // From a 429's `Retry-After: 30`:
+    /// let e = JobError::rate_limited(Duration::from_secs(30));
+    /// assert!(!e.is_retryable());
+    /// ```
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        JobError::RateLimited(retry_after)
+    }
+
     /// The message stored in `jobs.last_error` (empty for a snooze).
     pub fn message(&self) -> &str {
         match self {
             JobError::Retry(m) | JobError::Fail(m) => m,
-            JobError::Snooze(_) => "",
+            JobError::Snooze(_) | JobError::RateLimited(_) => "",
         }
     }
 
@@ -248,6 +273,7 @@ impl fmt::Display for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JobError::Snooze(d) => write!(f, "snoozed for {d:?}"),
+            JobError::RateLimited(d) => write!(f, "rate limited for {d:?}"),
             _ => f.write_str(self.message()),
         }
     }

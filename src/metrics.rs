@@ -71,6 +71,7 @@ pub(crate) fn record_outcome(queue: &str, outcome: &JobOutcome, took: Duration) 
         JobOutcome::Released => "released",
         JobOutcome::Lost => "lost",
         JobOutcome::Snoozed { .. } => "snoozed",
+        JobOutcome::Throttled { .. } => "throttled",
     };
     with(|m| {
         *m.runs.entry((queue.to_owned(), name)).or_default() += 1;

@@ -93,6 +93,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_counts.sql"),
     migration!(13, "0013_worker_wake.sql"),
     migration!(14, "0014_claim_turns.sql"),
+    migration!(15, "0015_flow_columns.sql"),
+    migration!(16, "0016_flow_keys.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -1,6 +1,6 @@
 //! Moves `scheduled` jobs (delayed dispatches, retries after a backoff) to `pending` when
-//! they are due, takes up rows a Lightpack app still inserts (status `new`), and wakes this
-//! process's workers when it did.
+//! they are due, takes up rows a Lightpack app still inserts (status `new`), unparks jobs of
+//! flow keys that have room again (the sweep), and wakes this process's workers when it did.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -14,6 +14,14 @@ const BATCH: u64 = 1000;
 
 /// The queue settings are re-read every this many ticks (about a second).
 const SETTINGS_EVERY: u32 = 10;
+
+/// Flow keys due for a recheck are looked for every this many ticks (about 5 s), and at
+/// once when a recheck this process set comes due: a key parked by a process that died
+/// waits this long at most.
+const FLOW_SWEEP_EVERY: u32 = 50;
+
+/// Most flow keys one sweep looks at.
+const FLOW_SWEEP_BATCH: usize = 100;
 
 pub(crate) struct Promoter {
     store: Store,
@@ -90,7 +98,14 @@ impl Role for Promoter {
         if tick % SETTINGS_EVERY == 0 {
             self.now_and_then().await;
         }
-        let n = self.run_once().await?;
+        let mut n = self.run_once().await?;
+        if tick % FLOW_SWEEP_EVERY == 0 || crate::store::sweep_due() {
+            let unparked = self.store.sweep_flow_keys(FLOW_SWEEP_BATCH).await?;
+            if unparked > 0 {
+                tracing::debug!(target: "lightjobs::promoter", unparked, "parked jobs of flow keys with room again");
+            }
+            n += unparked;
+        }
         if n > 0 {
             tracing::debug!(target: "lightjobs::promoter", promoted = n, "scheduled jobs are due");
             crate::runtime::wake::wake_workers();

@@ -150,6 +150,7 @@ mod tests {
             max_attempts: 3,
             when: When::After(Duration::ZERO),
             unique: None,
+            flow: None,
         }
     }
 

@@ -284,6 +284,7 @@ mod tests {
                 max_attempts: 1,
                 when: When::After(Duration::ZERO),
                 unique: None,
+                flow: None,
             },
             ids,
             handoff: None,

@@ -64,6 +64,25 @@ impl<'q> Dispatch<'q> {
         self.set(|j| j.unique = Some((key, period)))
     }
 
+    /// Puts the job under `flow` (its key and limits), overriding [`Job::flow`]; `None`
+    /// dispatches it without one.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Flow, Job, JobContext, JobError, JobQueue};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge { cents: u64 }
+    /// # impl Job for Charge { const NAME: &'static str = "charge";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn f(queue: JobQueue) -> lightjobs::Result<()> {
+    /// // At most 10 calls to the payment API at once, whoever dispatches them.
+    /// queue.dispatch(Charge { cents: 500 })
+    ///     .flow(Some(Flow::key("api:payments").concurrency(10)))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn flow(self, flow: Option<crate::Flow>) -> Self {
+        self.set(|j| j.flow = flow)
+    }
+
     /// Overrides [`Job::MAX_ATTEMPTS`].
     pub fn max_attempts(self, attempts: u32) -> Self {
         self.set(|j| j.max_attempts = attempts)

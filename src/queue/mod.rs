@@ -352,6 +352,7 @@ impl JobQueue {
             max_attempts: J::MAX_ATTEMPTS,
             when: When::After(Duration::ZERO),
             unique: None,
+            flow: job.flow(),
         })
     }
 }

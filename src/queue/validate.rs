@@ -29,6 +29,9 @@ impl JobQueue {
                 return Err(Error::invalid("unique period", "longer than ten years"));
             }
         }
+        if let Some(flow) = &job.flow {
+            flow.validate()?;
+        }
         if job.max_attempts == 0 {
             return Err(Error::invalid("max_attempts", "must be at least 1"));
         }

@@ -16,7 +16,7 @@ use super::ledger::Ledger;
 pub(crate) use super::report::{EventHook, Report};
 use crate::backoff::Doubling;
 use crate::events::{JobEvent, JobOutcome};
-use crate::store::{Guarded, Held, Store};
+use crate::store::{Guarded, Held, HeldFlow, Store};
 use std::collections::HashSet;
 
 /// A run's result on its way to the table: the event to report once written, and the
@@ -25,11 +25,22 @@ use std::collections::HashSet;
 pub(crate) struct Finished {
     token: u64,
     event: JobEvent,
+    /// The job's flow key: its end may let parked jobs of the key start, and a rate limit
+    /// it reports pauses the key.
+    flow: Option<HeldFlow>,
 }
 
 impl Finished {
-    pub(crate) fn new(token: u64, event: JobEvent) -> Finished {
-        Finished { token, event }
+    pub(crate) fn new(token: u64, event: JobEvent, flow: Option<HeldFlow>) -> Finished {
+        Finished { token, event, flow }
+    }
+
+    /// The key whose slot this run held, if its key has a concurrency limit.
+    pub(crate) fn freed_key(&self) -> Option<&str> {
+        self.flow
+            .as_ref()
+            .filter(|f| f.slot)
+            .map(|f| f.key.as_str())
     }
 
     pub(crate) fn outcome(&self) -> &JobOutcome {
@@ -275,6 +286,13 @@ impl Completer {
         let mut released = Vec::new();
         let mut in_doubt = Vec::new();
         let mut rest = Vec::new();
+        let freed: Vec<String> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Command::Write(f) => f.freed_key().map(str::to_owned),
+                Command::Release(_) => None,
+            })
+            .collect();
         for command in batch {
             match command {
                 Command::Write(f) if f.event.outcome == JobOutcome::Processed => done.push(f),
@@ -299,6 +317,7 @@ impl Completer {
                 fail(vec![Command::Write(f)], error);
             }
         }
+        self.unpark(&freed).await;
         (failed, last_error)
     }
 
@@ -357,6 +376,15 @@ impl Completer {
                     .mark_snoozed(held, &self.worker_id, *delay)
                     .await?
             }
+            JobOutcome::Throttled { delay } => {
+                // The key first: once the job is back, a claim must find its key paused.
+                if let Some(flow) = &f.flow {
+                    self.store.pause_flow_key(&flow.key, *delay).await?;
+                }
+                self.store
+                    .mark_snoozed(held, &self.worker_id, *delay)
+                    .await?
+            }
             JobOutcome::Failed { error } => {
                 self.store.mark_failed(held, &self.worker_id, error).await?
             }
@@ -367,7 +395,9 @@ impl Completer {
             Guarded::Applied => {
                 match f.event.outcome {
                     JobOutcome::Failed { .. } => report.failed += 1,
-                    JobOutcome::Snoozed { .. } => report.snoozed += 1,
+                    JobOutcome::Snoozed { .. } | JobOutcome::Throttled { .. } => {
+                        report.snoozed += 1
+                    }
                     _ => report.retried += 1,
                 }
                 self.emit(std::iter::once(&f.event));
@@ -379,6 +409,21 @@ impl Completer {
             }
         }
         Ok(())
+    }
+
+    /// Lets parked jobs of the keys whose slots these results freed start (one per
+    /// result). A failure is only logged: the sweep unparks them at the key's recheck.
+    async fn unpark(&self, freed: &[String]) {
+        if freed.is_empty() {
+            return;
+        }
+        let keys: Vec<&str> = freed.iter().map(String::as_str).collect();
+        match self.store.unpark_after(&keys).await {
+            Ok(()) => crate::runtime::wake::wake_workers(),
+            Err(error) => {
+                tracing::debug!(target: "lightjobs::completer", %error, "unparking jobs of freed flow keys failed; the sweep will")
+            }
+        }
     }
 
     fn emit<'a>(&self, events: impl Iterator<Item = &'a JobEvent>) {

@@ -88,6 +88,10 @@ impl Executor {
                 span.record("outcome", "snoozed");
                 tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job snoozed");
             }
+            JobOutcome::Throttled { delay } => {
+                span.record("outcome", "throttled");
+                tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job rate limited by its service; its flow key waits");
+            }
             JobOutcome::Released => {
                 span.record("outcome", "released");
                 tracing::warn!(target: "lightjobs::executor", ?duration, "job cut short by shutdown, released");
@@ -107,6 +111,7 @@ impl Executor {
                 duration,
                 outcome,
             },
+            job.flow.clone(),
         )
     }
 
@@ -156,10 +161,18 @@ impl Executor {
 const FALLBACK_BACKOFF: Duration = Duration::from_secs(60);
 
 fn classify(job: &ClaimedJob, error: JobError, backoff: fn(u32) -> Duration) -> JobOutcome {
-    if let JobError::Snooze(delay) = error {
-        return JobOutcome::Snoozed {
-            delay: delay.min(crate::defaults::MAX_DELAY),
-        };
+    match error {
+        JobError::Snooze(delay) => {
+            return JobOutcome::Snoozed {
+                delay: delay.min(crate::defaults::MAX_DELAY),
+            }
+        }
+        JobError::RateLimited(delay) => {
+            return JobOutcome::Throttled {
+                delay: delay.min(crate::defaults::MAX_DELAY),
+            }
+        }
+        _ => {}
     }
     if error.is_retryable() && job.attempt < job.max_attempts {
         // `backoff` is user code: a panic there must not lose the result, and an absurd
@@ -200,6 +213,7 @@ mod tests {
             attempt,
             max_attempts,
             waited: Duration::ZERO,
+            flow: None,
             defect: None,
         }
     }

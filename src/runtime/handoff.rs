@@ -10,8 +10,8 @@
 //!
 //! A job is only handed off when nothing could have claimed it ahead of the ones already
 //! waiting: the worker's last claim found its queues drained, the queue is neither paused
-//! nor limited across processes, and the job is due now and not unique; and only while
-//! the worker's own lease is valid (see [`Fence`]).
+//! nor limited across processes, and the job is due now, not unique and under no flow key;
+//! and only while the worker's own lease is valid (see [`Fence`]).
 //!
 //! A handed-off INSERT whose outcome is in doubt (its reply lost, its deadline passed) is
 //! not chased by a task of its own: the worker's reconciler gives back every `running` row
@@ -121,6 +121,7 @@ impl Intake {
             || self.backlog.load(Ordering::Relaxed)
             || !self.fence.is_open()
             || job.unique.is_some()
+            || job.flow.is_some()
             || job.when != When::After(Duration::ZERO)
             || !self.queues.contains(&job.queue)
             || !self.names.contains(job.name)
@@ -216,6 +217,7 @@ impl Reservation {
                 attempt: 1,
                 max_attempts: job.max_attempts,
                 waited: Duration::ZERO,
+                flow: None,
                 defect: None,
             },
             permits,

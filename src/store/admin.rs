@@ -142,7 +142,7 @@ impl Store {
             .await
     }
 
-    /// `pending`/`scheduled` → `cancelled`. True when the job was waiting.
+    /// `pending`/`scheduled`/`blocked` → `cancelled`. True when the job was waiting.
     pub(crate) async fn cancel_job(&self, id: u64) -> Result<bool> {
         self.nodes
             .run(async |conn| {
@@ -156,6 +156,8 @@ impl Store {
                         st!(pending),
                         ", ",
                         st!(scheduled),
+                        ", ",
+                        st!(blocked),
                         ")"
                     ),
                     (id,),

@@ -1,6 +1,8 @@
 //! The claim: the locking read of the head of a queue and its UPDATE to `running`, with
 //! the successes of earlier claims folded into the same transaction.
 
+use std::collections::HashSet;
+
 use super::*;
 
 /// Columns a claim reads, in this order.
@@ -27,7 +29,8 @@ pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
     format!(
         concat!(
             "SELECT id, name, payload, attempts, max_attempts, \
-         GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0) \
+         GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0), \
+         flow_key, flow_concurrency, flow_rate, flow_window_ms \
          FROM jobs FORCE INDEX (jobs_claim) \
          WHERE queue = {} AND status = ",
             st!(pending),
@@ -64,6 +67,7 @@ pub async fn claim_and_complete(
         names: &[],
         token: new_token(),
         turn: None,
+        freed: &[],
     };
     claim_and_complete_or_report(conn, ask, worker, done, &mut Vec::new()).await
 }
@@ -128,6 +132,9 @@ pub(crate) struct Ask<'a> {
     /// The claim turn to take first (see [`turn_sql`]); none for a claim that goes
     /// straight to the head.
     pub turn: Option<u8>,
+    /// The flow keys (with a concurrency) of the successes `done` folded in, one per job:
+    /// their parked jobs may now start.
+    pub freed: &'a [&'a str],
 }
 
 /// Claim turns per queue. One turn serialises the claimers (a claimer never waits for a
@@ -166,20 +173,66 @@ pub(super) async fn claim_transaction(
     done: &[Held],
     in_doubt: &mut Vec<Held>,
 ) -> Result<(Vec<ClaimedJob>, u64)> {
-    let (queue, token) = (ask.queue, ask.token);
+    let (queue, token, freed) = (ask.queue, ask.token, ask.freed);
     let rows = lock_rows(conn, ask).await?;
     // Each row decoded on its own: a value another program wrote that does not decode
     // fails that job alone (a row whose id does not decode is left as it is, locked only
     // until this transaction ends).
-    let rows: Vec<ClaimRow> = rows.into_iter().filter_map(ClaimRow::decode).collect();
+    let mut rows: Vec<ClaimRow> = rows.into_iter().filter_map(ClaimRow::decode).collect();
+    let (mut done, mut flow_sql, mut written) = (done, String::new(), None);
+    if rows.iter().any(|r| r.flow.is_some()) || !freed.is_empty() {
+        let admitted;
+        (admitted, flow_sql, written) = admit(conn, &rows, done, freed).await?;
+        rows.retain(|r| admitted.contains(&r.id));
+        done = &[];
+    }
     in_doubt.extend(rows.iter().map(|r| (r.id, token)));
     let ids = rows.iter().map(|r| r.id);
-    let completed = commit_claim(conn, ids, token, worker, done).await?;
+    let completed = commit_claim(conn, ids, token, worker, done, &flow_sql).await?;
     let claimed = rows
         .into_iter()
         .map(|row| row.into_job(queue, token))
         .collect();
-    Ok((claimed, completed))
+    Ok((claimed, written.unwrap_or(completed)))
+}
+
+/// The flow keys' round trip, for a claim with rows of flow keys or folded successes that
+/// free some: the successes written first (so that they no longer count as running), the
+/// keys locked and read, and the plan. Returns the ids that may start, the statements
+/// for the commit round trip, and how many successes were written.
+async fn admit(
+    conn: &mut Conn,
+    rows: &[ClaimRow],
+    done: &[Held],
+    freed: &[&str],
+) -> Result<(HashSet<u64>, String, Option<u64>)> {
+    let mut first = String::new();
+    if !done.is_empty() {
+        let _ = write!(first, "{}; SELECT ROW_COUNT(); ", done_sql(done));
+    }
+    let pairs: Vec<(u64, Option<&flow::RowFlow>)> =
+        rows.iter().map(|r| (r.id, r.flow.as_ref())).collect();
+    let (sets, states) = flow::read_states(conn, first, &pairs, freed).await?;
+    let written = (!done.is_empty()).then(|| {
+        sets.get(1)
+            .and_then(|s| s.first().cloned())
+            .and_then(|mut r| r.take_opt::<i64, _>(0).and_then(|v| v.ok()))
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0))
+    });
+    let plan = flow::plan(&pairs, &states);
+    Ok((plan.admitted.iter().copied().collect(), plan.sql(), written))
+}
+
+/// The write of folded successes (the caller reads `ROW_COUNT()` after it).
+fn done_sql(done: &[Held]) -> String {
+    format!(
+        concat!(
+            "UPDATE jobs SET status = ",
+            st!(processed),
+            ", finished_at = UTC_TIMESTAMP(6) WHERE {}"
+        ),
+        success_guard(done)
+    )
 }
 
 /// The first round trip: `START TRANSACTION`, the claim turn when there is one (its
@@ -245,8 +298,9 @@ async fn commit_claim(
     token: u64,
     worker: &str,
     done: &[Held],
+    flow_sql: &str,
 ) -> Result<u64> {
-    let mut second = String::new();
+    let mut second = String::from(flow_sql);
     if ids.len() > 0 {
         let _ = write!(
             second,
@@ -262,15 +316,7 @@ async fn commit_claim(
         );
     }
     if !done.is_empty() {
-        let _ = write!(
-            second,
-            concat!(
-                "UPDATE jobs SET status = ",
-                st!(processed),
-                ", finished_at = UTC_TIMESTAMP(6) WHERE {}; SELECT ROW_COUNT(); "
-            ),
-            success_guard(done)
-        );
+        let _ = write!(second, "{}; SELECT ROW_COUNT(); ", done_sql(done));
     }
     second.push_str("COMMIT");
     let result = conn.query_iter(second).await?;
@@ -292,6 +338,7 @@ struct ClaimRow {
     /// Microseconds it has been due; NULL for a zero date (`0000-00-00`), which MariaDB's
     /// default `sql_mode` lets another program write.
     waited_us: Option<i64>,
+    flow: Option<flow::RowFlow>,
     defect: Option<String>,
 }
 
@@ -316,6 +363,7 @@ impl ClaimRow {
         let attempts: u32 = row.take_opt(3).and_then(|v| v.ok()).unwrap_or(0);
         let max_attempts: u32 = row.take_opt(4).and_then(|v| v.ok()).unwrap_or(0);
         let waited_us: Option<i64> = row.take_opt(5).and_then(|v| v.ok());
+        let flow = row_flow(&mut row);
         if attempts >= max_attempts {
             note(format!(
                 "`attempts` ({attempts}) is not below `max_attempts` ({max_attempts}): no \
@@ -329,6 +377,7 @@ impl ClaimRow {
             attempts,
             max_attempts,
             waited_us,
+            flow,
             defect,
         })
     }
@@ -346,9 +395,27 @@ impl ClaimRow {
                 self.waited_us
                     .map_or(0, |us| u64::try_from(us).unwrap_or(0)),
             ),
+            flow: self.flow.map(|f| HeldFlow {
+                slot: f.concurrency.is_some(),
+                key: f.key,
+            }),
             defect: self.defect,
         }
     }
+}
+
+/// Columns 6–9 of a claimed row: its flow key and limits. A key another program wrote
+/// that is not text is read as it is (lossy); the limits that do not decode as none.
+fn row_flow(row: &mut Row) -> Option<flow::RowFlow> {
+    let key = text(row, 6)?;
+    let mut num = |i: usize| -> Option<u32> { row.take_opt(i).and_then(|v| v.ok()) };
+    let concurrency = num(7);
+    let rate = num(8).zip(num(9));
+    Some(flow::RowFlow {
+        key,
+        concurrency,
+        rate,
+    })
 }
 
 /// Reads every result of a multi-statement and returns the rows of each set.

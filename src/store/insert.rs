@@ -11,7 +11,8 @@ pub(super) const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
 /// one list, which the other INSERTs extend.
 macro_rules! job_columns {
     () => {
-        "name, payload, status, queue, priority, max_attempts, scheduled_at, created_at"
+        "name, payload, status, queue, priority, max_attempts, scheduled_at, created_at, \
+         flow_key, flow_concurrency, flow_rate, flow_window_ms"
     };
 }
 
@@ -26,7 +27,7 @@ pub(super) const INSERT_ROW: &str = concat!(
     ", ",
     st!(pending),
     "), ?, ?, ?, \
-     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6))"
+     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6), ?, ?, ?, ?)"
 );
 
 /// [`INSERT_SQL`] with the columns of a claim, for batches with rows inserted already
@@ -50,7 +51,7 @@ const CLAIMABLE_ROW: &str = concat!(
      ",
     st!(pending),
     ")), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
-     UTC_TIMESTAMP(6), IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
+     UTC_TIMESTAMP(6), ?, ?, ?, ?, IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
 );
 
 /// How a multi-row INSERT learns the ids of its rows.
@@ -89,6 +90,7 @@ impl NewJob {
 
     fn params(&self) -> Result<Vec<Value>> {
         let (delay, at) = self.when.params()?;
+        let flow = self.flow.as_ref();
         Ok(vec![
             self.name.into(),
             self.payload.as_str().into(),
@@ -99,6 +101,10 @@ impl NewJob {
             self.max_attempts.into(),
             at,
             delay.into(),
+            flow.map(|f| f.key.as_str()).into(),
+            flow.and_then(|f| f.concurrency).into(),
+            flow.and_then(|f| f.rate).map(|(n, _)| n).into(),
+            flow.and_then(crate::Flow::window_ms).into(),
         ])
     }
 }
@@ -223,7 +229,7 @@ impl Store {
     /// Inserts many jobs, 1,000 rows per statement, all in one transaction; returns their
     /// ids in order.
     pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], ids: NewIds) -> Result<Vec<u64>> {
-        // A prepared statement takes at most 65,535 placeholders (9 per row).
+        // A prepared statement takes at most 65,535 placeholders (13 per row).
         const ROWS_PER_STATEMENT: usize = 1000;
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -256,9 +262,9 @@ impl Store {
     ) -> Result<Vec<u64>> {
         let claimed = claims.iter().any(Option::is_some);
         let (head, row, per_row) = if claimed {
-            (INSERT_CLAIMABLE_SQL, CLAIMABLE_ROW, 14)
+            (INSERT_CLAIMABLE_SQL, CLAIMABLE_ROW, 18)
         } else {
-            (INSERT_SQL, INSERT_ROW, 9)
+            (INSERT_SQL, INSERT_ROW, 13)
         };
         let mut sql = String::from(head);
         let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * per_row);

@@ -17,6 +17,7 @@ mod admin;
 mod claim;
 mod complete;
 mod counts;
+mod flow;
 pub use admin::list_sql;
 pub use counts::counting_sql;
 mod insert;
@@ -31,6 +32,7 @@ mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
 pub(crate) use claim::{claim_and_complete_or_report, Ask, TURNS};
+pub(crate) use flow::sweep_due;
 pub(crate) use insert::{Claim, NewIds};
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};
 pub use liveness::Liveness;
@@ -74,6 +76,8 @@ pub(crate) struct NewJob {
     /// A unique key, and for how long after the dispatch it stays taken once the job has
     /// finished (while it waits or runs it is always taken).
     pub unique: Option<(String, Duration)>,
+    /// Its flow key and limits.
+    pub flow: Option<crate::Flow>,
 }
 
 /// When a new job becomes ready.
@@ -104,9 +108,20 @@ pub struct ClaimedJob {
     pub max_attempts: u32,
     /// How long it was due before this claim (the queue latency).
     pub waited: Duration,
+    /// Its flow key, if any.
+    pub flow: Option<HeldFlow>,
     /// Why the row cannot be run as it is (a value another program wrote that does not
     /// decode, no attempt left): the run fails at once with this, naming the column.
     pub defect: Option<String>,
+}
+
+/// The flow key a claimed job runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldFlow {
+    /// The key.
+    pub key: String,
+    /// Whether the key has a concurrency limit: the job's end frees a slot.
+    pub slot: bool,
 }
 
 /// A job as stored, for inspection tools.

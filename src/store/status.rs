@@ -13,6 +13,9 @@ pub(crate) enum Status {
     Scheduled,
     /// Due: the claim takes it.
     Pending,
+    /// Due, but its flow key is at a limit: waits out of the claim's way until the key
+    /// has room (see [`Flow`](crate::Flow)).
+    Blocked,
     /// Claimed by a worker process.
     Running,
     /// Ran to success.
@@ -26,8 +29,9 @@ pub(crate) enum Status {
 impl Status {
     /// Every status, in the order a job passes through them.
     #[cfg_attr(not(any(feature = "cli", feature = "dashboard")), allow(dead_code))]
-    pub(crate) const ALL: [Status; 6] = [
+    pub(crate) const ALL: [Status; 7] = [
         Status::Pending,
+        Status::Blocked,
         Status::Scheduled,
         Status::Running,
         Status::Processed,
@@ -39,6 +43,7 @@ impl Status {
         match self {
             Status::Scheduled => "scheduled",
             Status::Pending => "pending",
+            Status::Blocked => "blocked",
             Status::Running => "running",
             Status::Processed => "processed",
             Status::Failed => "failed",
@@ -60,7 +65,7 @@ impl Status {
 
 /// The names of [`Status::ALL`], for tools that take a status as text.
 #[cfg(any(feature = "cli", feature = "dashboard"))]
-pub(crate) const JOB_STATUSES: [&str; 6] = {
+pub(crate) const JOB_STATUSES: [&str; 7] = {
     let all = Status::ALL;
     [
         all[0].as_str(),
@@ -69,6 +74,7 @@ pub(crate) const JOB_STATUSES: [&str; 6] = {
         all[3].as_str(),
         all[4].as_str(),
         all[5].as_str(),
+        all[6].as_str(),
     ]
 };
 
@@ -86,6 +92,9 @@ macro_rules! st {
     };
     (pending) => {
         "'pending'"
+    };
+    (blocked) => {
+        "'blocked'"
     };
     (running) => {
         "'running'"
@@ -111,6 +120,7 @@ mod tests {
         let literals = [
             (Status::Scheduled, st!(scheduled)),
             (Status::Pending, st!(pending)),
+            (Status::Blocked, st!(blocked)),
             (Status::Running, st!(running)),
             (Status::Processed, st!(processed)),
             (Status::Failed, st!(failed)),

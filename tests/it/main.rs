@@ -13,6 +13,7 @@ mod counts;
 mod dashboard;
 mod exactly_once;
 mod faults;
+mod flow;
 mod galera;
 mod handoff;
 mod migrate;

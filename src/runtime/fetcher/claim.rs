@@ -133,6 +133,7 @@ impl Fetcher {
             return Err((done, Stopped::Settling));
         }
         let ids: Vec<Held> = done.iter().map(Finished::held).collect();
+        let freed: Vec<&str> = done.iter().filter_map(Finished::freed_key).collect();
         let token = new_token();
         let ask = Ask {
             queue,
@@ -143,6 +144,7 @@ impl Fetcher {
             turn: (!limited)
                 .then(|| self.turns.take(queue, Instant::now()))
                 .flatten(),
+            freed: &freed,
         };
         let turn = ask.turn;
         let mut in_doubt = Vec::new();
