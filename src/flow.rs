@@ -118,6 +118,25 @@ impl Flow {
     }
 }
 
+/// A flow key at one of its limits, as [`JobQueue::flow_keys`](crate::JobQueue::flow_keys)
+/// reads it: jobs of the key are waiting (`blocked`) or the key is paused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct FlowKeyState {
+    /// The key.
+    pub key: String,
+    /// Its jobs running now.
+    pub running: u64,
+    /// Its jobs waiting on a limit.
+    pub blocked: u64,
+    /// Its concurrency limit, as last seen by a claim that parked its jobs.
+    pub concurrency: Option<u32>,
+    /// Its rate: starts per window.
+    pub rate: Option<(u32, Duration)>,
+    /// How much longer a pause a job asked for (a `Retry-After`) lasts.
+    pub paused_for: Option<Duration>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

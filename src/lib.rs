@@ -88,7 +88,7 @@ pub use backoff::Backoff;
 pub use dashboard::{dashboard, Dashboard};
 pub use error::{Error, Result};
 pub use events::{JobEvent, JobOutcome};
-pub use flow::{Flow, MAX_FLOW_KEY_CHARS, MAX_RATE_WINDOW};
+pub use flow::{Flow, FlowKeyState, MAX_FLOW_KEY_CHARS, MAX_RATE_WINDOW};
 pub use handle::{StopSignal, WorkerHandle};
 pub use job::{Job, JobContext, JobError};
 pub use queue::{Dispatch, JobQueue, JobQueueBuilder, Page};
@@ -106,7 +106,7 @@ pub use workers::Workers;
 #[allow(missing_docs)]
 pub mod __private {
     pub use crate::store::{
-        acquire_lease, claim_and_complete, claim_sql, claim_sql_for, counting_sql, list_sql,
-        release_lease, ClaimedJob, Guarded, Store, CREATE_LEASES,
+        acquire_lease, claim_and_complete, claim_sql, claim_sql_for, counting_sql, flow_plan_sql,
+        list_sql, release_lease, ClaimedJob, Guarded, Store, CREATE_LEASES,
     };
 }

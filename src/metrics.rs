@@ -92,7 +92,15 @@ pub(crate) fn set_foreign(queues: &[String], groups: &[(String, String, u64)]) {
     });
 }
 
-pub(crate) fn render(counts: &[crate::QueueCount], paused: &[String]) -> String {
+/// Keys named one by one in `lightjobs_flow_blocked`: a label per tenant would be
+/// unbounded, so only the keys waiting longest are.
+pub(crate) const FLOW_KEYS_NAMED: usize = 20;
+
+pub(crate) fn render(
+    counts: &[crate::QueueCount],
+    paused: &[String],
+    flow: &[crate::FlowKeyState],
+) -> String {
     let mut out = String::new();
     out.push_str(
         "# HELP lightjobs_jobs Jobs by queue and status: waiting and running ones now, \
@@ -112,6 +120,25 @@ pub(crate) fn render(counts: &[crate::QueueCount], paused: &[String]) -> String 
     out.push_str("# TYPE lightjobs_queue_paused gauge\n");
     for q in paused {
         let _ = writeln!(out, "lightjobs_queue_paused{{queue=\"{}\"}} 1", escape(q));
+    }
+    out.push_str(
+        "# HELP lightjobs_flow_limited_keys Flow keys at a limit (jobs waiting on it, or \
+         paused), up to the number read.\n",
+    );
+    out.push_str("# TYPE lightjobs_flow_limited_keys gauge\n");
+    let _ = writeln!(out, "lightjobs_flow_limited_keys {}", flow.len());
+    out.push_str(
+        "# HELP lightjobs_flow_blocked Jobs waiting on their flow key's limit, for the keys \
+         waiting longest.\n",
+    );
+    out.push_str("# TYPE lightjobs_flow_blocked gauge\n");
+    for k in flow.iter().take(FLOW_KEYS_NAMED) {
+        let _ = writeln!(
+            out,
+            "lightjobs_flow_blocked{{key=\"{}\"}} {}",
+            escape(&k.key),
+            k.blocked
+        );
     }
     with(|m| {
         out.push_str("# HELP lightjobs_job_runs_total Job runs in this process, by outcome.\n");
@@ -194,7 +221,17 @@ mod tests {
             status: "pending".into(),
             count: 4,
         }];
-        let text = render(&counts, &["mail".into()]);
+        let flow = [crate::FlowKeyState {
+            key: "tenant:\"7\"".into(),
+            running: 2,
+            blocked: 40,
+            concurrency: Some(2),
+            rate: None,
+            paused_for: None,
+        }];
+        let text = render(&counts, &["mail".into()], &flow);
+        assert!(text.contains("lightjobs_flow_limited_keys 1\n"));
+        assert!(text.contains("lightjobs_flow_blocked{key=\"tenant:\\\"7\\\"\"} 40\n"));
         assert!(
             text.contains("lightjobs_jobs{queue=\"a\\\"b\",status=\"pending\"} 4"),
             "{text}"

@@ -75,9 +75,10 @@ pub fn metrics(path: &str) -> actix_web::Resource {
 async fn serve(queue: web::Data<JobQueue>) -> actix_web::Result<HttpResponse> {
     let counts = queue.stats().await?;
     let paused = queue.paused_queues().await?;
+    let flow = queue.flow_keys(1000).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::metrics::render(&counts, &paused)))
+        .body(crate::metrics::render(&counts, &paused, &flow)))
 }
 
 /// The cause goes to the log; the client gets an opaque message, and 503 when the database

@@ -163,7 +163,8 @@ async fn retry(queue: &JobQueue, id: Option<u64>, all: bool, q: Option<&str>) ->
 }
 
 async fn stats(queue: &JobQueue) -> crate::Result<()> {
-    let (counts, paused) = futures::try_join!(queue.stats(), queue.paused_queues())?;
+    let (counts, paused, flow) =
+        futures::try_join!(queue.stats(), queue.paused_queues(), queue.flow_keys(20))?;
     println!("{:<24} {:<10} {:>10}", "queue", "status", "jobs");
     for c in counts {
         println!("{:<24} {:<10} {:>10}", c.queue, c.status, c.count);
@@ -171,6 +172,32 @@ async fn stats(queue: &JobQueue) -> crate::Result<()> {
     if !paused.is_empty() {
         println!();
         println!("Paused queues: {}", paused.join(", "));
+    }
+    if !flow.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:>8} {:>8} {:>12}",
+            "flow key at a limit", "running", "waiting", "limit"
+        );
+        for k in flow {
+            let mut limit = k
+                .concurrency
+                .map(|c| format!("{c} at once"))
+                .unwrap_or_default();
+            if let Some((n, per)) = k.rate {
+                limit = format!("{limit} {n}/{per:?}");
+            }
+            if let Some(p) = k.paused_for {
+                limit = format!("{limit} paused {:.1}s", p.as_secs_f64());
+            }
+            println!(
+                "{:<32} {:>8} {:>8} {:>12}",
+                k.key,
+                k.running,
+                k.blocked,
+                limit.trim()
+            );
+        }
     }
     Ok(())
 }

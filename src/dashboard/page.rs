@@ -15,11 +15,15 @@ use crate::store::{JobRecord, QueueCount, Status, JOB_STATUSES};
 const ERROR_SHOWN: usize = 2_000;
 /// Characters of a payload shown.
 const PAYLOAD_SHOWN: usize = 500;
+/// Flow keys at a limit shown, the longest waiting first.
+const FLOW_SHOWN: usize = 50;
 
 /// Everything the page shows, read in one go.
 pub(super) struct Snapshot {
     counts: Vec<QueueCount>,
     paused: Vec<String>,
+    /// Flow keys at a limit.
+    flow: Vec<crate::FlowKeyState>,
     failed: Vec<JobRecord>,
     /// Running, pending, scheduled and processed jobs, in that order.
     recent: [(Status, Vec<JobRecord>); 4],
@@ -28,9 +32,9 @@ pub(super) struct Snapshot {
 impl Snapshot {
     pub(super) async fn load(queue: &JobQueue) -> crate::Result<Snapshot> {
         let recent = |status: Status| queue.list(status.as_str(), None, RECENT_SHOWN);
-        let (counts, paused, failed, running, pending, scheduled, processed) = futures::try_join!(
+        let (counts, (paused, flow), failed, running, pending, scheduled, processed) = futures::try_join!(
             queue.stats(),
-            queue.paused_queues(),
+            futures::future::try_join(queue.paused_queues(), queue.flow_keys(FLOW_SHOWN)),
             queue.list(Status::Failed.as_str(), None, FAILED_SHOWN),
             recent(Status::Running),
             recent(Status::Pending),
@@ -40,6 +44,7 @@ impl Snapshot {
         Ok(Snapshot {
             counts,
             paused,
+            flow,
             failed,
             recent: [
                 (Status::Running, running),
@@ -142,6 +147,7 @@ fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<Strin
         write!(out, "<p class=\"notice\" role=\"status\">{}</p>", Esc(text))?;
     }
     write_queues(out, s, token)?;
+    write_flow(out, &s.flow)?;
     write_failed(out, s, token)?;
     for (status, jobs) in &s.recent {
         write_recent(out, *status, jobs, token)?;
@@ -150,6 +156,38 @@ fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<Strin
         "<p class=\"muted\">Times are UTC. Every button is also a command: \
          <code>lightjobs --help</code>.</p></body></html>",
     )
+}
+
+/// The flow keys at a limit: what waits on each, and why.
+fn write_flow(out: &mut String, keys: &[crate::FlowKeyState]) -> fmt::Result {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    out.write_str(
+        "<h2>Waiting on flow limits</h2><table><thead><tr><th>Key</th>\
+         <th class=\"n\">Running</th><th class=\"n\">Waiting</th><th>Limit</th></tr></thead><tbody>",
+    )?;
+    for k in keys {
+        let mut limit = k
+            .concurrency
+            .map(|c| format!("{c} at once"))
+            .unwrap_or_default();
+        if let Some((n, per)) = k.rate {
+            limit = format!("{limit} {n} per {per:?}");
+        }
+        if let Some(p) = k.paused_for {
+            limit = format!("{limit} · paused {:.1}s (Retry-After)", p.as_secs_f64());
+        }
+        write!(
+            out,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            Esc(&k.key),
+            k.running,
+            k.blocked,
+            Esc(limit.trim())
+        )?;
+    }
+    out.write_str("</tbody></table>")
 }
 
 /// A form posting `action` with the CSRF token and hidden `fields`, and its buttons.

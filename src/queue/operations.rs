@@ -162,6 +162,22 @@ impl JobQueue {
         Ok(())
     }
 
+    /// Up to `most` flow keys at a limit: with jobs waiting on it (`blocked`) or paused by
+    /// a job's [`JobError::rate_limited`](crate::JobError::rate_limited), the longest waiting
+    /// first. Its cost follows the keys listed, not the jobs.
+    ///
+    /// ```no_run
+    /// # async fn f(queue: lightjobs::JobQueue) -> lightjobs::Result<()> {
+    /// for k in queue.flow_keys(20).await? {
+    ///     println!("{}: {} running, {} waiting", k.key, k.running, k.blocked);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn flow_keys(&self, most: usize) -> Result<Vec<crate::FlowKeyState>> {
+        self.on_io(move |store| async move { store.limited_flow_keys(most).await })
+            .await
+    }
+
     /// The paused queues.
     pub async fn paused_queues(&self) -> Result<Vec<String>> {
         self.on_io(|store| async move { store.paused_queues().await })

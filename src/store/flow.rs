@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::claim::read_sets;
 use super::*;
+use crate::flow::FlowKeyState;
 
 /// Added to every rate window: the claim records a start before its commit and the job
 /// starts after it, so starts a window apart on the database's clock could land a little
@@ -274,6 +275,27 @@ fn decode_state(mut row: Row) -> Option<(String, KeyState)> {
     Some((key, state))
 }
 
+fn decode_limited(mut row: Row) -> Option<FlowKeyState> {
+    let key = text(&mut row, 0)?;
+    let mut get = |i: usize| -> Option<i64> { row.take_opt(i).and_then(|v| v.ok()) };
+    let u32_of = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let (concurrency, rate, window) = (u32_of(get(1)), u32_of(get(2)), u32_of(get(3)));
+    let non_neg = |v: Option<i64>| v.map_or(0, |v| u64::try_from(v).unwrap_or(0));
+    let (paused_us, running, blocked) = (non_neg(get(4)), non_neg(get(5)), non_neg(get(6)));
+    // A recheck left from a wait that is over: nothing waits, nothing is paused.
+    if blocked == 0 && paused_us == 0 {
+        return None;
+    }
+    Some(FlowKeyState {
+        key,
+        running,
+        blocked,
+        concurrency,
+        rate: rate.zip(window.map(|w| Duration::from_millis(u64::from(w)))),
+        paused_for: (paused_us > 0).then(|| Duration::from_micros(paused_us)),
+    })
+}
+
 /// Locks the keys of `rows` and of `freed` (the keys of jobs this transaction finished)
 /// and reads their states: one round trip, inside the claim's transaction.
 pub(crate) async fn read_states(
@@ -355,15 +377,34 @@ impl Plan {
     }
 }
 
+/// The statements of flow control whose plans matter as the table grows, for `EXPLAIN` in
+/// the tests: a key's state (its running count and its window), an unpark, the sweep's
+/// read of due keys, and the read of the keys at a limit.
+pub fn flow_plan_sql(key: &str) -> Vec<String> {
+    vec![
+        state_sql(&[(key, Some(60_000))]),
+        unpark_sql(key, 10),
+        "SELECT flow_key FROM lightjobs_flow_keys FORCE INDEX (flow_recheck) \
+         WHERE recheck_at <= UTC_TIMESTAMP(6) ORDER BY recheck_at LIMIT 100"
+            .to_owned(),
+    ]
+}
+
 /// Moves up to `n` of `key`'s parked jobs back to `pending`, oldest first (in claim order).
+/// The ids are picked by a read in index order first: an UPDATE … ORDER BY … LIMIT that
+/// changes `status`, a column of the index it walks, would read and sort the key's whole
+/// parked backlog instead (the plan test shows it).
 fn unpark_sql(key: &str, n: u64) -> String {
     format!(
         concat!(
-            "UPDATE jobs FORCE INDEX (jobs_flow) SET status = ",
-            st!(pending),
-            " WHERE flow_key = {} AND status = ",
+            "UPDATE jobs JOIN (SELECT id FROM jobs FORCE INDEX (jobs_flow) \
+             WHERE flow_key = {} AND status = ",
             st!(blocked),
-            " ORDER BY priority, scheduled_at, id LIMIT {}"
+            " ORDER BY priority, scheduled_at, id LIMIT {}) AS next USING (id) \
+             SET jobs.status = ",
+            st!(pending),
+            " WHERE jobs.status = ",
+            st!(blocked)
         ),
         sql_string(key),
         n
@@ -371,6 +412,35 @@ fn unpark_sql(key: &str, n: u64) -> String {
 }
 
 impl Store {
+    /// The keys at a limit (with parked jobs, or paused), the longest waiting first: read
+    /// through the recheck index and each key's own index ranges, never the backlog.
+    pub(crate) async fn limited_flow_keys(&self, most: usize) -> Result<Vec<FlowKeyState>> {
+        let rows: Vec<Row> = self
+            .nodes
+            .run(async |conn| {
+                Ok(conn
+                    .query(format!(
+                        concat!(
+                            "SELECT k.flow_key, k.concurrency, k.rate, k.window_ms, \
+                             CAST(GREATEST(COALESCE(TIMESTAMPDIFF(MICROSECOND, \
+                             UTC_TIMESTAMP(6), k.paused_until), 0), 0) AS SIGNED), \
+                             (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_flow) \
+                              WHERE flow_key = k.flow_key AND status = ",
+                            st!(running),
+                            "), (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_flow) \
+                              WHERE flow_key = k.flow_key AND status = ",
+                            st!(blocked),
+                            ") FROM lightjobs_flow_keys k FORCE INDEX (flow_recheck) \
+                             WHERE k.recheck_at IS NOT NULL ORDER BY k.recheck_at LIMIT {}"
+                        ),
+                        most
+                    ))
+                    .await?)
+            })
+            .await?;
+        Ok(rows.into_iter().filter_map(decode_limited).collect())
+    }
+
     /// After jobs of `keys` finished outside a claim (one entry per job): under each key's
     /// lock, one parked job per finished one back to `pending`. Whatever this misses (the
     /// write fails, the process dies first) the sweep catches at the key's recheck.

@@ -32,6 +32,7 @@ mod workers;
 
 pub use claim::{claim_and_complete, claim_sql, claim_sql_for};
 pub(crate) use claim::{claim_and_complete_or_report, Ask, TURNS};
+pub use flow::flow_plan_sql;
 pub(crate) use flow::sweep_due;
 pub(crate) use insert::{Claim, NewIds};
 pub use leases::{acquire_lease, release_lease, CREATE_LEASES};

@@ -211,8 +211,19 @@ async fn a_hot_key_at_its_limit_holds_up_no_other_job() {
         hot_done < 150,
         "the hot key ran {hot_done} of 200 before the others were done"
     );
-    // The parked backlog waits as `blocked`, out of the claim range, and is not lost.
+    // The parked backlog waits as `blocked`, out of the claim range, and is not lost;
+    // stats, the metrics and the dashboard show it and the key at its limit.
     assert!(db.count("blocked").await > 0);
+    let stats = queue.stats().await.unwrap();
+    assert!(
+        stats.iter().any(|c| c.status == "blocked" && c.count > 0),
+        "{stats:?}"
+    );
+    let keys = queue.flow_keys(10).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0].key, "hot");
+    assert!(keys[0].blocked > 0 && keys[0].running <= 1, "{keys:?}");
+    assert_eq!(keys[0].concurrency, Some(1));
     workers.shutdown().await;
     db.drop_db().await;
 }
@@ -302,5 +313,81 @@ async fn a_retry_after_backs_off_the_whole_key_without_spending_attempts() {
         .scalar("SELECT CAST(MAX(attempts) AS UNSIGNED) FROM jobs")
         .await;
     assert_eq!(spent, 1, "a rate-limited run gives its attempt back");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn flow_statements_read_their_key_s_index_ranges_not_the_table() {
+    use mysql_async::prelude::*;
+    let db = TestDb::new("flow_explain").await;
+    let queue = db.migrated().await;
+    // A live-looking table: a hot key's long parked backlog, many other keys, history.
+    let hot = (0..3000).map(|_| Timed {
+        key: Some("hot".into()),
+        millis: 0,
+        limited_ms: 0,
+    });
+    queue.dispatch_many(hot).await.unwrap();
+    let many = (0..3000).map(|i| Timed {
+        key: Some(format!("k{i}")),
+        millis: 0,
+        limited_ms: 0,
+    });
+    queue.dispatch_many(many).await.unwrap();
+    queue
+        .dispatch_many((0..3000).map(|_| Timed {
+            key: None,
+            millis: 0,
+            limited_ms: 0,
+        }))
+        .await
+        .unwrap();
+    db.exec("UPDATE jobs SET status = 'blocked' WHERE flow_key = 'hot' AND id % 10 <> 0")
+        .await;
+    db.exec("UPDATE jobs SET status = 'running' WHERE flow_key = 'hot' AND id % 10 = 0 LIMIT 1")
+        .await;
+    db.exec("UPDATE jobs SET status = 'processed' WHERE flow_key IS NULL OR id % 3 = 0 AND flow_key <> 'hot'").await;
+    db.exec(
+        "INSERT INTO lightjobs_flow_keys (flow_key, used_at, recheck_at) \
+         SELECT DISTINCT flow_key, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) FROM jobs WHERE flow_key IS NOT NULL",
+    )
+    .await;
+    db.exec("ANALYZE TABLE jobs, lightjobs_flow_keys, lightjobs_flow_starts")
+        .await;
+    let mut conn = db.pool.get_conn().await.unwrap();
+    for sql in lightjobs::__private::flow_plan_sql("hot") {
+        let plan: Vec<mysql_async::Row> = conn.query(format!("EXPLAIN {sql}")).await.unwrap();
+        for row in &plan {
+            let get = |col: &str| -> String {
+                row.get_opt::<Option<String>, _>(col)
+                    .and_then(|r| r.ok())
+                    .flatten()
+                    .unwrap_or_default()
+            };
+            let (table, kind, key, rows) = (get("table"), get("type"), get("key"), get("rows"));
+            eprintln!(
+                "flow plan: table={table} type={kind} key={key} rows={rows} extra={}",
+                get("Extra")
+            );
+            if table.is_empty() || table.starts_with('<') {
+                continue; // a derived or union result, or "no matching row"
+            }
+            assert_ne!(kind, "ALL", "full scan of {table} in {sql}");
+            assert_ne!(kind, "index", "full index scan of {table} in {sql}");
+            match table.as_str() {
+                // The key's range, or a row by id from it.
+                "jobs" => assert!(
+                    key == "jobs_flow" || (key == "PRIMARY" && kind == "eq_ref"),
+                    "{sql}"
+                ),
+                "s" => assert_eq!(key, "PRIMARY", "{sql}"),
+                "k" => assert_eq!(key, "PRIMARY", "{sql}"),
+                "lightjobs_flow_keys" => assert_eq!(key, "flow_recheck", "{sql}"),
+                other => panic!("unexpected table {other} in {sql}"),
+            }
+            assert!(!get("Extra").contains("filesort"), "{sql} sorts");
+        }
+    }
+    drop(conn);
     db.drop_db().await;
 }
