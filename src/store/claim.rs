@@ -81,6 +81,9 @@ pub struct Claim {
     /// `None` when the commit succeeded but the follow-up read that tells which ones failed:
     /// the caller writes them again (a no-op for those already written) to find out.
     pub completed: Option<Vec<u64>>,
+    /// Parked jobs of flow keys this claim moved back to `pending`: ready for the next
+    /// claim, which should not wait for a poll.
+    pub unparked: u64,
 }
 
 /// [`claim_and_complete`], and on an error that leaves the outcome unknown (the connection
@@ -109,7 +112,7 @@ pub(crate) async fn claim_and_complete_or_report(
         }
         Ok(_) => in_doubt.clear(),
     }
-    let (jobs, written) = result?;
+    let (jobs, written, unparked) = result?;
     let completed = if written == done.len() as u64 {
         Some(done.iter().map(|h| h.0).collect())
     } else {
@@ -117,7 +120,11 @@ pub(crate) async fn claim_and_complete_or_report(
         // reply was lost: read which ones are processed under our claims.
         written_successes(conn, done).await.ok()
     };
-    Ok(Claim { jobs, completed })
+    Ok(Claim {
+        jobs,
+        completed,
+        unparked,
+    })
 }
 
 /// What a claim asks for: up to `limit` jobs of `queue`, of the types `names` (any when
@@ -172,17 +179,17 @@ pub(super) async fn claim_transaction(
     worker: &str,
     done: &[Held],
     in_doubt: &mut Vec<Held>,
-) -> Result<(Vec<ClaimedJob>, u64)> {
+) -> Result<(Vec<ClaimedJob>, u64, u64)> {
     let (queue, token, freed) = (ask.queue, ask.token, ask.freed);
     let rows = lock_rows(conn, ask).await?;
     // Each row decoded on its own: a value another program wrote that does not decode
     // fails that job alone (a row whose id does not decode is left as it is, locked only
     // until this transaction ends).
     let mut rows: Vec<ClaimRow> = rows.into_iter().filter_map(ClaimRow::decode).collect();
-    let (mut done, mut flow_sql, mut written) = (done, String::new(), None);
+    let (mut done, mut flow_sql, mut written, mut unparked) = (done, String::new(), None, 0);
     if rows.iter().any(|r| r.flow.is_some()) || !freed.is_empty() {
         let admitted;
-        (admitted, flow_sql, written) = admit(conn, &rows, done, freed).await?;
+        (admitted, flow_sql, written, unparked) = admit(conn, &rows, done, freed).await?;
         rows.retain(|r| admitted.contains(&r.id));
         done = &[];
     }
@@ -193,7 +200,7 @@ pub(super) async fn claim_transaction(
         .into_iter()
         .map(|row| row.into_job(queue, token))
         .collect();
-    Ok((claimed, written.unwrap_or(completed)))
+    Ok((claimed, written.unwrap_or(completed), unparked))
 }
 
 /// The flow keys' round trip, for a claim with rows of flow keys or folded successes that
@@ -205,7 +212,7 @@ async fn admit(
     rows: &[ClaimRow],
     done: &[Held],
     freed: &[&str],
-) -> Result<(HashSet<u64>, String, Option<u64>)> {
+) -> Result<(HashSet<u64>, String, Option<u64>, u64)> {
     let mut first = String::new();
     if !done.is_empty() {
         let _ = write!(first, "{}; SELECT ROW_COUNT(); ", done_sql(done));
@@ -220,7 +227,12 @@ async fn admit(
             .map_or(0, |n| u64::try_from(n).unwrap_or(0))
     });
     let plan = flow::plan(&pairs, &states);
-    Ok((plan.admitted.iter().copied().collect(), plan.sql(), written))
+    Ok((
+        plan.admitted.iter().copied().collect(),
+        plan.sql(),
+        written,
+        plan.unparked(),
+    ))
 }
 
 /// The write of folded successes (the caller reads `ROW_COUNT()` after it).

@@ -202,77 +202,102 @@ pub(crate) fn sweep_due() -> bool {
 }
 
 /// The statement that locks `keys` (sorted, so two claims never wait on each other in a
-/// cycle), making the rows of new ones; `used_at` tells the pruner which keys are idle.
-fn lock_sql(keys: &[&str]) -> String {
-    let mut sql = String::from("INSERT INTO lightjobs_flow_keys (flow_key, used_at) VALUES ");
-    for (i, key) in keys.iter().enumerate() {
+/// cycle), making the rows of new ones and writing the limits the claimed rows give (a key
+/// only freed keeps its stored ones); `used_at` tells which keys are idle.
+fn lock_sql(keys: &[(&str, Limits)]) -> String {
+    let opt = |v: Option<u32>| v.map_or("NULL".to_owned(), |v| v.to_string());
+    let mut sql = String::from(
+        "INSERT INTO lightjobs_flow_keys (flow_key, used_at, concurrency, rate, window_ms) VALUES ",
+    );
+    for (i, (key, l)) in keys.iter().enumerate() {
         let _ = write!(
             sql,
-            "{}({}, UTC_TIMESTAMP(6))",
+            "{}({}, UTC_TIMESTAMP(6), {}, {}, {})",
             if i > 0 { ", " } else { "" },
-            sql_string(key)
+            sql_string(key),
+            opt(l.concurrency),
+            opt(l.rate.map(|r| r.0)),
+            opt(l.rate.map(|r| r.1)),
         );
     }
-    sql.push_str(" ON DUPLICATE KEY UPDATE used_at = VALUES(used_at)");
+    sql.push_str(
+        " ON DUPLICATE KEY UPDATE used_at = VALUES(used_at), \
+         concurrency = COALESCE(VALUES(concurrency), concurrency), \
+         rate = COALESCE(VALUES(rate), rate), window_ms = COALESCE(VALUES(window_ms), window_ms)",
+    );
     sql
 }
 
-/// The read of each key's state (a plain read: the key's row is already locked, and a
-/// locking read would wait on job rows other claims hold). `window_ms` is the window the
-/// claimed rows give the key, if any, else the stored one.
-fn state_sql(keys: &[(&str, Option<u32>)]) -> String {
-    let mut sql = String::new();
-    for (i, (key, window)) in keys.iter().enumerate() {
-        let k = sql_string(key);
-        let w = format!(
-            "(COALESCE({}, k.window_ms) * 1000 + {})",
-            window.map_or("NULL".to_owned(), |w| w.to_string()),
-            micros(RATE_MARGIN)
-        );
-        let _ = write!(
-            sql,
-            concat!(
-                "{union}SELECT k.flow_key, k.concurrency, k.rate, k.window_ms, \
-                 CAST(GREATEST(COALESCE(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), \
-                 k.paused_until), 0), 0) AS SIGNED), k.recheck_at IS NOT NULL, \
-                 (SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_flow) WHERE flow_key = {k} \
-                 AND status = ",
-                st!(running),
-                "), \
-                 (SELECT COUNT(*) FROM lightjobs_flow_starts s WHERE s.flow_key = {k} \
-                 AND s.started_at > UTC_TIMESTAMP(6) - INTERVAL {w} MICROSECOND), \
-                 (SELECT CAST(GREATEST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), \
-                 MIN(s.started_at) + INTERVAL {w} MICROSECOND), 0) AS SIGNED) \
-                 FROM lightjobs_flow_starts s WHERE s.flow_key = {k} \
-                 AND s.started_at > UTC_TIMESTAMP(6) - INTERVAL {w} MICROSECOND) \
-                 FROM lightjobs_flow_keys k WHERE k.flow_key = {k}"
-            ),
-            union = if i > 0 { " UNION ALL " } else { "" },
-            k = k,
-            w = w
-        );
-    }
-    sql
+/// The reads of the keys' states, three statements whatever the number of keys (plain
+/// reads: the keys' rows are already locked, and a locking read would wait on job rows
+/// other claims hold): each key's row, its running jobs, its starts in its window.
+fn state_sql(keys: &[&str]) -> String {
+    let list = keys
+        .iter()
+        .map(|k| sql_string(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let w = format!("(k.window_ms * 1000 + {})", micros(RATE_MARGIN));
+    format!(
+        concat!(
+            "SELECT k.flow_key, k.concurrency, k.rate, k.window_ms, \
+             CAST(GREATEST(COALESCE(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), \
+             k.paused_until), 0), 0) AS SIGNED), k.recheck_at IS NOT NULL \
+             FROM lightjobs_flow_keys k WHERE k.flow_key IN ({list}); \
+             SELECT flow_key, COUNT(*) FROM jobs FORCE INDEX (jobs_flow) \
+             WHERE flow_key IN ({list}) AND status = ",
+            st!(running),
+            " GROUP BY flow_key; \
+             SELECT s.flow_key, COUNT(*), CAST(GREATEST(TIMESTAMPDIFF(MICROSECOND, \
+             UTC_TIMESTAMP(6), MIN(s.started_at) + INTERVAL {w} MICROSECOND), 0) AS SIGNED) \
+             FROM lightjobs_flow_keys k JOIN lightjobs_flow_starts s ON s.flow_key = k.flow_key \
+             WHERE k.flow_key IN ({list}) AND k.window_ms IS NOT NULL \
+             AND s.started_at > UTC_TIMESTAMP(6) - INTERVAL {w} MICROSECOND \
+             GROUP BY s.flow_key"
+        ),
+        list = list,
+        w = w
+    )
 }
 
-fn decode_state(mut row: Row) -> Option<(String, KeyState)> {
-    let key = text(&mut row, 0)?;
-    let mut get = |i: usize| -> Option<i64> { row.take_opt(i).and_then(|v| v.ok()) };
+/// The keys' states from [`state_sql`]'s three result sets.
+fn decode_states(sets: &[Vec<Row>]) -> BTreeMap<String, KeyState> {
+    let num = |row: &mut Row, i: usize| -> Option<i64> { row.take_opt(i).and_then(|v| v.ok()) };
     let u32_of = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
-    let (conc, rate, window) = (u32_of(get(1)), u32_of(get(2)), u32_of(get(3)));
     let non_neg = |v: Option<i64>| v.map_or(0, |v| u64::try_from(v).unwrap_or(0));
-    let state = KeyState {
-        stored: Limits {
-            concurrency: conc,
-            rate: rate.zip(window),
-        },
-        paused_us: non_neg(get(4)),
-        has_blocked: get(5).unwrap_or(0) != 0,
-        running: non_neg(get(6)),
-        starts: non_neg(get(7)),
-        next_free_us: non_neg(get(8)),
-    };
-    Some((key, state))
+    let mut states = BTreeMap::new();
+    for mut row in sets.first().cloned().unwrap_or_default() {
+        let Some(key) = text(&mut row, 0) else {
+            continue;
+        };
+        let (conc, rate, window) = (
+            u32_of(num(&mut row, 1)),
+            u32_of(num(&mut row, 2)),
+            u32_of(num(&mut row, 3)),
+        );
+        let state = KeyState {
+            stored: Limits {
+                concurrency: conc,
+                rate: rate.zip(window),
+            },
+            paused_us: non_neg(num(&mut row, 4)),
+            has_blocked: num(&mut row, 5).unwrap_or(0) != 0,
+            ..KeyState::default()
+        };
+        states.insert(key, state);
+    }
+    for mut row in sets.get(1).cloned().unwrap_or_default() {
+        if let Some(state) = text(&mut row, 0).and_then(|k| states.get_mut(&k)) {
+            state.running = non_neg(num(&mut row, 1));
+        }
+    }
+    for mut row in sets.get(2).cloned().unwrap_or_default() {
+        if let Some(state) = text(&mut row, 0).and_then(|k| states.get_mut(&k)) {
+            state.starts = non_neg(num(&mut row, 1));
+            state.next_free_us = non_neg(num(&mut row, 2));
+        }
+    }
+    states
 }
 
 fn decode_limited(mut row: Row) -> Option<FlowKeyState> {
@@ -297,35 +322,36 @@ fn decode_limited(mut row: Row) -> Option<FlowKeyState> {
 }
 
 /// Locks the keys of `rows` and of `freed` (the keys of jobs this transaction finished)
-/// and reads their states: one round trip, inside the claim's transaction.
+/// and reads their states: one round trip, inside the claim's transaction. Returns the
+/// result sets of `first` (statements run before, in the same round trip) and the states.
 pub(crate) async fn read_states(
     conn: &mut Conn,
     first: String,
     rows: &[(u64, Option<&RowFlow>)],
     freed: &[&str],
 ) -> Result<(Vec<Vec<Row>>, BTreeMap<String, KeyState>)> {
-    let mut windows: BTreeMap<&str, Option<u32>> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, Limits> = BTreeMap::new();
     for flow in rows.iter().filter_map(|(_, f)| *f) {
-        let w = windows.entry(&flow.key).or_default();
-        *w = (*w).max(flow.rate.map(|(_, w)| w));
+        let l = limits.entry(&flow.key).or_default();
+        *l = l.merge(flow);
     }
     for key in freed {
-        windows.entry(key).or_default();
+        limits.entry(key).or_default();
     }
-    let keys: Vec<&str> = windows.keys().copied().collect();
-    let with_windows: Vec<(&str, Option<u32>)> = windows.into_iter().collect();
-    let sql = format!("{first}{}; {}", lock_sql(&keys), state_sql(&with_windows));
+    let keys: Vec<&str> = limits.keys().copied().collect();
+    let locks: Vec<(&str, Limits)> = limits.into_iter().collect();
+    let sql = format!("{first}{}; {}", lock_sql(&locks), state_sql(&keys));
     let mut sets: Vec<Vec<Row>> = read_sets(conn.query_iter(sql).await?).await?;
-    let states = sets
-        .pop()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(decode_state)
-        .collect();
+    let states = decode_states(&sets.split_off(sets.len().saturating_sub(3)));
     Ok((sets, states))
 }
 
 impl Plan {
+    /// How many parked jobs it moves back to `pending` (at most).
+    pub(crate) fn unparked(&self) -> u64 {
+        self.unpark.values().sum()
+    }
+
     /// The statements that carry the plan out, for the claim's commit round trip (before
     /// its COMMIT): parks, the keys' recheck times, recorded starts, unparks.
     pub(crate) fn sql(&self) -> String {
@@ -381,13 +407,17 @@ impl Plan {
 /// the tests: a key's state (its running count and its window), an unpark, the sweep's
 /// read of due keys, and the read of the keys at a limit.
 pub fn flow_plan_sql(key: &str) -> Vec<String> {
-    vec![
-        state_sql(&[(key, Some(60_000))]),
+    let mut all: Vec<String> = state_sql(&[key, "other"])
+        .split("; ")
+        .map(str::to_owned)
+        .collect();
+    all.extend([
         unpark_sql(key, 10),
         "SELECT flow_key FROM lightjobs_flow_keys FORCE INDEX (flow_recheck) \
          WHERE recheck_at <= UTC_TIMESTAMP(6) ORDER BY recheck_at LIMIT 100"
             .to_owned(),
-    ]
+    ]);
+    all
 }
 
 /// Moves up to `n` of `key`'s parked jobs back to `pending`, oldest first (in claim order).
@@ -452,7 +482,7 @@ impl Store {
         if per_key.is_empty() {
             return Ok(());
         }
-        let locks: Vec<&str> = per_key.keys().copied().collect();
+        let locks: Vec<(&str, Limits)> = per_key.keys().map(|k| (*k, Limits::default())).collect();
         let mut sql = format!("START TRANSACTION; {}; ", lock_sql(&locks));
         for (key, n) in &per_key {
             let _ = write!(sql, "{}; ", unpark_sql(key, *n));
@@ -526,17 +556,14 @@ async fn sweep_key(conn: &mut Conn, key: &str) -> Result<u64> {
             conn.query_iter(format!(
                 "START TRANSACTION; SELECT flow_key FROM lightjobs_flow_keys \
                  WHERE flow_key = {k} FOR UPDATE SKIP LOCKED; {}",
-                state_sql(&[(key, None)])
+                state_sql(&[key])
             ))
             .await?,
         )
         .await?;
         let locked = sets.get(1).is_some_and(|s| !s.is_empty());
-        let state = sets
-            .get(2)
-            .and_then(|s| s.first().cloned())
-            .and_then(decode_state);
-        let Some((_, state)) = state.filter(|_| locked) else {
+        let state = decode_states(sets.get(2..).unwrap_or_default()).remove(key);
+        let Some(state) = state.filter(|_| locked) else {
             conn.query_drop("COMMIT").await?;
             return Ok(0);
         };

@@ -241,18 +241,18 @@ async fn the_page_lists_queues_counts_paused_state_and_failed_jobs() {
     let app = actix_test::init_service(App::new().service(admin_dashboard().queue(queue))).await;
     let (_, html) = load_page(&app).await;
 
-    // pending, scheduled, running, processed, failed, cancelled; state; button.
+    // pending, blocked, scheduled, running, processed, failed, cancelled; state; button.
     assert_eq!(
         row_cells(&html, "><td>default</td>"),
-        ["default", "0", "0", "0", "1", "1", "0", "active", "Pause"]
+        ["default", "0", "0", "0", "0", "1", "1", "0", "active", "Pause"]
     );
     assert_eq!(
         row_cells(&html, "><td>mail</td>"),
-        ["mail", "1", "1", "0", "0", "0", "0", "active", "Pause"]
+        ["mail", "1", "0", "1", "0", "0", "0", "0", "active", "Pause"]
     );
     assert_eq!(
         row_cells(&html, "><td>reports</td>"),
-        ["reports", "0", "0", "0", "0", "0", "0", "paused", "Resume"]
+        ["reports", "0", "0", "0", "0", "0", "0", "0", "paused", "Resume"]
     );
 
     let cells = row_cells(&html, &format!(" id=\"job-{failed}\">"));
@@ -549,7 +549,7 @@ async fn buttons_pause_and_resume_a_queue() {
     assert_eq!(queue.paused_queues().await.unwrap(), [queue_name]);
     let (_, html) = load_page(&app).await;
     assert_eq!(
-        row_cells(&html, "><td>mail &amp; more</td>")[7..],
+        row_cells(&html, "><td>mail &amp; more</td>")[8..],
         ["paused", "Resume"]
     );
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// The most runs of one key that overlapped, per key. A run of a killed process counts
 /// until `killed_at` (its end is unknown).
-fn most_at_once(
+pub(crate) fn most_at_once(
     runs: &[Run],
     key_of: &HashMap<u64, String>,
     killed_at: u128,
@@ -50,12 +50,20 @@ fn most_at_once(
 }
 
 async fn keys_of(db: &TestDb) -> HashMap<u64, String> {
+    keys_at(&db.url).await
+}
+
+/// Each keyed job's flow key, read through `url`.
+pub(crate) async fn keys_at(url: &str) -> HashMap<u64, String> {
     use mysql_async::prelude::*;
-    let mut conn = db.pool.get_conn().await.unwrap();
+    let pool = mysql_async::Pool::new(url);
+    let mut conn = pool.get_conn().await.unwrap();
     let rows: Vec<(u64, String)> = conn
         .query("SELECT id, flow_key FROM jobs WHERE flow_key IS NOT NULL")
         .await
         .unwrap();
+    drop(conn);
+    let _ = pool.disconnect().await;
     rows.into_iter().collect()
 }
 

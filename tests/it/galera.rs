@@ -863,3 +863,60 @@ async fn a_dispatch_wakes_a_process_on_the_writer_node_and_after_it_moved() {
     ran(2).await;
     node("restart", 1);
 }
+
+#[actix_rt::test]
+async fn flow_limits_hold_on_the_cluster_with_one_writer() {
+    use lightjobs::Flow;
+    const LIMIT: u32 = 2;
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster();
+    let urls = fresh_db(&nodes, "ljg_flow").await;
+    let queue = JobQueue::connect(&urls.join(",")).unwrap();
+    queue.migrate().await.unwrap();
+    for i in 0..160 {
+        let flow = Flow::key(format!("tenant:{}", i % 4)).concurrency(LIMIT);
+        queue
+            .dispatch(Audited { millis: 15 })
+            .flow(Some(flow))
+            .await
+            .unwrap();
+    }
+    // Two processes' worth of workers, each with every node in the same order: one writer.
+    let audit_log = Audit::default();
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        let q = JobQueue::connect(&urls.join(",")).unwrap();
+        all.push(
+            Workers::new(q)
+                .register::<Audited>()
+                .data(audit_log.clone())
+                .concurrency(8)
+                .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let processed = "SELECT COUNT(*) FROM ljg_flow.jobs WHERE status = 'processed'";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_on(&nodes[1], processed).await.unwrap_or(0) < 160 {
+        assert!(
+            Instant::now() < deadline,
+            "flow jobs did not finish on the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for w in all {
+        w.shutdown().await;
+    }
+    let runs = audit_log.runs();
+    audit(&urls[0], &runs, &[], |_| false)
+        .await
+        .assert_clean("flow keys on the cluster");
+    let keys = crate::flow::keys_at(&urls[0]).await;
+    let most = crate::flow::most_at_once(&runs, &keys, 0);
+    eprintln!("galera flow: most runs at once per key {most:?}");
+    assert_eq!(most.len(), 4);
+    assert!(most.values().all(|n| *n <= LIMIT as usize), "{most:?}");
+    assert!(most.values().any(|n| *n == LIMIT as usize), "{most:?}");
+}

@@ -9,6 +9,7 @@
 
 mod apalis_bench;
 mod bigtable;
+mod flow;
 mod hosts;
 mod lj;
 mod raw;
@@ -207,13 +208,16 @@ enum Part {
     /// Costs against millions of retained finished rows. Not part of `all`: slow (it
     /// fills tables of up to `--retained` rows).
     Bigtable,
+    /// Flow control's cost: per-key concurrency limits against the unconstrained drain.
+    /// Not part of `all`.
+    Flow,
 }
 
 impl Cli {
     fn wants(&self, part: Part) -> bool {
         self.only.iter().any(|&p| {
             p == part
-                || (p == Part::All && !matches!(part, Part::Hosts | Part::Bigtable))
+                || (p == Part::All && !matches!(part, Part::Hosts | Part::Bigtable | Part::Flow))
                 || (p == Part::Lifecycle
                     && matches!(
                         part,
@@ -337,6 +341,10 @@ fn run(cli: Cli) -> AnyResult<()> {
     if cli.wants(Part::Bigtable) {
         let runs = actix.block_on(bigtable::run(&cli.url, &cli.retained, cli.keep_databases))?;
         bigtable::print(&mut out, &runs);
+    }
+    if cli.wants(Part::Flow) {
+        let runs = actix.block_on(flow::run(&cli.url, cli.jobs, cli.runs))?;
+        flow::print(&mut out, cli.jobs, &runs);
     }
     print_machine(&mut out, &version);
     print!("{out}");

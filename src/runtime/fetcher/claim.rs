@@ -181,6 +181,10 @@ impl Fetcher {
             }
         }
         self.turns.claimed(queue, claim.jobs.len());
+        if claim.unparked > 0 {
+            // Jobs of flow keys with room again are pending now: claim again at once.
+            crate::runtime::wake::wake_workers();
+        }
         Ok(claim.jobs)
     }
 
