@@ -121,25 +121,7 @@ pub(crate) fn render(
     for q in paused {
         let _ = writeln!(out, "lightjobs_queue_paused{{queue=\"{}\"}} 1", escape(q));
     }
-    out.push_str(
-        "# HELP lightjobs_flow_limited_keys Flow keys at a limit (jobs waiting on it, or \
-         paused), up to the number read.\n",
-    );
-    out.push_str("# TYPE lightjobs_flow_limited_keys gauge\n");
-    let _ = writeln!(out, "lightjobs_flow_limited_keys {}", flow.len());
-    out.push_str(
-        "# HELP lightjobs_flow_blocked Jobs waiting on their flow key's limit, for the keys \
-         waiting longest.\n",
-    );
-    out.push_str("# TYPE lightjobs_flow_blocked gauge\n");
-    for k in flow.iter().take(FLOW_KEYS_NAMED) {
-        let _ = writeln!(
-            out,
-            "lightjobs_flow_blocked{{key=\"{}\"}} {}",
-            escape(&k.key),
-            k.blocked
-        );
-    }
+    render_flow(&mut out, flow);
     with(|m| {
         out.push_str("# HELP lightjobs_job_runs_total Job runs in this process, by outcome.\n");
         out.push_str("# TYPE lightjobs_job_runs_total counter\n");
@@ -177,6 +159,29 @@ pub(crate) fn render(
         );
     });
     out
+}
+
+/// The flow keys at a limit: how many, and the waiting jobs of the longest-waiting ones.
+fn render_flow(out: &mut String, flow: &[crate::FlowKeyState]) {
+    out.push_str(
+        "# HELP lightjobs_flow_limited_keys Flow keys at a limit (jobs waiting on it, or \
+         paused), up to the number read.\n",
+    );
+    out.push_str("# TYPE lightjobs_flow_limited_keys gauge\n");
+    let _ = writeln!(out, "lightjobs_flow_limited_keys {}", flow.len());
+    out.push_str(
+        "# HELP lightjobs_flow_blocked Jobs waiting on their flow key's limit, for the keys \
+         waiting longest.\n",
+    );
+    out.push_str("# TYPE lightjobs_flow_blocked gauge\n");
+    for k in flow.iter().take(FLOW_KEYS_NAMED) {
+        let _ = writeln!(
+            out,
+            "lightjobs_flow_blocked{{key=\"{}\"}} {}",
+            escape(&k.key),
+            k.blocked
+        );
+    }
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, by_queue: &BTreeMap<String, Histogram>) {

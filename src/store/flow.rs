@@ -146,11 +146,19 @@ pub(crate) fn plan(rows: &[(u64, Option<&RowFlow>)], states: &BTreeMap<String, K
                 .insert(flow.key.clone(), (*l, recheck_us(*l, state, *used)));
         }
     }
-    for (key, (_, n, _)) in left {
+    for (key, (l, n, used)) in left {
         let state = &states[key];
-        if state.has_blocked && n > 0 && !plan.parks.contains_key(key) {
+        if !state.has_blocked || plan.parks.contains_key(key) {
+            continue;
+        }
+        if n > 0 {
             // Bounded by the key's limits; whatever is over is parked again by its claim.
             plan.unpark.insert(key.to_owned(), n.min(10_000));
+        } else {
+            // No room, jobs parked earlier: looked at again when it can have room (the
+            // starts this claim adds may have filled the window).
+            plan.parks
+                .insert(key.to_owned(), (l, recheck_us(l, state, used)));
         }
     }
     plan
@@ -442,6 +450,53 @@ fn unpark_sql(key: &str, n: u64) -> String {
 }
 
 impl Store {
+    /// Whether any job of `blocked_in` waits on a flow key's limit, or one of the types
+    /// `names` (any when empty) is `pending` in `pending_in`: the jobs a worker that stops
+    /// when empty must still run (a parked job may have just been unparked).
+    pub(crate) async fn any_waiting(
+        &self,
+        blocked_in: &[&str],
+        pending_in: &[&str],
+        names: &[&str],
+    ) -> Result<bool> {
+        let list = |queues: &[&str]| {
+            if queues.is_empty() {
+                return "NULL".to_owned();
+            }
+            queues
+                .iter()
+                .map(|q| sql_string(q))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let only = if names.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND CAST(name AS BINARY) IN ({})",
+                bytes_list(names.iter().copied())
+            )
+        };
+        let sql = format!(
+            concat!(
+                "SELECT 1 FROM jobs FORCE INDEX (jobs_claim) WHERE queue IN ({}) AND status = ",
+                st!(blocked),
+                " UNION ALL SELECT 1 FROM jobs FORCE INDEX (jobs_claim) WHERE queue IN ({}) \
+                 AND status = ",
+                st!(pending),
+                "{} LIMIT 1"
+            ),
+            list(blocked_in),
+            list(pending_in),
+            only
+        );
+        let found: Option<u8> = self
+            .nodes
+            .run(async |conn| Ok(conn.query_first(sql.as_str()).await?))
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// The keys at a limit (with parked jobs, or paused), the longest waiting first: read
     /// through the recheck index and each key's own index ranges, never the backlog.
     pub(crate) async fn limited_flow_keys(&self, most: usize) -> Result<Vec<FlowKeyState>> {

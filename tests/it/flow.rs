@@ -399,3 +399,25 @@ async fn flow_statements_read_their_key_s_index_ranges_not_the_table() {
     drop(conn);
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn a_worker_that_stops_when_empty_runs_the_jobs_waiting_on_a_limit_first() {
+    let db = TestDb::new("flow_stop_when_empty").await;
+    let queue = db.migrated().await;
+    let jobs = (0..12).map(|_| Timed {
+        key: Some("one".into()),
+        millis: 20,
+        limited_ms: 0,
+    });
+    queue.dispatch_many(jobs).await.unwrap();
+    let report = timed_workers(&queue, &Starts::default())
+        .stop_when_empty(true)
+        .start()
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(report.processed, 12, "{report:?}");
+    assert_eq!(db.count("processed").await, 12);
+    db.drop_db().await;
+}

@@ -258,13 +258,33 @@ impl Fetcher {
         }
     }
 
+    /// Jobs this loop must still run before it stops when empty: any `blocked` in its
+    /// queues, or `pending` of its types in its queues that are not paused.
+    async fn any_waiting(&self) -> crate::Result<bool> {
+        let queues: Vec<&str> = self.settings.queues.iter().map(String::as_str).collect();
+        let active: Vec<&str> = {
+            let states = self.shared.queue_states.read();
+            queues
+                .iter()
+                .copied()
+                .filter(|q| !states.as_ref().is_ok_and(|s| s.is_paused(q)))
+                .collect()
+        };
+        self.shared
+            .store
+            .any_waiting(&queues, &active, &self.settings.names)
+            .await
+    }
+
     fn idle(&self) -> bool {
         self.shared.slots.available_permits() == self.settings.concurrency
     }
 
     /// `stop_when_empty` found nothing: jobs already due may still wait as `scheduled`
     /// until the promoter's next pass (and a Lightpack app's `new` rows until they are
-    /// taken up). They are due now, so they run before the queues count as empty.
+    /// taken up). They are due now, so they run before the queues count as empty; and
+    /// jobs waiting on a flow key's limit (`blocked`) are waited for: they run once the
+    /// key has room.
     async fn stop_if_empty(&self, round: &mut Round, stop: &CancellationToken) -> Option<Exit> {
         let store = &self.shared.store;
         let promoted = match store.promote_scheduled(PROMOTE_BEFORE_EXIT).await {
@@ -273,6 +293,19 @@ impl Fetcher {
                 .await
                 .map(|m| n + m),
             Err(error) => Err(error),
+        };
+        let promoted = match promoted {
+            Ok(0) => match self.any_waiting().await {
+                Ok(true) => {
+                    let wait = round.pacing.idle_wait(fastrand::f64());
+                    return sleep(&mut round.wake, wait, stop, false)
+                        .await
+                        .then_some(Exit::Stopped);
+                }
+                Ok(false) => Ok(0),
+                Err(error) => Err(error),
+            },
+            other => other,
         };
         match promoted {
             Ok(0) => Some(Exit::Empty),
