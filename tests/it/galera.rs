@@ -466,6 +466,30 @@ async fn processes_move_back_to_the_first_node_once_it_is_synced_again() {
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             while count_on(&node, &processed).await.unwrap_or(0) < n {
+                if Instant::now() >= deadline {
+                    // What the next look at a failure needs: where the rows and the
+                    // sessions are, and what the node thinks of itself.
+                    let pool = mysql_async::Pool::new(node.as_str());
+                    if let Ok(mut conn) = pool.get_conn().await {
+                        let rows: Vec<(String, u64)> = conn
+                            .query(format!(
+                                "SELECT status, COUNT(*) FROM {DB}.jobs GROUP BY status"
+                            ))
+                            .await
+                            .unwrap_or_default();
+                        eprintln!("galera failback: rows on node 2: {rows:?}");
+                        let state: Vec<(String, String)> = conn
+                            .query(
+                                "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', \
+                                 'wsrep_cluster_size', 'wsrep_local_state_comment')",
+                            )
+                            .await
+                            .unwrap_or_default();
+                        eprintln!("galera failback: node 2: {state:?}");
+                    }
+                    let _ = pool.disconnect().await;
+                    dump_sessions(&node, DB).await;
+                }
                 assert!(Instant::now() < deadline, "no progress {what}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
