@@ -450,8 +450,8 @@ fn unpark_sql(key: &str, n: u64) -> String {
 }
 
 impl Store {
-    /// Whether any job of `blocked_in` waits on a flow key's limit, or one of the types
-    /// `names` (any when empty) is `pending` in `pending_in`: the jobs a worker that stops
+    /// Whether a job of the types `names` (any when empty) waits on a flow key's limit in
+    /// `blocked_in`, or is `pending` in `pending_in`: the jobs a worker that stops
     /// when empty must still run (a parked job may have just been unparked).
     pub(crate) async fn any_waiting(
         &self,
@@ -481,14 +481,14 @@ impl Store {
             concat!(
                 "SELECT 1 FROM jobs FORCE INDEX (jobs_claim) WHERE queue IN ({}) AND status = ",
                 st!(blocked),
-                " UNION ALL SELECT 1 FROM jobs FORCE INDEX (jobs_claim) WHERE queue IN ({}) \
-                 AND status = ",
+                "{only} UNION ALL SELECT 1 FROM jobs FORCE INDEX (jobs_claim) \
+                 WHERE queue IN ({}) AND status = ",
                 st!(pending),
-                "{} LIMIT 1"
+                "{only} LIMIT 1"
             ),
             list(blocked_in),
             list(pending_in),
-            only
+            only = only
         );
         let found: Option<u8> = self
             .nodes
