@@ -15,11 +15,10 @@ const BATCH: u64 = 1000;
 /// The queue settings are re-read every this many ticks (about a second).
 const SETTINGS_EVERY: u32 = 10;
 
-/// Flow keys due for a recheck are looked for every this many ticks (about 30 s), and at
+/// Flow keys due for a recheck are looked for every this many ticks (about 5 s), and at
 /// once when a recheck this process set comes due: a key parked by a process that died
-/// waits this long at most. Every 5 s cost an idle process 0.2 statements a second (1%
-/// of its idle load) for a safety net that finishing jobs and claims rarely leave to it.
-const FLOW_SWEEP_EVERY: u32 = 300;
+/// waits this long at most.
+const FLOW_SWEEP_EVERY: u32 = 50;
 
 /// Most flow keys one sweep looks at.
 const FLOW_SWEEP_BATCH: usize = 100;
