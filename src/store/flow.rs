@@ -620,6 +620,11 @@ async fn sweep_key(conn: &mut Conn, key: &str) -> Result<u64> {
         let state = decode_states(sets.get(2..).unwrap_or_default()).remove(key);
         let Some(state) = state.filter(|_| locked) else {
             conn.query_drop("COMMIT").await?;
+            if !locked {
+                // A claim holds the key: look again at the next pass, not the next
+                // regular sweep, or a parked key waits seconds for nothing.
+                note_recheck(0);
+            }
             return Ok(0);
         };
         let plan = plan(&[], &BTreeMap::from([(key.to_owned(), state.clone())]));
