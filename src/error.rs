@@ -93,6 +93,14 @@ pub enum Error {
     #[error("the job queue's connection thread has stopped")]
     QueueClosed,
 
+    /// The queue is a [`TestQueue`](crate::testing::TestQueue) without a database: it
+    /// records dispatches, and everything else needs a database.
+    #[error(
+        "this queue is a lightjobs::testing::TestQueue without a database: it records \
+         dispatches only (use TestQueue::on with a real queue for the rest)"
+    )]
+    NoDatabase,
+
     /// An I/O error from a tool (`create:job`) or the HTTP server.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -106,6 +106,9 @@ pub struct JobContext {
     pub(crate) max_attempts: u32,
     pub(crate) shutdown: CancellationToken,
     pub(crate) data: Arc<DataMap>,
+    /// The queue of the workers running the job, for the jobs it dispatches.
+    pub(crate) jobs: crate::JobQueue,
+    pub(crate) trace_parent: Option<String>,
 }
 
 /// Shared values handed to every job, by type (see [`Workers::data`](crate::Workers::data)).
@@ -148,6 +151,42 @@ impl JobContext {
     /// ```
     pub fn data<T: 'static>(&self) -> Option<&T> {
         self.data.get::<T>()
+    }
+
+    /// Starts a dispatch of another job through the queue of the workers running this one
+    /// (a job that fans out work, or hands the next step on).
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct SendMail { to: String }
+    /// # impl Job for SendMail { const NAME: &'static str = "send_mail";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Newsletter { to: Vec<String> }
+    ///
+    /// impl Job for Newsletter {
+    ///     const NAME: &'static str = "newsletter";
+    ///     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+    ///         for to in self.to {
+    ///             ctx.dispatch(SendMail { to }).await.map_err(JobError::retry)?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn dispatch<J: Job>(&self, job: J) -> crate::Dispatch<'_> {
+        self.jobs.dispatch(job)
+    }
+
+    /// The queue of the workers running the job: what [`dispatch`](Self::dispatch) uses.
+    pub fn job_queue(&self) -> &crate::JobQueue {
+        &self.jobs
+    }
+
+    /// The W3C `traceparent` of the span that dispatched the job, if one was stored: the
+    /// job's span links to it; pass it on to services the job calls.
+    pub fn trace_parent(&self) -> Option<&str> {
+        self.trace_parent.as_deref()
     }
 
     /// The job's id (`jobs.id`); stable across retries, a good idempotency key.

@@ -80,6 +80,8 @@ mod queue;
 mod registry;
 mod runtime;
 mod store;
+pub mod testing;
+mod trace;
 mod web;
 mod workers;
 

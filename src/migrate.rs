@@ -95,6 +95,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014_claim_turns.sql"),
     migration!(15, "0015_flow_columns.sql"),
     migration!(16, "0016_flow_keys.sql"),
+    migration!(17, "0017_trace_parent.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -151,6 +151,7 @@ mod tests {
             when: When::After(Duration::ZERO),
             unique: None,
             flow: None,
+            trace: None,
         }
     }
 

@@ -151,7 +151,8 @@ impl JobQueueBuilder {
             .collect::<Result<Vec<Opts>>>()?;
         Ok(JobQueue {
             inner: Arc::new(Inner {
-                io: IoThread::start(nodes.clone(), self.deadlines)?,
+                io: Some(IoThread::start(nodes.clone(), self.deadlines)?),
+                memory: None,
                 nodes,
                 deadlines: self.deadlines,
                 dispatch_timeout: self.dispatch_timeout,

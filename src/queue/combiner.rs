@@ -285,6 +285,7 @@ mod tests {
                 when: When::After(Duration::ZERO),
                 unique: None,
                 flow: None,
+                trace: None,
             },
             ids,
             handoff: None,

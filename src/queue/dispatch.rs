@@ -83,6 +83,14 @@ impl<'q> Dispatch<'q> {
         self.set(|j| j.flow = flow)
     }
 
+    /// Stores `traceparent` (W3C, `00-<trace id>-<span id>-<flags>`) with the job: its
+    /// `job` span records it and, with the `opentelemetry` feature, links to it. With that
+    /// feature the current span's context is taken at dispatch without this call.
+    pub fn trace_parent(self, traceparent: &str) -> Self {
+        let traceparent = traceparent.to_owned();
+        self.set(|j| j.trace = Some(traceparent))
+    }
+
     /// Overrides [`Job::MAX_ATTEMPTS`].
     pub fn max_attempts(self, attempts: u32) -> Self {
         self.set(|j| j.max_attempts = attempts)
@@ -110,6 +118,9 @@ impl<'q> Dispatch<'q> {
     /// ```
     pub async fn within<Q: Queryable>(self, conn: &mut Q) -> Result<u64> {
         let job = self.job.and_then(|j| self.queue.validate(j))?;
+        if let Some(log) = self.queue.memory() {
+            return Ok(log.record(job));
+        }
         self.queue.check_ready().await?;
         Store::insert_job(conn, &job).await
     }

@@ -4,6 +4,7 @@ mod builder;
 mod combiner;
 mod dispatch;
 mod io_thread;
+pub(crate) mod memory;
 mod operations;
 mod ticket;
 mod validate;
@@ -65,7 +66,10 @@ struct Inner {
     dispatch_timeout: Duration,
     /// Test hook: multi-row INSERTs take MySQL's path (consecutive ids) on MariaDB too.
     consecutive_ids: bool,
-    io: IoThread,
+    /// The connection thread; `None` for a [`TestQueue`](crate::testing::TestQueue) without
+    /// a database, whose dispatches go to `memory`.
+    io: Option<IoThread>,
+    memory: Option<Arc<memory::Log>>,
     max_payload: usize,
     combine: bool,
     server: tokio::sync::OnceCell<ServerInfo>,
@@ -154,21 +158,53 @@ impl JobQueue {
         F: FnOnce(Store) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
-        self.inner.io.run(f).await
+        match &self.inner.io {
+            Some(io) => io.run(f).await,
+            None => Err(Error::NoDatabase),
+        }
+    }
+
+    /// A queue without a database whose dispatches are recorded in `log`: what
+    /// [`TestQueue::new`](crate::testing::TestQueue::new) hands to the app.
+    pub(crate) fn in_memory(log: Arc<memory::Log>) -> JobQueue {
+        JobQueue {
+            inner: Arc::new(Inner {
+                nodes: Vec::new(),
+                deadlines: Deadlines::default(),
+                dispatch_timeout: crate::defaults::DISPATCH_TIMEOUT,
+                consecutive_ids: false,
+                io: None,
+                memory: Some(log),
+                max_payload: crate::defaults::MAX_PAYLOAD_BYTES,
+                combine: false,
+                server: tokio::sync::OnceCell::new(),
+                intakes: std::sync::RwLock::default(),
+                local_states: std::sync::RwLock::default(),
+            }),
+        }
+    }
+
+    /// The log of a queue without a database ([`TestQueue::new`](crate::testing::TestQueue::new)).
+    pub(crate) fn memory(&self) -> Option<&Arc<memory::Log>> {
+        self.inner.memory.as_ref()
     }
 
     /// Wakes this process's workers and an idle worker process elsewhere, e.g. after
     /// committing a transaction that dispatched jobs with [`Dispatch::within`].
     pub fn notify_workers(&self) {
         crate::runtime::wake::wake_workers();
-        self.inner.io.wake_others(None);
+        if let Some(io) = &self.inner.io {
+            io.wake_others(None);
+        }
     }
 
     /// Wakes this process's workers and an idle worker process elsewhere that serves
     /// `queue`.
     fn notify_queue(&self, queue: &str) {
         crate::runtime::wake::wake_workers();
-        self.inner.io.wake_others(Some(queue));
+        if let Some(io) = &self.inner.io {
+            io.wake_others(Some(queue));
+        }
     }
 
     /// Applies the embedded migrations (see [`migrate`](crate::migrate)).
@@ -260,6 +296,9 @@ impl JobQueue {
             .into_iter()
             .map(|job| self.new_job(&job).and_then(|j| self.validate(j)))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(log) = self.memory() {
+            return Ok(rows.into_iter().map(|row| log.record(row)).collect());
+        }
         self.check_ready().await?;
         let new_ids = self.new_ids();
         let ids = self
@@ -273,6 +312,9 @@ impl JobQueue {
     /// dispatch deadline.
     pub(crate) async fn insert(&self, job: NewJob) -> Result<u64> {
         let job = self.validate(job)?;
+        if let Some(log) = self.memory() {
+            return Ok(log.record(job));
+        }
         let limit = self.inner.dispatch_timeout;
         let ticket = Arc::new(Ticket::default());
         match tokio::time::timeout(limit, self.insert_valid(job, ticket.clone())).await {
@@ -311,6 +353,8 @@ impl JobQueue {
             reservation => {
                 self.inner
                     .io
+                    .as_ref()
+                    .ok_or(Error::NoDatabase)?
                     .dispatch(job, self.new_ids(), reservation, ticket)
                     .await?
             }
@@ -353,6 +397,7 @@ impl JobQueue {
             when: When::After(Duration::ZERO),
             unique: None,
             flow: job.flow(),
+            trace: crate::trace::current(),
         })
     }
 }

@@ -4,6 +4,18 @@
 use super::*;
 
 impl JobQueue {
+    /// Every job not yet run, in dispatch order (for [`testing`](crate::testing)).
+    pub(crate) async fn waiting_jobs(&self) -> Result<Vec<crate::store::WaitingRow>> {
+        self.on_io(|store| async move { store.waiting_jobs().await })
+            .await
+    }
+
+    /// Makes every `scheduled` job due now (for [`testing`](crate::testing)).
+    pub(crate) async fn make_delayed_due(&self) -> Result<u64> {
+        self.on_io(|store| async move { store.make_scheduled_due().await })
+            .await
+    }
+
     /// One job by id.
     pub async fn find(&self, id: u64) -> Result<Option<JobRecord>> {
         self.on_io(move |store| async move { store.find_job(id).await })

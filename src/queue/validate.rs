@@ -29,6 +29,9 @@ impl JobQueue {
                 return Err(Error::invalid("unique period", "longer than ten years"));
             }
         }
+        if let Some(trace) = &job.trace {
+            crate::trace::check(trace)?;
+        }
         if let Some(flow) = &job.flow {
             flow.validate()?;
         }

@@ -47,6 +47,11 @@ impl Finished {
         &self.event.outcome
     }
 
+    /// The event, for a caller that writes no result (the inline runs of `testing`).
+    pub(crate) fn into_event(self) -> JobEvent {
+        self.event
+    }
+
     pub(crate) fn held(&self) -> Held {
         (self.event.id, self.token)
     }

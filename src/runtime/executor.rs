@@ -27,6 +27,8 @@ pub(crate) struct Executor {
     /// dropped and released.
     abort: CancellationToken,
     data: Arc<DataMap>,
+    /// Handed to jobs for their own dispatches.
+    jobs: crate::JobQueue,
 }
 
 impl Executor {
@@ -36,6 +38,7 @@ impl Executor {
         shutdown: CancellationToken,
         abort: CancellationToken,
         data: Arc<DataMap>,
+        jobs: crate::JobQueue,
     ) -> Executor {
         Executor {
             registry,
@@ -43,6 +46,7 @@ impl Executor {
             shutdown,
             abort,
             data,
+            jobs,
         }
     }
 
@@ -57,7 +61,12 @@ impl Executor {
             attempt = job.attempt,
             outcome = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
+            trace_parent = tracing::field::Empty,
         );
+        if let Some(traceparent) = &job.trace_parent {
+            span.record("trace_parent", traceparent.as_str());
+            crate::trace::link(&span, traceparent);
+        }
         let started = Instant::now();
         #[cfg(feature = "metrics")]
         crate::metrics::record_start(&job.queue, job.waited);
@@ -134,6 +143,8 @@ impl Executor {
             max_attempts: job.max_attempts,
             shutdown: self.shutdown.clone(),
             data: self.data.clone(),
+            jobs: self.jobs.clone(),
+            trace_parent: job.trace_parent.clone(),
         };
         let timeout = entry.timeout.unwrap_or(self.default_timeout);
         // Decoding runs user code (serde impls) too, so it is inside the panic guard.
@@ -214,6 +225,7 @@ mod tests {
             max_attempts,
             waited: Duration::ZERO,
             flow: None,
+            trace_parent: None,
             defect: None,
         }
     }

@@ -218,6 +218,7 @@ impl Reservation {
                 max_attempts: job.max_attempts,
                 waited: Duration::ZERO,
                 flow: None,
+                trace_parent: job.trace,
                 defect: None,
             },
             permits,

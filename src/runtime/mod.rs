@@ -83,10 +83,22 @@ pub(crate) struct Parts {
     pub(crate) store: Store,
     pub(crate) registry: Registry,
     pub(crate) data: DataMap,
+    /// The workers' queue, which jobs dispatch through.
+    pub(crate) jobs: crate::JobQueue,
     pub(crate) hook: Option<EventHook>,
     pub(crate) queue_states: QueueStates,
     pub(crate) fence: Arc<Fence>,
     pub(crate) left_behind: completer::LeftBehind,
+}
+
+impl Settings {
+    /// A semaphore per queue with a limit in this process.
+    fn queue_slots(&self) -> HashMap<String, Arc<Semaphore>> {
+        self.queue_limits
+            .iter()
+            .map(|(q, n)| (q.clone(), Arc::new(Semaphore::new(*n))))
+            .collect()
+    }
 }
 
 /// The handles the runtime's roles share on the worker thread; each says who writes it
@@ -161,11 +173,7 @@ impl Runtime {
             parts.left_behind,
         );
         let slots = Arc::new(Semaphore::new(settings.concurrency));
-        let queue_slots: HashMap<String, Arc<Semaphore>> = settings
-            .queue_limits
-            .iter()
-            .map(|(q, n)| (q.clone(), Arc::new(Semaphore::new(*n))))
-            .collect();
+        let queue_slots = settings.queue_slots();
         let reconcile = Arc::new(Notify::new());
         // Batch modes count and stop on what they claim, so they take no handoffs.
         let takes_handoffs =
@@ -192,6 +200,7 @@ impl Runtime {
             stop.clone(),
             abort.clone(),
             Arc::new(parts.data),
+            parts.jobs,
         );
         let shared = Rc::new(Shared {
             store: parts.store,

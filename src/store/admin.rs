@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// A row of [`Store::waiting_jobs`]: id, name, payload, queue, priority, max_attempts,
+/// delay in µs, unique key, flow key, traceparent.
+pub(crate) type WaitingRow = (
+    u64,
+    String,
+    String,
+    String,
+    i16,
+    u32,
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 pub(super) const RECORD_SELECT: &str =
     "SELECT id, name, queue, status, attempts, max_attempts, last_error, \
      payload, DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), \
@@ -136,6 +151,42 @@ impl Store {
                      WHERE status = ", st!(failed), " AND (? IS NULL OR id = ?) AND (? IS NULL OR queue = ?)"),
                     (id, id, queue, queue),
                 )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
+    }
+
+    /// Every job not yet run (`pending`, `scheduled`, `blocked`), in dispatch order: what
+    /// a test asserts was dispatched. Text that is not UTF-8 is refused, as a test should.
+    pub(crate) async fn waiting_jobs(&self) -> Result<Vec<WaitingRow>> {
+        self.nodes
+            .run(async |conn| {
+                Ok(conn
+                    .query(concat!(
+                        "SELECT id, name, payload, queue, priority, max_attempts, \
+                         GREATEST(TIMESTAMPDIFF(MICROSECOND, created_at, scheduled_at), 0), \
+                         unique_key, flow_key, trace_parent FROM jobs WHERE status IN (",
+                        st!(pending),
+                        ", ",
+                        st!(scheduled),
+                        ", ",
+                        st!(blocked),
+                        ") ORDER BY id"
+                    ))
+                    .await?)
+            })
+            .await
+    }
+
+    /// Every `scheduled` job due now. Returns how many.
+    pub(crate) async fn make_scheduled_due(&self) -> Result<u64> {
+        self.nodes
+            .run(async |conn| {
+                conn.query_drop(concat!(
+                    "UPDATE jobs SET scheduled_at = UTC_TIMESTAMP(6) WHERE status = ",
+                    st!(scheduled)
+                ))
                 .await?;
                 Ok(conn.affected_rows())
             })

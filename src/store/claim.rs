@@ -30,7 +30,7 @@ pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
         concat!(
             "SELECT id, name, payload, attempts, max_attempts, \
          GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0), \
-         flow_key, flow_concurrency, flow_rate, flow_window_ms \
+         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent \
          FROM jobs FORCE INDEX (jobs_claim) \
          WHERE queue = {} AND status = ",
             st!(pending),
@@ -351,6 +351,7 @@ struct ClaimRow {
     /// default `sql_mode` lets another program write.
     waited_us: Option<i64>,
     flow: Option<flow::RowFlow>,
+    trace_parent: Option<String>,
     defect: Option<String>,
 }
 
@@ -376,6 +377,8 @@ impl ClaimRow {
         let max_attempts: u32 = row.take_opt(4).and_then(|v| v.ok()).unwrap_or(0);
         let waited_us: Option<i64> = row.take_opt(5).and_then(|v| v.ok());
         let flow = row_flow(&mut row);
+        // Only read to link a span: a value that is not text is no trace context.
+        let trace_parent = row.take_opt(10).and_then(|v| v.ok());
         if attempts >= max_attempts {
             note(format!(
                 "`attempts` ({attempts}) is not below `max_attempts` ({max_attempts}): no \
@@ -390,6 +393,7 @@ impl ClaimRow {
             max_attempts,
             waited_us,
             flow,
+            trace_parent,
             defect,
         })
     }
@@ -411,6 +415,7 @@ impl ClaimRow {
                 slot: f.concurrency.is_some(),
                 key: f.key,
             }),
+            trace_parent: self.trace_parent,
             defect: self.defect,
         }
     }

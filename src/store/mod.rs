@@ -19,6 +19,7 @@ mod complete;
 mod counts;
 mod flow;
 pub use admin::list_sql;
+pub(crate) use admin::WaitingRow;
 pub use counts::counting_sql;
 mod insert;
 mod leases;
@@ -79,6 +80,8 @@ pub(crate) struct NewJob {
     pub unique: Option<(String, Duration)>,
     /// Its flow key and limits.
     pub flow: Option<crate::Flow>,
+    /// The W3C `traceparent` of the dispatching span.
+    pub trace: Option<String>,
 }
 
 /// When a new job becomes ready.
@@ -111,6 +114,8 @@ pub struct ClaimedJob {
     pub waited: Duration,
     /// Its flow key, if any.
     pub flow: Option<HeldFlow>,
+    /// The W3C `traceparent` of the span that dispatched it.
+    pub trace_parent: Option<String>,
     /// Why the row cannot be run as it is (a value another program wrote that does not
     /// decode, no attempt left): the run fails at once with this, naming the column.
     pub defect: Option<String>,

@@ -147,6 +147,8 @@ impl Workers {
         match self
             .queue
             .new_job(&job)
+            // A tick is caused by the clock, not by whatever span set the schedule up.
+            .map(|row| crate::store::NewJob { trace: None, ..row })
             .and_then(|row| RecurringJob::new(schedule, row))
         {
             Ok(r) => self.recurring.push(r),

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Workers;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handle::WorkerHandle;
 use crate::maintenance::{
     start_maintenance, ForeignPlan, Maintenance, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER,
@@ -26,6 +26,9 @@ impl Workers {
     /// queue as the process-wide one if none is, and starts the workers on the current
     /// actix-rt (or tokio `LocalSet`) thread.
     pub async fn start(mut self) -> Result<WorkerHandle> {
+        if self.queue.memory().is_some() {
+            return Err(Error::NoDatabase);
+        }
         self.validate()?;
         if self.migrate {
             self.queue.migrate().await?;
@@ -57,6 +60,7 @@ impl Workers {
                 store,
                 registry: self.registry.clone(),
                 data: std::mem::take(&mut self.data),
+                jobs: self.queue.clone(),
                 hook: self.hook.clone(),
                 queue_states: queue_states.clone(),
                 fence: fence.clone(),

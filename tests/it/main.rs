@@ -23,6 +23,7 @@ mod rescuer;
 mod silent;
 mod store;
 mod supervisor;
+mod testing;
 mod turns;
 mod wake;
 mod web;
