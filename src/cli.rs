@@ -102,6 +102,9 @@ struct ProcessArgs {
     /// rescued (at least twice --heartbeat).
     #[arg(long, default_value_t = crate::defaults::STALE_AFTER.as_secs_f64())]
     stale_after: f64,
+    /// Seconds a job cancelled while running has to return before it is dropped.
+    #[arg(long, default_value_t = crate::defaults::CANCEL_GRACE.as_secs_f64())]
+    cancel_grace: f64,
 }
 
 /// Parses `std::env::args` and runs the command on a new actix-rt system.
@@ -253,10 +256,12 @@ async fn process_jobs(
     let seconds = |what: &'static str, s: f64| {
         Duration::try_from_secs_f64(s).map_err(|e| crate::Error::invalid(what, e))
     };
-    workers = workers.heartbeat(
-        seconds("heartbeat", args.heartbeat)?,
-        seconds("stale_after", args.stale_after)?,
-    );
+    workers = workers
+        .heartbeat(
+            seconds("heartbeat", args.heartbeat)?,
+            seconds("stale_after", args.stale_after)?,
+        )
+        .cancel_grace(seconds("cancel_grace", args.cancel_grace)?);
     let handle = configure(workers).start().await?;
     let stopped = handle.run_until_signal();
     println!("Processing jobs. Press Ctrl-C to stop.");
@@ -294,6 +299,7 @@ pub fn format_event(event: &JobEvent) -> Option<String> {
             event.id,
             delay.as_secs_f64()
         )),
+        JobOutcome::Cancelled => Some(format!("✖ Job cancelled while running: {}", event.id)),
         JobOutcome::Released | JobOutcome::Lost => None,
     }
 }

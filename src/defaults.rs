@@ -22,6 +22,14 @@ pub const POLL_MAX: Duration = Duration::from_secs(1);
 /// How long one run may take unless the job sets [`Job::TIMEOUT`](crate::Job::TIMEOUT), so
 /// that a hung job cannot hold a slot forever.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long a job cancelled while running has to return before its future is dropped:
+/// enough for a job that watches `ctx.cancelled()` to stop cleanly, short enough that a
+/// cancel is felt at once.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How often a process with running jobs looks for cancel requests on their rows (by
+/// primary key; an idle process does not look): a cancel reaches the run within this
+/// plus a round trip.
+pub const CANCEL_POLL: Duration = Duration::from_millis(500);
 /// How long running jobs get to finish at shutdown before they are released: below the
 /// 30 s most process managers (systemd, Kubernetes, Docker) wait before SIGKILL, so the
 /// release and the result writes still happen.

@@ -24,6 +24,10 @@ pub enum JobOutcome {
     },
     /// Shutdown cut it short; the job is `pending` again with its attempt given back.
     Released,
+    /// [`JobQueue::cancel`](crate::JobQueue::cancel) stopped it: the job returned an
+    /// error after the cancel reached it, or its future was dropped at the end of the
+    /// grace period. The job is `cancelled`, its attempt given back.
+    Cancelled,
     /// The job asked to run again after `delay`, with its attempt given back.
     Snoozed {
         /// How long until it runs again.

@@ -109,6 +109,8 @@ pub struct JobContext {
     /// The queue of the workers running the job, for the jobs it dispatches.
     pub(crate) jobs: crate::JobQueue,
     pub(crate) trace_parent: Option<String>,
+    /// Cancelled when [`JobQueue::cancel`](crate::JobQueue::cancel) reaches the run.
+    pub(crate) cancel: CancellationToken,
 }
 
 /// Shared values handed to every job, by type (see [`Workers::data`](crate::Workers::data)).
@@ -228,6 +230,34 @@ impl JobContext {
     /// Completes when the workers start shutting down.
     pub async fn shutting_down(&self) {
         self.shutdown.cancelled().await
+    }
+
+    /// True once the job has been cancelled ([`JobQueue::cancel`](crate::JobQueue::cancel))
+    /// while running. Return soon: whatever the job returns from now on but success ends
+    /// it `cancelled`, and after [`Workers::cancel_grace`](crate::Workers::cancel_grace) its
+    /// future is dropped.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the job is cancelled while running: race it against the work.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Export;
+    /// # async fn export_rows() {}
+    /// impl Job for Export {
+    ///     const NAME: &'static str = "export";
+    ///     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+    ///         tokio::select! {
+    ///             () = export_rows() => Ok(()),
+    ///             () = ctx.cancelled() => Err(JobError::fail("cancelled")),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
     }
 }
 

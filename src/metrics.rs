@@ -70,6 +70,7 @@ pub(crate) fn record_outcome(queue: &str, outcome: &JobOutcome, took: Duration) 
         JobOutcome::Failed { .. } => "failed",
         JobOutcome::Released => "released",
         JobOutcome::Lost => "lost",
+        JobOutcome::Cancelled => "cancelled",
         JobOutcome::Snoozed { .. } => "snoozed",
         JobOutcome::Throttled { .. } => "throttled",
     };

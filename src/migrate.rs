@@ -96,6 +96,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_flow_columns.sql"),
     migration!(16, "0016_flow_keys.sql"),
     migration!(17, "0017_trace_parent.sql"),
+    migration!(18, "0018_cancel_requests.sql"),
 ];
 
 /// The newest migration the running code needs.

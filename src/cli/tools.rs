@@ -60,7 +60,7 @@ pub(super) enum Tool {
         /// The job's id.
         id: u64,
     },
-    /// Cancel a job that has not started (pending or scheduled).
+    /// Cancel a job: a waiting one at once, a running one through the process running it.
     Cancel {
         /// The job's id.
         id: u64,
@@ -107,9 +107,9 @@ pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
         }
         Tool::Cancel { id } => {
             if !queue.cancel(id).await? {
-                return Err(no_job(id, "pending or scheduled"));
+                return Err(no_job(id, "waiting or running"));
             }
-            println!("Cancelled job {id}.");
+            println!("Cancelled job {id} (if it was running, its process stops it within about a second).");
             Ok(())
         }
         Tool::Pause { queue: q } => {

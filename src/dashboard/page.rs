@@ -63,7 +63,9 @@ pub(super) fn notice(outcome: &Outcome) -> Option<String> {
     Some(match outcome.done.as_deref()? {
         "retried" => format!("Job {id} is pending again, with fresh attempts."),
         "discarded" => format!("Job {id} was deleted."),
-        "cancelled" => format!("Job {id} was cancelled."),
+        "cancelled" => format!(
+            "Job {id} was cancelled (if it was running, its process stops it within about a second)."
+        ),
         "unchanged" => format!("Job {id} was left as it is: it is no longer in that state."),
         "retried_all" => format!(
             "{} failed job(s) are pending again.",
@@ -354,7 +356,10 @@ fn write_recent(out: &mut String, status: Status, jobs: &[JobRecord], token: &st
             if status == Status::Processed { "muted" } else { "err" },
             Esc(&cut(job.last_error.as_deref().unwrap_or(""), ERROR_SHOWN)),
         )?;
-        if matches!(status, Status::Pending | Status::Scheduled) {
+        if matches!(
+            status,
+            Status::Pending | Status::Scheduled | Status::Running
+        ) {
             write_form(
                 out,
                 token,

@@ -98,8 +98,15 @@ impl JobQueue {
             .await
     }
 
-    /// Cancels a job that has not started (`pending` or `scheduled` → `cancelled`).
-    /// Returns false when no waiting job has this id (it ran, runs, or does not exist).
+    /// Cancels a job. A waiting one (`pending`, `scheduled`, `blocked`) becomes `cancelled`
+    /// at once. A running one is stopped by the process running it, on any host, within
+    /// about a second: the job sees [`JobContext::cancelled`](crate::JobContext::cancelled);
+    /// if it has not returned within [`Workers::cancel_grace`](crate::Workers::cancel_grace)
+    /// its future is dropped. Either way it ends `cancelled` with its attempt given back,
+    /// unless it succeeded first (then it stays `processed`: a cancel of a job that has
+    /// finished changes nothing). A request its process never saw (it died) is applied by
+    /// the rescue. Returns false when the job has finished, does not exist, or already has
+    /// a request.
     pub async fn cancel(&self, id: u64) -> Result<bool> {
         self.on_io(move |store| async move { store.cancel_job(id).await })
             .await

@@ -393,6 +393,7 @@ impl Completer {
             JobOutcome::Failed { error } => {
                 self.store.mark_failed(held, &self.worker_id, error).await?
             }
+            JobOutcome::Cancelled => self.store.mark_cancelled(held, &self.worker_id).await?,
             _ => Guarded::Lost,
         };
         self.ledger.settled(held);
@@ -400,6 +401,7 @@ impl Completer {
             Guarded::Applied => {
                 match f.event.outcome {
                     JobOutcome::Failed { .. } => report.failed += 1,
+                    JobOutcome::Cancelled => report.cancelled += 1,
                     JobOutcome::Snoozed { .. } | JobOutcome::Throttled { .. } => {
                         report.snoozed += 1
                     }

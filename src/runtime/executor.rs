@@ -10,6 +10,7 @@ use tracing::Instrument;
 use std::sync::Arc;
 
 use super::completer::Finished;
+use super::ledger::RunSignals;
 use crate::events::{JobEvent, JobOutcome};
 use crate::job::{DataMap, JobContext, JobError};
 use crate::registry::{unknown_job, Registry};
@@ -29,6 +30,8 @@ pub(crate) struct Executor {
     data: Arc<DataMap>,
     /// Handed to jobs for their own dispatches.
     jobs: crate::JobQueue,
+    /// How long a cancelled job has to return before its future is dropped.
+    cancel_grace: Duration,
 }
 
 impl Executor {
@@ -39,6 +42,7 @@ impl Executor {
         abort: CancellationToken,
         data: Arc<DataMap>,
         jobs: crate::JobQueue,
+        cancel_grace: Duration,
     ) -> Executor {
         Executor {
             registry,
@@ -47,12 +51,15 @@ impl Executor {
             abort,
             data,
             jobs,
+            cancel_grace,
         }
     }
 
-    /// Runs `job`; `stop` fires when this process can no longer vouch for the claim (see
-    /// [`Fence`](super::fence::Fence)): the run is dropped where it stands.
-    pub(crate) async fn run(&self, job: &ClaimedJob, stop: &CancellationToken) -> Finished {
+    /// Runs `job`. `signals.stop` fires when this process can no longer vouch for the
+    /// claim (see [`Fence`](super::fence::Fence)): the run is dropped where it stands.
+    /// `signals.cancel` fires when the job was cancelled: the job sees it, and is dropped
+    /// after the grace period.
+    pub(crate) async fn run(&self, job: &ClaimedJob, signals: &RunSignals) -> Finished {
         let span = tracing::info_span!(
             "job",
             id = job.id,
@@ -72,44 +79,14 @@ impl Executor {
         crate::metrics::record_start(&job.queue, job.waited);
         let outcome = tokio::select! {
             biased;
-            outcome = self.run_inner(job).instrument(span.clone()) => outcome,
-            () = stop.cancelled() => JobOutcome::Lost,
+            outcome = self.run_inner(job, &signals.cancel).instrument(span.clone()) => outcome,
+            () = signals.stop.cancelled() => JobOutcome::Lost,
         };
         let duration = started.elapsed();
         #[cfg(feature = "metrics")]
         crate::metrics::record_outcome(&job.queue, &outcome, duration);
         span.record("duration_ms", duration.as_secs_f64() * 1000.0);
-        let _enter = span.enter();
-        match &outcome {
-            JobOutcome::Processed => {
-                span.record("outcome", "processed");
-                tracing::info!(target: "lightjobs::executor", ?duration, "job processed");
-            }
-            JobOutcome::Retrying { error, delay } => {
-                span.record("outcome", "retrying");
-                tracing::warn!(target: "lightjobs::executor", ?duration, %error, ?delay, "job failed, will retry");
-            }
-            JobOutcome::Failed { error } => {
-                span.record("outcome", "failed");
-                tracing::error!(target: "lightjobs::executor", ?duration, %error, "job failed");
-            }
-            JobOutcome::Snoozed { delay } => {
-                span.record("outcome", "snoozed");
-                tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job snoozed");
-            }
-            JobOutcome::Throttled { delay } => {
-                span.record("outcome", "throttled");
-                tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job rate limited by its service; its flow key waits");
-            }
-            JobOutcome::Released => {
-                span.record("outcome", "released");
-                tracing::warn!(target: "lightjobs::executor", ?duration, "job cut short by shutdown, released");
-            }
-            JobOutcome::Lost => {
-                span.record("outcome", "lost");
-                tracing::warn!(target: "lightjobs::executor", ?duration, "job stopped: the database has not confirmed this process's heartbeat for half its staleness, so another process may take the job over");
-            }
-        }
+        log_outcome(&span, &outcome, duration);
         Finished::new(
             job.token,
             JobEvent {
@@ -124,7 +101,7 @@ impl Executor {
         )
     }
 
-    async fn run_inner(&self, job: &ClaimedJob) -> JobOutcome {
+    async fn run_inner(&self, job: &ClaimedJob, cancel: &CancellationToken) -> JobOutcome {
         if let Some(defect) = &job.defect {
             return JobOutcome::Failed {
                 error: defect.clone(),
@@ -145,6 +122,7 @@ impl Executor {
             data: self.data.clone(),
             jobs: self.jobs.clone(),
             trace_parent: job.trace_parent.clone(),
+            cancel: cancel.clone(),
         };
         let timeout = entry.timeout.unwrap_or(self.default_timeout);
         // Decoding runs user code (serde impls) too, so it is inside the panic guard.
@@ -153,11 +131,21 @@ impl Executor {
             fut.await
         };
         let guarded = tokio::time::timeout(timeout, AssertUnwindSafe(run).catch_unwind());
+        let grace_over = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(self.cancel_grace).await;
+        };
         let result = tokio::select! {
             biased;
             r = guarded => r,
             () = self.abort.cancelled() => return JobOutcome::Released,
+            () = grace_over => return JobOutcome::Cancelled,
         };
+        // A job that succeeded did its work, cancel or not; any other end after the
+        // cancel reached it is the cancel's doing.
+        if cancel.is_cancelled() && !matches!(result, Ok(Ok(Ok(())))) {
+            return JobOutcome::Cancelled;
+        }
         let error = match result {
             Ok(Ok(Ok(()))) => return JobOutcome::Processed,
             Ok(Ok(Err(e))) => e,
@@ -165,6 +153,45 @@ impl Executor {
             Err(_) => JobError::retry(format!("job timed out after {timeout:?}")),
         };
         classify(job, error, entry.backoff)
+    }
+}
+
+/// Records the run's outcome on its span and logs it.
+fn log_outcome(span: &tracing::Span, outcome: &JobOutcome, duration: Duration) {
+    let _enter = span.enter();
+    match &outcome {
+        JobOutcome::Processed => {
+            span.record("outcome", "processed");
+            tracing::info!(target: "lightjobs::executor", ?duration, "job processed");
+        }
+        JobOutcome::Retrying { error, delay } => {
+            span.record("outcome", "retrying");
+            tracing::warn!(target: "lightjobs::executor", ?duration, %error, ?delay, "job failed, will retry");
+        }
+        JobOutcome::Failed { error } => {
+            span.record("outcome", "failed");
+            tracing::error!(target: "lightjobs::executor", ?duration, %error, "job failed");
+        }
+        JobOutcome::Snoozed { delay } => {
+            span.record("outcome", "snoozed");
+            tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job snoozed");
+        }
+        JobOutcome::Throttled { delay } => {
+            span.record("outcome", "throttled");
+            tracing::info!(target: "lightjobs::executor", ?duration, ?delay, "job rate limited by its service; its flow key waits");
+        }
+        JobOutcome::Cancelled => {
+            span.record("outcome", "cancelled");
+            tracing::info!(target: "lightjobs::executor", ?duration, "job cancelled while running");
+        }
+        JobOutcome::Released => {
+            span.record("outcome", "released");
+            tracing::warn!(target: "lightjobs::executor", ?duration, "job cut short by shutdown, released");
+        }
+        JobOutcome::Lost => {
+            span.record("outcome", "lost");
+            tracing::warn!(target: "lightjobs::executor", ?duration, "job stopped: the database has not confirmed this process's heartbeat for half its staleness, so another process may take the job over");
+        }
     }
 }
 

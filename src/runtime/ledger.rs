@@ -29,20 +29,53 @@ struct Entry {
     trips: u64,
     /// Stops the run; `None` once the run has ended (its result not yet written).
     stop: Option<CancellationToken>,
+    /// Asks the run to stop because the job was cancelled (the job sees it, then the
+    /// executor drops it after the grace period).
+    cancel: CancellationToken,
+}
+
+/// The signals of one run.
+#[derive(Default)]
+pub(crate) struct RunSignals {
+    /// The claim can no longer be vouched for: stop where it stands.
+    pub stop: CancellationToken,
+    /// The job was cancelled.
+    pub cancel: CancellationToken,
 }
 
 impl Ledger {
-    /// A run of `held` starts now; returns the signal that stops it.
-    pub(crate) fn start(&self, held: Held, trips: u64) -> CancellationToken {
-        let stop = CancellationToken::new();
+    /// A run of `held` starts now; returns the signals that stop it.
+    pub(crate) fn start(&self, held: Held, trips: u64) -> RunSignals {
+        let signals = RunSignals {
+            stop: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+        };
         self.claims.borrow_mut().insert(
             held,
             Entry {
                 trips,
-                stop: Some(stop.clone()),
+                stop: Some(signals.stop.clone()),
+                cancel: signals.cancel.clone(),
             },
         );
-        stop
+        signals
+    }
+
+    /// The runs going on and not yet asked to stop for a cancel.
+    pub(crate) fn running(&self) -> Vec<Held> {
+        let claims = self.claims.borrow();
+        claims
+            .iter()
+            .filter(|(_, e)| e.stop.is_some() && !e.cancel.is_cancelled())
+            .map(|(held, _)| *held)
+            .collect()
+    }
+
+    /// Tells the run of `held` its job was cancelled.
+    pub(crate) fn cancel(&self, held: Held) {
+        if let Some(entry) = self.claims.borrow().get(&held) {
+            entry.cancel.cancel();
+        }
     }
 
     /// The run of `held` ended; its result is on its way to the table.
@@ -92,8 +125,8 @@ mod tests {
     #[test]
     fn a_second_claim_of_a_job_is_a_second_entry() {
         let ledger = Ledger::default();
-        let old = ledger.start((7, 1), 0);
-        let new = ledger.start((7, 2), 1);
+        let old = ledger.start((7, 1), 0).stop;
+        let new = ledger.start((7, 2), 1).stop;
         assert_eq!(ledger.stop_started_before(1), 1);
         assert!(old.is_cancelled(), "the run from before the trip stops");
         assert!(

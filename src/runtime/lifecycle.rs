@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
+use super::canceller::Canceller;
 use super::completer::{Command, Report};
 use super::fetcher::{Exit, Fetcher};
 use super::handoff::Handoff;
@@ -44,6 +47,11 @@ pub(super) async fn run_then_stop(
         completer.report().get()
     });
     let fetcher = Fetcher::new(settings.clone(), shared.clone(), executor);
+    // Through the drain too: a job cancelled during the shutdown's grace period stops.
+    let cancelling = CancellationToken::new();
+    let canceller = Canceller::new(shared.store.clone(), shared.ledger.clone());
+    let until = cancelling.clone();
+    let canceller = actix_rt::spawn(async move { canceller.run(until).await });
     let exit = claim(&fetcher, &shared, &settings, &mut handoffs).await;
     // Dispatches that find no intake from here on go through the table; those already
     // on their way are run (or, once the channel is closed, released).
@@ -58,6 +66,8 @@ pub(super) async fn run_then_stop(
     }
     drop(fetcher);
     let stopped_at = drain(&shared, settings.shutdown_timeout, &abort).await;
+    cancelling.cancel();
+    let _ = canceller.await;
     let store = shared.store.clone();
     // Every run has ended and sent its result; with the last handle on the commands
     // gone, the completer ends once it has written them (or given up).

@@ -19,12 +19,13 @@
 //! What the queue handle and the maintenance thread share with the runtime is here too:
 //! the wake signal ([`wake`]), the queue settings ([`queue_state`]), [`timing`].
 
+mod canceller;
 pub(crate) mod completer;
 pub(crate) mod executor;
 pub(crate) mod fence;
 mod fetcher;
 pub(crate) mod handoff;
-mod ledger;
+pub(crate) mod ledger;
 mod lifecycle;
 mod pacing;
 pub(crate) mod queue_state;
@@ -68,6 +69,7 @@ pub(crate) struct Settings {
     pub(crate) poll_min: Duration,
     pub(crate) poll_max: Duration,
     pub(crate) job_timeout: Duration,
+    pub(crate) cancel_grace: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) stop_when_empty: bool,
     pub(crate) max_jobs: Option<u64>,
@@ -201,6 +203,7 @@ impl Runtime {
             abort.clone(),
             Arc::new(parts.data),
             parts.jobs,
+            settings.cancel_grace,
         );
         let shared = Rc::new(Shared {
             store: parts.store,

@@ -20,6 +20,8 @@ pub struct Report {
     pub failed: u64,
     /// Jobs given back to `pending` at shutdown.
     pub released: u64,
+    /// Running jobs stopped by a cancel.
+    pub cancelled: u64,
     /// Runs that snoozed (rescheduled without spending an attempt).
     pub snoozed: u64,
     /// Results not written because the job was no longer ours (rescued, or edited by
@@ -39,6 +41,7 @@ impl std::ops::Add for Report {
             retried: self.retried + o.retried,
             failed: self.failed + o.failed,
             released: self.released + o.released,
+            cancelled: self.cancelled + o.cancelled,
             snoozed: self.snoozed + o.snoozed,
             lost: self.lost + o.lost,
             unwritten: self.unwritten + o.unwritten,

@@ -1,5 +1,5 @@
 //! The operator's reads and writes (the dashboard's and the CLI's): find, list, counts,
-//! retry, cancel, discard.
+//! retry, discard (cancelling is `cancel`'s).
 
 use super::*;
 
@@ -189,32 +189,6 @@ impl Store {
                 ))
                 .await?;
                 Ok(conn.affected_rows())
-            })
-            .await
-    }
-
-    /// `pending`/`scheduled`/`blocked` → `cancelled`. True when the job was waiting.
-    pub(crate) async fn cancel_job(&self, id: u64) -> Result<bool> {
-        self.nodes
-            .run(async |conn| {
-                conn.exec_drop(
-                    concat!(
-                        "UPDATE jobs SET status = ",
-                        st!(cancelled),
-                        ", finished_at = UTC_TIMESTAMP(6), \
-                     last_error = COALESCE(last_error, 'cancelled') \
-                     WHERE id = ? AND status IN (",
-                        st!(pending),
-                        ", ",
-                        st!(scheduled),
-                        ", ",
-                        st!(blocked),
-                        ")"
-                    ),
-                    (id,),
-                )
-                .await?;
-                Ok(conn.affected_rows() == 1)
             })
             .await
     }

@@ -1,6 +1,7 @@
 //! The results of runs, each write guarded by the claim it belongs to: processed, retry,
 //! snooze, failed, and jobs given back (a shutdown, a handoff whose worker had gone).
 
+use super::cancel::back_unless_cancelled;
 use super::claim::written_successes;
 use super::*;
 
@@ -30,7 +31,8 @@ impl Store {
             .await
     }
 
-    /// Back to `pending` (or `scheduled`, when `delay` is not zero), keeping the error.
+    /// Back to `pending` (or `scheduled`, when `delay` is not zero), keeping the error;
+    /// `cancelled` if a cancel was requested meanwhile.
     pub(crate) async fn mark_retry(
         &self,
         held: Held,
@@ -39,15 +41,16 @@ impl Store {
         delay: Duration,
     ) -> Result<Guarded> {
         let status = if delay.is_zero() {
-            "pending"
+            st!(pending)
         } else {
-            "scheduled"
+            st!(scheduled)
         };
         self.guarded(
             format!(
-                "UPDATE jobs SET status = '{status}', last_error = ?, reserved_by = NULL, \
+                "UPDATE jobs SET {}, last_error = ?, reserved_by = NULL, \
                  reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE {}",
+                back_unless_cancelled(status),
                 claim_guard(&[held], worker)
             ),
             vec![truncate_error(error).into(), micros(delay).into()],
@@ -56,7 +59,7 @@ impl Store {
     }
 
     /// Back to `scheduled` after `delay`, giving the attempt back (a snooze is not a
-    /// failure).
+    /// failure); `cancelled` if a cancel was requested meanwhile.
     pub(crate) async fn mark_snoozed(
         &self,
         held: Held,
@@ -65,15 +68,16 @@ impl Store {
     ) -> Result<Guarded> {
         self.guarded(
             format!(
-                concat!(
-                    "UPDATE jobs SET status = IF(? > 0, ",
+                "UPDATE jobs SET {}, \
+                 attempts = GREATEST(attempts, 1) - 1, reserved_by = NULL, reserved_at = NULL, \
+                 scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {}",
+                back_unless_cancelled(concat!(
+                    "IF(? > 0, ",
                     st!(scheduled),
                     ", ",
                     st!(pending),
-                    "), \
-                 attempts = GREATEST(attempts, 1) - 1, reserved_by = NULL, reserved_at = NULL, \
-                 scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE {}"
-                ),
+                    ")"
+                )),
                 claim_guard(&[held], worker)
             ),
             vec![micros(delay).into(), micros(delay).into()],
@@ -104,7 +108,7 @@ impl Store {
     }
 
     /// Back to `pending` at once without spending the attempt (shutdown, or a claim whose
-    /// commit may or may not have happened).
+    /// commit may or may not have happened); `cancelled` if a cancel was requested.
     pub async fn release_jobs(&self, held: &[Held], worker: &str) -> Result<u64> {
         if held.is_empty() {
             return Ok(0);
@@ -112,12 +116,9 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.query_drop(format!(
-                    concat!(
-                        "UPDATE jobs SET status = ",
-                        st!(pending),
-                        ", attempts = GREATEST(attempts, 1) - 1, \
-                     reserved_by = NULL, reserved_at = NULL WHERE {}"
-                    ),
+                    "UPDATE jobs SET {}, attempts = GREATEST(attempts, 1) - 1, \
+                     reserved_by = NULL, reserved_at = NULL WHERE {}",
+                    back_unless_cancelled(st!(pending)),
                     claim_guard(held, worker)
                 ))
                 .await?;
@@ -132,15 +133,15 @@ impl Store {
         self.nodes
             .run(async |conn| {
                 conn.exec_drop(
-                    concat!(
-                        "UPDATE jobs FORCE INDEX (jobs_claim) SET status = ",
-                        st!(pending),
-                        ", attempts = 0, \
-                     reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
-                     WHERE queue = ? AND status = ",
-                        st!(running),
-                        " AND claim_token = ? AND reserved_by = ? \
-                     AND attempts = 1"
+                    format!(
+                        concat!(
+                            "UPDATE jobs FORCE INDEX (jobs_claim) SET {}, attempts = 0, \
+                         reserved_by = NULL, reserved_at = NULL, claim_token = NULL \
+                         WHERE queue = ? AND status = ",
+                            st!(running),
+                            " AND claim_token = ? AND reserved_by = ? AND attempts = 1"
+                        ),
+                        back_unless_cancelled(st!(pending))
                     ),
                     (queue, token, worker),
                 )

@@ -166,6 +166,7 @@ impl Store {
                         ", finished_at = UTC_TIMESTAMP(6), \
                      last_error = {died}, its last attempt') \
                      WHERE id IN ({ids}) AND attempts >= max_attempts AND NOT {returned} \
+                     AND cancel_requested_at IS NULL \
                      AND {dead_holder}"
                     ),
                     died = died,
@@ -177,14 +178,13 @@ impl Store {
                 let failed = conn.affected_rows();
                 conn.query_drop(format!(
                     concat!(
-                        "UPDATE jobs SET status = ",
-                        st!(pending),
-                        ", \
+                        "UPDATE jobs SET {back}, \
                      attempts = IF({returned}, GREATEST(attempts, 1) - 1, attempts), \
                      last_error = IF({returned}, last_error, {died}')), reserved_by = NULL, \
                      reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) \
                      WHERE id IN ({ids}) AND {dead_holder}"
                     ),
+                    back = super::cancel::back_unless_cancelled(st!(pending)),
                     returned = returned,
                     died = died,
                     ids = ids,

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::nodes::Nodes;
 
 mod admin;
+mod cancel;
 mod claim;
 mod complete;
 mod counts;

@@ -11,6 +11,7 @@ use super::{Log, TestQueue};
 use crate::error::Error;
 use crate::events::{JobEvent, JobOutcome};
 use crate::runtime::executor::Executor;
+use crate::runtime::ledger::RunSignals;
 use crate::store::ClaimedJob;
 use crate::workers::Workers;
 
@@ -120,8 +121,8 @@ impl TestQueue {
             CancellationToken::new(),
             Arc::new(self.data.clone()),
             self.queue.clone(),
+            crate::defaults::CANCEL_GRACE,
         );
-        let never = CancellationToken::new();
         let mut events = Vec::new();
         while let Some(row) = log.take_next(delayed) {
             if !self.registry.contains(row.job.name) {
@@ -148,7 +149,7 @@ impl TestQueue {
                 trace_parent: row.job.trace,
                 defect: None,
             };
-            let finished = executor.run(&job, &never).await;
+            let finished = executor.run(&job, &RunSignals::default()).await;
             log.finish(row.id);
             events.push(finished.into_event());
         }

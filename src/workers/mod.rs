@@ -43,6 +43,7 @@ pub struct Workers {
     pub(crate) poll_min: Duration,
     pub(crate) poll_max: Duration,
     pub(crate) job_timeout: Duration,
+    pub(crate) cancel_grace: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) migrate: bool,
     pub(crate) stop_when_empty: bool,
@@ -83,6 +84,7 @@ impl Workers {
             poll_min: crate::defaults::POLL_MIN,
             poll_max: crate::defaults::POLL_MAX,
             job_timeout: crate::defaults::JOB_TIMEOUT,
+            cancel_grace: crate::defaults::CANCEL_GRACE,
             shutdown_timeout: crate::defaults::SHUTDOWN_TIMEOUT,
             migrate: false,
             stop_when_empty: false,
@@ -263,6 +265,13 @@ impl Workers {
     /// types are every type its queues get.
     pub fn fail_unknown_after(mut self, after: Duration) -> Self {
         self.fail_unknown_after = Some(after);
+        self
+    }
+
+    /// How long a job cancelled while running has to return before its future is
+    /// dropped ([`defaults::CANCEL_GRACE`](crate::defaults::CANCEL_GRACE)).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
         self
     }
 

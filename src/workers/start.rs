@@ -125,6 +125,7 @@ impl Workers {
             poll_min: self.poll_min,
             poll_max: self.poll_max,
             job_timeout: self.job_timeout,
+            cancel_grace: self.cancel_grace,
             shutdown_timeout: self.shutdown_timeout,
             stop_when_empty: self.stop_when_empty,
             max_jobs: self.max_jobs,

@@ -779,7 +779,7 @@ async fn cancel_stops_a_job_that_has_not_started() {
     let ran = lightjobs(&db, &["cancel", &waiting.to_string()]);
     ran.assert_success();
     assert!(
-        ran.stdout.contains(&format!("Cancelled job {waiting}.")),
+        ran.stdout.contains(&format!("Cancelled job {waiting} ")),
         "{}",
         ran.stdout
     );
@@ -790,7 +790,7 @@ async fn cancel_stops_a_job_that_has_not_started() {
         ran.assert_failure();
         assert!(
             ran.stderr
-                .contains(&format!("no pending or scheduled job with id {id}")),
+                .contains(&format!("no waiting or running job with id {id}")),
             "{}",
             ran.stderr
         );

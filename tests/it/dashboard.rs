@@ -524,6 +524,47 @@ async fn buttons_retry_discard_and_cancel_jobs() {
 }
 
 #[actix_rt::test]
+async fn a_running_job_has_a_cancel_button_that_stops_it() {
+    let db = TestDb::new("dash_cancel_running").await;
+    let queue = db.migrated().await;
+    let handle = common::workers(&db, &queue)
+        .cancel_grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let id = queue
+        .dispatch(common::Block {
+            millis: 60_000,
+            cooperative: false,
+        })
+        .await
+        .unwrap();
+    db.wait_for("running", 1, Duration::from_secs(10)).await;
+    let app = actix_test::init_service(
+        App::new()
+            .app_data(web::Data::new(queue.clone()))
+            .service(admin_dashboard()),
+    )
+    .await;
+    let (token, html) = load_page(&app).await;
+    assert_eq!(row_cells(&html, &format!(" id=\"job-{id}\">"))[6], "Cancel");
+    let id_text = id.to_string();
+    let resp = actix_test::call_service(
+        &app,
+        button(&token, &[("action", "cancel"), ("id", &id_text)]).to_request(),
+    )
+    .await;
+    assert_eq!(
+        header_of(&resp, header::LOCATION),
+        format!("/admin/jobs?done=cancelled&id={id}")
+    );
+    db.wait_for("cancelled", 1, Duration::from_secs(10)).await;
+    assert_eq!(db.job(id).await.1, 0, "its attempt given back");
+    handle.shutdown().await;
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
 async fn buttons_pause_and_resume_a_queue() {
     let db = TestDb::new("dash_pause").await;
     let queue = db.migrated().await;

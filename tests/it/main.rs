@@ -7,6 +7,7 @@
 
 mod common;
 
+mod cancel;
 mod cli;
 mod connections;
 mod counts;

@@ -47,7 +47,17 @@ impl Job for Work {
                 }
             }
             let mut cut = Cut(&path, run, false);
-            tokio::time::sleep(Duration::from_millis(self.millis)).await;
+            // A job that stops when cancelled, unless told to ignore it (then the grace
+            // period's end drops it: a `cut` line).
+            let ignore = std::env::var("LIGHTJOBS_TEST_IGNORE_CANCEL").is_ok();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(self.millis)) => {}
+                () = ctx.cancelled(), if !ignore => {
+                    cut.2 = true;
+                    audit_line(&path, &format!("cancelled {run} {}", now_us()));
+                    return Err(JobError::fail("cancelled"));
+                }
+            }
             cut.2 = true;
             audit_line(&path, &format!("end {run} {}", now_us()));
             return Ok(());

@@ -56,15 +56,15 @@ impl Fetcher {
     pub(super) fn spawn(&self, job: ClaimedJob, permits: Permits) {
         let held = (job.id, job.token);
         let shared = self.shared.clone();
-        let stop = shared.ledger.start(held, shared.fence.trips());
+        let signals = shared.ledger.start(held, shared.fence.trips());
         if !shared.fence.is_open() {
             // The lease ran out while the claim was on its way: the run would start
             // after this process may have been judged dead.
-            stop.cancel();
+            signals.stop.cancel();
         }
         let executor = self.executor.clone();
         self.shared.tracker.spawn_local(async move {
-            let finished = executor.run(&job, &stop).await;
+            let finished = executor.run(&job, &signals).await;
             shared.ledger.ended(held);
             match finished.outcome() {
                 JobOutcome::Processed => shared.completions.push(finished),

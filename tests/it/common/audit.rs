@@ -114,7 +114,8 @@ pub fn runs_from_file(path: &str) -> Vec<Run> {
                 let i = by_run[*run];
                 runs[i].ended = Some(at.parse().unwrap());
             }
-            ["cut", run, at] => {
+            // A run that stopped itself on a cancel is cut short like a dropped one.
+            ["cut" | "cancelled", run, at] => {
                 let i = by_run[*run];
                 runs[i].cut = Some(at.parse().unwrap());
             }
