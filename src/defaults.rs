@@ -61,6 +61,16 @@ pub const MAX_QUEUE_NAME_CHARS: usize = 64;
 pub const MAX_JOB_NAME_CHARS: usize = 128;
 /// Longest unique key (the `jobs.unique_key` column).
 pub const MAX_UNIQUE_KEY_CHARS: usize = 191;
+/// Most tags on one job (they share the `jobs.tags` column, 650 characters).
+pub const MAX_TAGS: usize = 10;
+/// Longest tag; a tag is 1 to this many of `A-Z a-z 0-9 _ . : -`, so the list can be
+/// stored comma-joined and shown without escaping surprises.
+pub const MAX_TAG_CHARS: usize = 64;
+/// Largest metadata object of a dispatch, as JSON: metadata is for filtering and
+/// reading by people (a customer id, a request id), not for data.
+pub const MAX_META_BYTES: usize = 4096;
+/// Largest output a run records, as JSON: a result to read back, not a blob store.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
 // Deadlines: a database that stops answering without an error (a dropped route, a stopped
 // VM, a firewall that drops packets) becomes an error within these.

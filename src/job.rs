@@ -111,6 +111,10 @@ pub struct JobContext {
     pub(crate) trace_parent: Option<String>,
     /// Cancelled when [`JobQueue::cancel`](crate::JobQueue::cancel) reaches the run.
     pub(crate) cancel: CancellationToken,
+    /// The claim's token, which guards the output's write.
+    pub(crate) token: u64,
+    pub(crate) tags: Vec<String>,
+    pub(crate) meta: Option<serde_json::Value>,
 }
 
 /// Shared values handed to every job, by type (see [`Workers::data`](crate::Workers::data)).
@@ -189,6 +193,53 @@ impl JobContext {
     /// job's span links to it; pass it on to services the job calls.
     pub fn trace_parent(&self) -> Option<&str> {
         self.trace_parent.as_deref()
+    }
+
+    /// The tags given at dispatch ([`Dispatch::tags`](crate::Dispatch::tags)).
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// The metadata object given at dispatch ([`Dispatch::meta`](crate::Dispatch::meta)).
+    pub fn meta(&self) -> Option<&serde_json::Value> {
+        self.meta.as_ref()
+    }
+
+    /// Records `output` as the job's result, readable with
+    /// [`JobQueue::find`](crate::JobQueue::find) (at most
+    /// [`MAX_OUTPUT_BYTES`](crate::defaults::MAX_OUTPUT_BYTES) as JSON). It is written at
+    /// once, on the job's row, while this run holds it; a later call replaces it, and a
+    /// retry's output replaces an earlier attempt's. An error when it does not serialise,
+    /// is too large, or the row is no longer this run's (a rescue took it).
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Resize { url: String }
+    /// impl Job for Resize {
+    ///     const NAME: &'static str = "resize";
+    ///     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+    ///         let thumbnail = format!("{}?w=200", self.url);
+    ///         ctx.record_output(&serde_json::json!({ "thumbnail": thumbnail })).await
+    ///     }
+    /// }
+    /// ```
+    pub async fn record_output<T: Serialize + ?Sized>(&self, output: &T) -> Result<(), JobError> {
+        let json = serde_json::to_string(output)
+            .map_err(|e| JobError::fail(format!("output does not serialise: {e}")))?;
+        let most = crate::defaults::MAX_OUTPUT_BYTES;
+        if json.len() > most {
+            return Err(JobError::fail(format!(
+                "output is {} bytes as JSON, over the limit of {most}",
+                json.len()
+            )));
+        }
+        match self.jobs.record_output((self.id, self.token), json).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JobError::retry(
+                "output not recorded: this run no longer holds the job",
+            )),
+            Err(e) => Err(JobError::retry(format!("output not recorded: {e}"))),
+        }
     }
 
     /// The job's id (`jobs.id`); stable across retries, a good idempotency key.

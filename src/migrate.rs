@@ -97,6 +97,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_flow_keys.sql"),
     migration!(17, "0017_trace_parent.sql"),
     migration!(18, "0018_cancel_requests.sql"),
+    migration!(19, "0019_tags_meta_output.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -55,6 +55,11 @@ pub(super) enum Tool {
         #[arg(long, default_value_t = 50)]
         limit: u64,
     },
+    /// One job as JSON: payload, status, attempts, last error, tags, metadata, output.
+    Show {
+        /// The job's id.
+        id: u64,
+    },
     /// Delete a failed job.
     Discard {
         /// The job's id.
@@ -98,6 +103,11 @@ pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
             queue: q,
             limit,
         } => list(queue, status.as_deref(), q.as_deref(), limit).await,
+        Tool::Show { id } => {
+            let job = queue.find(id).await?.ok_or_else(|| no_job(id, "known"))?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+            Ok(())
+        }
         Tool::Discard { id } => {
             if !queue.discard_failed(id).await? {
                 return Err(no_job(id, "failed"));

@@ -384,11 +384,20 @@ fn write_job_cells(out: &mut String, job: &JobRecord) -> fmt::Result {
 }
 
 fn write_payload(out: &mut String, job: &JobRecord) -> fmt::Result {
+    for tag in &job.tags {
+        write!(out, " <span class=\"muted\">#{}</span>", Esc(tag))?;
+    }
     write!(
         out,
-        "<details><summary>payload</summary><pre>{}</pre></details>",
+        "<details><summary>payload</summary><pre>{}</pre>",
         Esc(&cut(&job.payload, PAYLOAD_SHOWN))
-    )
+    )?;
+    for (what, json) in [("metadata", &job.meta), ("output", &job.output)] {
+        if let Some(json) = json {
+            write!(out, "{what}<pre>{}</pre>", Esc(&cut(json, PAYLOAD_SHOWN)))?;
+        }
+    }
+    out.write_str("</details>")
 }
 
 #[cfg(test)]

@@ -152,6 +152,8 @@ mod tests {
             unique: None,
             flow: None,
             trace: None,
+            tags: Vec::new(),
+            meta: None,
         }
     }
 

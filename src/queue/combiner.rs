@@ -286,6 +286,8 @@ mod tests {
                 unique: None,
                 flow: None,
                 trace: None,
+                tags: Vec::new(),
+                meta: None,
             },
             ids,
             handoff: None,

@@ -91,6 +91,41 @@ impl<'q> Dispatch<'q> {
         self.set(|j| j.trace = Some(traceparent))
     }
 
+    /// Tags the job (at most [`MAX_TAGS`](crate::defaults::MAX_TAGS), each 1 to
+    /// [`MAX_TAG_CHARS`](crate::defaults::MAX_TAG_CHARS) of `A-Z a-z 0-9 _ . : -`): the job
+    /// reads them with [`JobContext::tags`](crate::JobContext::tags), and they show with the
+    /// job in [`JobQueue::find`] and the tools.
+    pub fn tags<I, S>(self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        self.set(|j| j.tags = tags)
+    }
+
+    /// Attaches a small JSON object (at most
+    /// [`MAX_META_BYTES`](crate::defaults::MAX_META_BYTES)) to the job: who asked for it,
+    /// the request it came from. The job reads it with
+    /// [`JobContext::meta`](crate::JobContext::meta).
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Export { table: String }
+    /// # impl Job for Export { const NAME: &'static str = "export";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn f(queue: JobQueue) -> lightjobs::Result<()> {
+    /// queue.dispatch(Export { table: "orders".into() })
+    ///     .tags(["tenant:42", "export"])
+    ///     .meta(serde_json::json!({ "requested_by": "ada@example.com" }))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn meta(self, meta: serde_json::Value) -> Self {
+        let meta = Some(meta.to_string());
+        self.set(|j| j.meta = meta)
+    }
+
     /// Overrides [`Job::MAX_ATTEMPTS`].
     pub fn max_attempts(self, attempts: u32) -> Self {
         self.set(|j| j.max_attempts = attempts)

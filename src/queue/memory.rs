@@ -21,6 +21,8 @@ pub(crate) struct Row {
     pub job: NewJob,
     pub at: SystemTime,
     pub state: State,
+    /// What its run recorded, as JSON.
+    pub output: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,7 @@ impl Log {
             job,
             at: now,
             state: State::Waiting,
+            output: None,
         });
         id
     }
@@ -97,6 +100,12 @@ impl Log {
             .find(|r| r.state == State::Waiting && (delayed || r.at + r.delay() <= now))?;
         row.state = State::Running;
         Some(row.clone())
+    }
+
+    pub(crate) fn set_output(&self, id: u64, json: String) {
+        if let Some(row) = self.rows().iter_mut().find(|r| r.id == id) {
+            row.output = Some(json);
+        }
     }
 
     /// Gives a taken row back, not run.
@@ -135,6 +144,8 @@ mod tests {
             unique: unique.map(|(k, p)| (k.to_owned(), p)),
             flow: None,
             trace: None,
+            tags: Vec::new(),
+            meta: None,
         }
     }
 

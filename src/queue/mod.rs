@@ -398,6 +398,8 @@ impl JobQueue {
             unique: None,
             flow: job.flow(),
             trace: crate::trace::current(),
+            tags: Vec::new(),
+            meta: None,
         })
     }
 }

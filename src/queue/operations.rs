@@ -16,6 +16,22 @@ impl JobQueue {
             .await
     }
 
+    /// Stores a run's output on its row if `held` still runs it (or in the record of a
+    /// queue without a database). False when the claim is gone.
+    pub(crate) async fn record_output(
+        &self,
+        held: crate::store::Held,
+        json: String,
+    ) -> Result<bool> {
+        if let Some(log) = self.memory() {
+            log.set_output(held.0, json);
+            return Ok(true);
+        }
+        self.on_io(move |store| async move { store.record_output(held, &json).await })
+            .await
+            .map(|g| g == crate::store::Guarded::Applied)
+    }
+
     /// One job by id.
     pub async fn find(&self, id: u64) -> Result<Option<JobRecord>> {
         self.on_io(move |store| async move { store.find_job(id).await })

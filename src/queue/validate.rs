@@ -29,6 +29,10 @@ impl JobQueue {
                 return Err(Error::invalid("unique period", "longer than ten years"));
             }
         }
+        check_tags(&job.tags)?;
+        if let Some(meta) = &job.meta {
+            check_meta(meta)?;
+        }
         if let Some(trace) = &job.trace {
             crate::trace::check(trace)?;
         }
@@ -64,6 +68,41 @@ pub(crate) fn validate_queue_name(queue: &str) -> Result<()> {
         return Err(Error::invalid(
             "queue name",
             format!("{queue:?} has surrounding spaces or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<()> {
+    let (most, longest) = (crate::defaults::MAX_TAGS, crate::defaults::MAX_TAG_CHARS);
+    if tags.len() > most {
+        return Err(Error::invalid(
+            "tags",
+            format!("{} tags, at most {most}", tags.len()),
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-');
+    match tags
+        .iter()
+        .find(|t| t.is_empty() || t.len() > longest || !t.chars().all(allowed))
+    {
+        Some(bad) => Err(Error::invalid(
+            "tag",
+            format!("`{bad}` must be 1 to {longest} of A-Z a-z 0-9 _ . : -"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_meta(meta: &str) -> Result<()> {
+    let most = crate::defaults::MAX_META_BYTES;
+    if !meta.starts_with('{') {
+        return Err(Error::invalid("meta", "must be a JSON object"));
+    }
+    if meta.len() > most {
+        return Err(Error::invalid(
+            "meta",
+            format!("{} bytes as JSON, at most {most}", meta.len()),
         ));
     }
     Ok(())

@@ -123,6 +123,12 @@ impl Executor {
             jobs: self.jobs.clone(),
             trace_parent: job.trace_parent.clone(),
             cancel: cancel.clone(),
+            token: job.token,
+            tags: job.tags.clone(),
+            meta: job
+                .meta
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
         };
         let timeout = entry.timeout.unwrap_or(self.default_timeout);
         // Decoding runs user code (serde impls) too, so it is inside the panic guard.
@@ -253,6 +259,8 @@ mod tests {
             waited: Duration::ZERO,
             flow: None,
             trace_parent: None,
+            tags: Vec::new(),
+            meta: None,
             defect: None,
         }
     }

@@ -219,6 +219,8 @@ impl Reservation {
                 waited: Duration::ZERO,
                 flow: None,
                 trace_parent: job.trace,
+                tags: job.tags,
+                meta: job.meta,
                 defect: None,
             },
             permits,

@@ -4,7 +4,7 @@
 use super::*;
 
 /// A row of [`Store::waiting_jobs`]: id, name, payload, queue, priority, max_attempts,
-/// delay in µs, unique key, flow key, traceparent.
+/// delay in µs, unique key, flow key, traceparent, tags, meta.
 pub(crate) type WaitingRow = (
     u64,
     String,
@@ -16,13 +16,15 @@ pub(crate) type WaitingRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
 pub(super) const RECORD_SELECT: &str =
     "SELECT id, name, queue, status, attempts, max_attempts, last_error, \
      payload, DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), \
      DATE_FORMAT(scheduled_at, '%Y-%m-%d %H:%i:%s.%f'), \
-     DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f') FROM jobs";
+     DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f'), tags, meta, output FROM jobs";
 
 /// A row of [`RECORD_SELECT`], decoded value by value and never refused: the operator
 /// must be able to look at a row another program wrote badly. Text that is not UTF-8 is
@@ -47,6 +49,9 @@ impl FromRow for JobRecord {
             created_at: text(8).unwrap_or_default(),
             scheduled_at: text(9).unwrap_or_default(),
             finished_at: text(10),
+            tags: split_tags(text(11).as_deref()),
+            meta: text(12),
+            output: text(13),
         })
     }
 }
@@ -166,7 +171,7 @@ impl Store {
                     .query(concat!(
                         "SELECT id, name, payload, queue, priority, max_attempts, \
                          GREATEST(TIMESTAMPDIFF(MICROSECOND, created_at, scheduled_at), 0), \
-                         unique_key, flow_key, trace_parent FROM jobs WHERE status IN (",
+                         unique_key, flow_key, trace_parent, tags, meta FROM jobs WHERE status IN (",
                         st!(pending),
                         ", ",
                         st!(scheduled),

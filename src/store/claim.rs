@@ -30,7 +30,7 @@ pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
         concat!(
             "SELECT id, name, payload, attempts, max_attempts, \
          GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0), \
-         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent \
+         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent, tags, meta \
          FROM jobs FORCE INDEX (jobs_claim) \
          WHERE queue = {} AND status = ",
             st!(pending),
@@ -352,6 +352,8 @@ struct ClaimRow {
     waited_us: Option<i64>,
     flow: Option<flow::RowFlow>,
     trace_parent: Option<String>,
+    tags: Vec<String>,
+    meta: Option<String>,
     defect: Option<String>,
 }
 
@@ -379,6 +381,8 @@ impl ClaimRow {
         let flow = row_flow(&mut row);
         // Only read to link a span: a value that is not text is no trace context.
         let trace_parent = row.take_opt(10).and_then(|v| v.ok());
+        let tags: Option<String> = row.take_opt(11).and_then(|v| v.ok());
+        let meta = row.take_opt(12).and_then(|v| v.ok());
         if attempts >= max_attempts {
             note(format!(
                 "`attempts` ({attempts}) is not below `max_attempts` ({max_attempts}): no \
@@ -394,6 +398,8 @@ impl ClaimRow {
             waited_us,
             flow,
             trace_parent,
+            tags: split_tags(tags.as_deref()),
+            meta,
             defect,
         })
     }
@@ -416,6 +422,8 @@ impl ClaimRow {
                 key: f.key,
             }),
             trace_parent: self.trace_parent,
+            tags: self.tags,
+            meta: self.meta,
             defect: self.defect,
         }
     }

@@ -85,6 +85,21 @@ impl Store {
         .await
     }
 
+    /// Stores a run's `output` (JSON) while its claim still runs the job.
+    pub(crate) async fn record_output(&self, held: Held, output: &str) -> Result<Guarded> {
+        self.guarded(
+            format!(
+                concat!(
+                    "UPDATE jobs SET output = ? WHERE {} AND status = ",
+                    st!(running)
+                ),
+                token_match(&[held])
+            ),
+            vec![output.into()],
+        )
+        .await
+    }
+
     /// `failed`, with the error.
     pub(crate) async fn mark_failed(
         &self,

@@ -12,7 +12,7 @@ pub(super) const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
 macro_rules! job_columns {
     () => {
         "name, payload, status, queue, priority, max_attempts, scheduled_at, created_at, \
-         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent"
+         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent, tags, meta"
     };
 }
 
@@ -27,7 +27,7 @@ pub(super) const INSERT_ROW: &str = concat!(
     ", ",
     st!(pending),
     "), ?, ?, ?, \
-     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6), ?, ?, ?, ?, ?)"
+     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// [`INSERT_SQL`] with the columns of a claim, for batches with rows inserted already
@@ -51,7 +51,7 @@ const CLAIMABLE_ROW: &str = concat!(
      ",
     st!(pending),
     ")), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
-     UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
+     UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, ?, ?, IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
 );
 
 /// How a multi-row INSERT learns the ids of its rows.
@@ -106,6 +106,8 @@ impl NewJob {
             flow.and_then(|f| f.rate).map(|(n, _)| n).into(),
             flow.and_then(crate::Flow::window_ms).into(),
             self.trace.as_deref().into(),
+            join_tags(&self.tags).into(),
+            self.meta.as_deref().into(),
         ])
     }
 }

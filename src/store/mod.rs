@@ -83,6 +83,10 @@ pub(crate) struct NewJob {
     pub flow: Option<crate::Flow>,
     /// The W3C `traceparent` of the dispatching span.
     pub trace: Option<String>,
+    /// Its tags (checked).
+    pub tags: Vec<String>,
+    /// Its metadata object, as JSON.
+    pub meta: Option<String>,
 }
 
 /// When a new job becomes ready.
@@ -117,6 +121,10 @@ pub struct ClaimedJob {
     pub flow: Option<HeldFlow>,
     /// The W3C `traceparent` of the span that dispatched it.
     pub trace_parent: Option<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its metadata object, as JSON.
+    pub meta: Option<String>,
     /// Why the row cannot be run as it is (a value another program wrote that does not
     /// decode, no attempt left): the run fails at once with this, naming the column.
     pub defect: Option<String>,
@@ -156,6 +164,13 @@ pub struct JobRecord {
     pub scheduled_at: String,
     /// When it reached `processed` or `failed` (UTC).
     pub finished_at: Option<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its metadata object, as JSON text.
+    pub meta: Option<String>,
+    /// What a run recorded with [`JobContext::record_output`](crate::JobContext::record_output),
+    /// as JSON text.
+    pub output: Option<String>,
 }
 
 /// What a worker process registers about itself.

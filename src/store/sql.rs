@@ -18,6 +18,21 @@ pub(super) fn token_match(held: &[Held]) -> String {
     )
 }
 
+/// A job's tags as stored: comma-joined (a tag has no comma), `NULL` for none.
+pub(super) fn join_tags(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| tags.join(","))
+}
+
+/// The tags of a stored `tags` value.
+pub(crate) fn split_tags(stored: Option<&str>) -> Vec<String> {
+    stored
+        .unwrap_or_default()
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The guard on every write after a claim but a success: the row is still running under
 /// this very claim. A late write (a retry after a lost reply, a process that stalled)
 /// can never change a newer claim of the same job, not even this process's own.

@@ -120,6 +120,10 @@ pub struct Dispatched<P = serde_json::Value> {
     pub flow_key: Option<String>,
     /// The W3C `traceparent` stored with it, if any.
     pub trace_parent: Option<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its metadata object.
+    pub meta: Option<serde_json::Value>,
 }
 
 impl TestQueue {
@@ -196,6 +200,8 @@ impl TestQueue {
                     unique_key: row.job.unique.map(|(k, _)| k),
                     flow_key: row.job.flow.map(|f| f.key_str().to_owned()),
                     trace_parent: row.job.trace,
+                    tags: row.job.tags,
+                    meta: parse_meta(row.job.meta.as_deref())?,
                 })
             })
             .collect()
@@ -205,7 +211,20 @@ impl TestQueue {
         let rows = self.queue.waiting_jobs().await?;
         rows.into_iter()
             .map(
-                |(id, name, payload, queue, priority, max_attempts, us, unique, flow, trace)| {
+                |(
+                    id,
+                    name,
+                    payload,
+                    queue,
+                    priority,
+                    max_attempts,
+                    us,
+                    unique,
+                    flow,
+                    trace,
+                    tags,
+                    meta,
+                )| {
                     Ok(Dispatched {
                         id,
                         name,
@@ -217,6 +236,8 @@ impl TestQueue {
                         unique_key: unique,
                         flow_key: flow,
                         trace_parent: trace,
+                        tags: crate::store::split_tags(tags.as_deref()),
+                        meta: parse_meta(meta.as_deref())?,
                     })
                 },
             )
@@ -295,6 +316,20 @@ impl TestQueue {
         }
     }
 
+    /// The output job `id` recorded with
+    /// [`JobContext::record_output`](crate::JobContext::record_output), decoded.
+    pub async fn output(&self, id: u64) -> Result<Option<serde_json::Value>> {
+        let json = match &self.log {
+            Some(log) => log
+                .snapshot()
+                .into_iter()
+                .find(|r| r.id == id)
+                .and_then(|r| r.output),
+            None => self.queue.find(id).await?.and_then(|r| r.output),
+        };
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+    }
+
     /// Forgets every recorded dispatch (a queue without a database). On a real queue it
     /// returns [`Error::Invalid`]: the table is the test's to empty.
     pub fn clear(&self) -> Result<()> {
@@ -324,6 +359,12 @@ impl<P> Dispatched<P> {
             unique_key: self.unique_key,
             flow_key: self.flow_key,
             trace_parent: self.trace_parent,
+            tags: self.tags,
+            meta: self.meta,
         }
     }
+}
+
+fn parse_meta(meta: Option<&str>) -> Result<Option<serde_json::Value>> {
+    Ok(meta.map(serde_json::from_str).transpose()?)
 }

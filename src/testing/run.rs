@@ -147,6 +147,8 @@ impl TestQueue {
                 waited: Duration::ZERO,
                 flow: None,
                 trace_parent: row.job.trace,
+                tags: row.job.tags,
+                meta: row.job.meta,
                 defect: None,
             };
             let finished = executor.run(&job, &RunSignals::default()).await;

@@ -836,3 +836,30 @@ async fn pause_and_resume_show_in_stats() {
     assert!(bad.stderr.contains("invalid queue name"), "{}", bad.stderr);
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn show_prints_a_job_with_its_tags_and_metadata() {
+    let db = TestDb::new("cli_show").await;
+    let queue = db.migrated().await;
+    let id = queue
+        .dispatch(mail("ada@example.com"))
+        .tags(["tenant:42"])
+        .meta(serde_json::json!({ "requested_by": "ops" }))
+        .await
+        .unwrap();
+    let ran = lightjobs(&db, &["show", &id.to_string()]);
+    ran.assert_success();
+    let job: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(job["id"], id);
+    assert_eq!(job["status"], "pending");
+    assert_eq!(job["tags"], serde_json::json!(["tenant:42"]));
+    assert_eq!(job["meta"], r#"{"requested_by":"ops"}"#);
+    let ran = lightjobs(&db, &["show", "999999"]);
+    ran.assert_failure();
+    assert!(
+        ran.stderr.contains("no known job with id 999999"),
+        "{}",
+        ran.stderr
+    );
+    db.drop_db().await;
+}

@@ -17,6 +17,7 @@ mod faults;
 mod flow;
 mod galera;
 mod handoff;
+mod metadata;
 mod migrate;
 mod queue;
 mod recurring;

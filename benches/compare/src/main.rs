@@ -9,6 +9,7 @@
 
 mod apalis_bench;
 mod bigtable;
+mod cancel;
 mod flow;
 mod hosts;
 mod lj;
@@ -76,6 +77,10 @@ struct Cli {
     /// apalis: `concurrency(C)` layer and fetch buffer size.
     #[arg(long, default_value_t = 100)]
     apalis_concurrency: usize,
+
+    /// Cancels per configuration of the cancel part.
+    #[arg(long, default_value_t = 100)]
+    cancel_samples: usize,
 
     /// Latency samples per configuration.
     #[arg(long, default_value_t = 200)]
@@ -155,6 +160,12 @@ enum Internal {
         #[arg(long)]
         pause_ms: u64,
     },
+    /// The worker side of the cross-process cancel measurement.
+    #[command(hide = true)]
+    CancelWorker {
+        #[arg(long)]
+        db_url: String,
+    },
     /// The memory check, in a process of its own; prints one JSON line.
     #[command(hide = true)]
     MemoryChild {
@@ -211,13 +222,15 @@ enum Part {
     /// Flow control's cost: per-key concurrency limits against the unconstrained drain.
     /// Not part of `all`.
     Flow,
+    /// Cancel latency, a job in this process and in another one. Not part of `all`.
+    Cancel,
 }
 
 impl Cli {
     fn wants(&self, part: Part) -> bool {
         self.only.iter().any(|&p| {
             p == part
-                || (p == Part::All && !matches!(part, Part::Hosts | Part::Bigtable | Part::Flow))
+                || (p == Part::All && !matches!(part, Part::Hosts | Part::Bigtable | Part::Flow | Part::Cancel))
                 || (p == Part::Lifecycle
                     && matches!(
                         part,
@@ -263,6 +276,9 @@ fn run(cli: Cli) -> AnyResult<()> {
                 *samples,
                 Duration::from_millis(*pause_ms),
             ));
+        }
+        Some(Internal::CancelWorker { db_url }) => {
+            return actix_rt::System::new().block_on(cancel::worker(db_url));
         }
         Some(Internal::MemoryChild {
             url,
@@ -341,6 +357,10 @@ fn run(cli: Cli) -> AnyResult<()> {
     if cli.wants(Part::Bigtable) {
         let runs = actix.block_on(bigtable::run(&cli.url, &cli.retained, cli.keep_databases))?;
         bigtable::print(&mut out, &runs);
+    }
+    if cli.wants(Part::Cancel) {
+        let runs = actix.block_on(cancel::run(&cli.url, cli.cancel_samples))?;
+        cancel::print(&mut out, &runs);
     }
     if cli.wants(Part::Flow) {
         let runs = actix.block_on(flow::run(&cli.url, cli.jobs, cli.runs))?;

@@ -10,10 +10,13 @@ pub fn worker_binary() -> PathBuf {
     example_binary("fault_worker")
 }
 
-/// Builds (if needed) and locates one of the test-support examples.
+/// Builds (if needed) and locates one of the test-support examples. With every feature,
+/// as `.ci/test` builds the examples before the tests run: a build with other features
+/// would compile the crate again in the middle of the tests, and that load starves the
+/// tests' tight heartbeats.
 pub fn example_binary(name: &str) -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", name])
+        .args(["build", "--quiet", "--all-features", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo runs");
