@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lightjobs::{Job, JobContext, JobError, JobEvent, JobOutcome, JobQueue, Workers};
-use mysql_async::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Runs for `secs` unless cancelled; with `cooperate`, returns at once when it is.
@@ -62,22 +61,8 @@ impl Job for FailsOnRequest {
     const NAME: &'static str = "fails_on_request";
     const MAX_ATTEMPTS: u32 = 5;
     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
-        let pool = ctx
-            .data::<mysql_async::Pool>()
-            .ok_or_else(|| JobError::fail("no pool"))?;
-        let mut conn = pool.get_conn().await?;
-        loop {
-            let requested: Option<u8> = conn
-                .exec_first(
-                    "SELECT cancel_requested_at IS NOT NULL FROM jobs WHERE id = ?",
-                    (ctx.id(),),
-                )
-                .await?;
-            if requested == Some(1) {
-                return Err(JobError::retry("failed right after the request"));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::common::until_own_row(ctx, "cancel_requested_at IS NOT NULL").await?;
+        Err(JobError::retry("failed right after the request"))
     }
 }
 

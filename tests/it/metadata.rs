@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use lightjobs::testing::TestQueue;
 use lightjobs::{Error, Job, JobContext, JobError, Workers};
-use mysql_async::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -52,19 +51,7 @@ impl Job for Late {
     const NAME: &'static str = "late";
     const MAX_ATTEMPTS: u32 = 1;
     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
-        let pool = ctx
-            .data::<mysql_async::Pool>()
-            .ok_or_else(|| JobError::fail("no pool"))?;
-        let mut conn = pool.get_conn().await?;
-        loop {
-            let token: Option<u64> = conn
-                .exec_first("SELECT claim_token FROM jobs WHERE id = ?", (ctx.id(),))
-                .await?;
-            if token == Some(0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::common::until_own_row(ctx, "claim_token = 0").await?;
         ctx.record_output(&json!({ "late": true })).await
     }
 }

@@ -180,6 +180,26 @@ pub fn workers(db: &TestDb, queue: &JobQueue) -> Workers {
         .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
 }
 
+/// Waits until the running job's own row satisfies `condition` (SQL over its columns),
+/// read every 5 ms through the pool given with `Workers::data`: a job that acts at the
+/// moment the test (or another process) changes its row.
+pub async fn until_own_row(ctx: &JobContext, condition: &str) -> Result<(), JobError> {
+    let pool = ctx
+        .data::<Pool>()
+        .ok_or_else(|| JobError::fail("no pool"))?;
+    let mut conn = pool.get_conn().await?;
+    let sql = format!("SELECT {condition} FROM jobs WHERE id = ?");
+    while conn
+        .exec_first::<Option<u8>, _, _>(sql.as_str(), (ctx.id(),))
+        .await?
+        .flatten()
+        != Some(1)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// Records each run in the `runs` table (pool given with `Workers::data`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
