@@ -1,8 +1,9 @@
 //! Cancel latency (`--only cancel`): from the `JobQueue::cancel` call to the moment the
 //! running job sees `ctx.cancelled()`, with the job running in this process, and in a
-//! child process (this binary, `cancel-worker`). Each cancel is sent at a random moment
-//! (0–600 ms after the job started), so the samples spread over the canceller's 0.5 s
-//! poll instead of falling in step with it.
+//! child process (this binary, `cancel-worker`). Each dispatch waits a random 125–375 ms
+//! and each cancel is sent a random 150–450 ms after its job started, so the cancels land
+//! at every phase of the canceller's 0.5 s poll instead of in step with it (a job
+//! dispatched right after the previous one was seen starts right after a poll).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -82,6 +83,7 @@ async fn in_process(server: &str, samples: usize) -> AnyResult<CancelRun> {
         .await?;
     let mut took = Vec::with_capacity(samples);
     for _ in 0..samples {
+        tokio::time::sleep(lj::jittered(Duration::from_millis(250))).await;
         let id = queue.dispatch(Hold).await?;
         wait(&mut rx, id, false).await?;
         tokio::time::sleep(spread()).await;
@@ -134,6 +136,7 @@ async fn cross_process(server: &str, samples: usize) -> AnyResult<CancelRun> {
         .spawn()?;
     let mut took = Vec::with_capacity(samples);
     for _ in 0..samples {
+        tokio::time::sleep(lj::jittered(Duration::from_millis(250))).await;
         let id = queue.dispatch(Hold).await?;
         probe(&mut conn, id, false).await?;
         tokio::time::sleep(spread()).await;
@@ -187,7 +190,7 @@ pub async fn worker(db_url: &str) -> AnyResult<()> {
 pub fn print(out: &mut String, runs: &[CancelRun]) {
     let _ = writeln!(
         out,
-        "## Cancel latency: `JobQueue::cancel` → the running job sees `ctx.cancelled()` (cancel sent 0.15–0.45 s after the job started; default settings)\n"
+        "## Cancel latency: `JobQueue::cancel` → the running job sees `ctx.cancelled()` (cancels at every phase of the 0.5 s poll; default settings)\n"
     );
     let _ = writeln!(out, "| where the job runs | samples | p50 ms | p90 ms | p99 ms | max ms |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
