@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Record, TestDb};
+use common::{Drain, Record, TestDb};
 use lightjobs::Workers;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
@@ -71,11 +71,7 @@ async fn the_job_span_links_to_the_request_that_dispatched_it() {
         .register::<Record>()
         .data(db.pool.clone())
         .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
+        .drain()
         .await;
     let _ = provider.force_flush();
 

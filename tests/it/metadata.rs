@@ -2,7 +2,7 @@
 //! back with `find`; refused when they break their limits; an output whose run lost its
 //! claim is not written.
 
-use crate::common::TestDb;
+use crate::common::{Drain, TestDb};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,11 +72,7 @@ async fn tags_and_metadata_reach_the_job_and_its_output_is_read_back() {
         .register::<Report>()
         .data(seen.clone())
         .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
-        .stop_when_empty(true)
-        .start()
-        .await
-        .unwrap()
-        .wait()
+        .drain()
         .await;
     let saw = seen.0.lock().unwrap().clone();
     assert!(saw.contains(&(
