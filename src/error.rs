@@ -85,6 +85,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// A dispatch named a job or a batch that does not exist: never created, or deleted
+    /// or pruned since (see [`Dispatch::after`](crate::Dispatch::after)).
+    #[error("{what} {id} does not exist (never created, or deleted or pruned)")]
+    NotFound {
+        /// `"job"` or `"batch"`.
+        what: &'static str,
+        /// Its id.
+        id: u64,
+    },
+
+    /// A job was added to a batch that has already finished (its callbacks are
+    /// dispatched): it would never be counted.
+    #[error("batch {0} has finished: no job can join it")]
+    BatchFinished(u64),
+
     /// A migration failed.
     #[error(transparent)]
     Migrate(#[from] MigrateError),

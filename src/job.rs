@@ -115,6 +115,10 @@ pub struct JobContext {
     pub(crate) token: u64,
     pub(crate) tags: Vec<String>,
     pub(crate) meta: Option<serde_json::Value>,
+    /// The batch the job belongs to.
+    pub(crate) batch: Option<u64>,
+    /// The batch it waited for (a batch callback).
+    pub(crate) after_batch: Option<u64>,
 }
 
 /// Shared values handed to every job, by type (see [`Workers::data`](crate::Workers::data)).
@@ -182,6 +186,47 @@ impl JobContext {
     /// ```
     pub fn dispatch<J: Job>(&self, job: J) -> crate::Dispatch<'_> {
         self.jobs.dispatch(job)
+    }
+
+    /// The batch this job belongs to, or, for a batch callback (or a job dispatched with
+    /// [`Dispatch::after_batch`](crate::Dispatch::after_batch)), the batch it waited for.
+    /// A callback reads its batch's jobs and their outputs with
+    /// [`JobQueue::batch_jobs`](crate::JobQueue::batch_jobs).
+    pub fn batch(&self) -> Option<u64> {
+        self.batch.or(self.after_batch)
+    }
+
+    /// Dispatches `job` into this job's batch: the batch finishes (and its callbacks run)
+    /// only once the new job has finished too. The pattern of a job that fans out work.
+    /// The dispatch fails if this job is not in a batch.
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Page { n: u32 }
+    /// # impl Job for Page { const NAME: &'static str = "page";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Crawl { pages: u32 }
+    ///
+    /// impl Job for Crawl {
+    ///     const NAME: &'static str = "crawl";
+    ///     async fn execute(self, ctx: &JobContext) -> Result<(), JobError> {
+    ///         for n in 0..self.pages {
+    ///             ctx.add_to_batch(Page { n }).await.map_err(JobError::retry)?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn add_to_batch<J: Job>(&self, job: J) -> crate::Dispatch<'_> {
+        let dispatch = self.jobs.dispatch(job);
+        match self.batch {
+            Some(batch) => dispatch.in_batch(batch),
+            None => dispatch.failing(crate::Error::Invalid {
+                what: "dispatch",
+                reason: format!("job {} is not in a batch", self.id),
+            }),
+        }
     }
 
     /// The queue of the workers running the job: what [`dispatch`](Self::dispatch) uses.

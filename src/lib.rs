@@ -93,10 +93,10 @@ pub use events::{JobEvent, JobOutcome};
 pub use flow::{Flow, FlowKeyState, MAX_FLOW_KEY_CHARS, MAX_RATE_WINDOW};
 pub use handle::{StopSignal, WorkerHandle};
 pub use job::{Job, JobContext, JobError};
-pub use queue::{Dispatch, JobQueue, JobQueueBuilder, Page};
+pub use queue::{Batch, BatchBuilder, Dispatch, JobQueue, JobQueueBuilder, Page};
 pub use registry::Registry;
 pub use runtime::report::Report;
-pub use store::{JobRecord, QueueCount};
+pub use store::{BatchOutcome, BatchState, JobRecord, QueueCount};
 pub use web::init;
 #[cfg(feature = "metrics")]
 pub use web::metrics;

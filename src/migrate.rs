@@ -98,6 +98,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(17, "0017_trace_parent.sql"),
     migration!(18, "0018_cancel_requests.sql"),
     migration!(19, "0019_tags_meta_output.sql"),
+    migration!(20, "0020_batches_and_dependencies.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -60,6 +60,11 @@ pub(super) enum Tool {
         /// The job's id.
         id: u64,
     },
+    /// A batch's progress as JSON: its jobs by status, its outcome once finished.
+    Batch {
+        /// The batch's id.
+        id: u64,
+    },
     /// Delete a failed job.
     Discard {
         /// The job's id.
@@ -106,6 +111,14 @@ pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
         Tool::Show { id } => {
             let job = queue.find(id).await?.ok_or_else(|| no_job(id, "known"))?;
             println!("{}", serde_json::to_string_pretty(&job)?);
+            Ok(())
+        }
+        Tool::Batch { id } => {
+            let state = queue
+                .batch_state(id)
+                .await?
+                .ok_or_else(|| crate::Error::NotFound { what: "batch", id })?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
             Ok(())
         }
         Tool::Discard { id } => {

@@ -17,6 +17,8 @@ const ERROR_SHOWN: usize = 2_000;
 const PAYLOAD_SHOWN: usize = 500;
 /// Flow keys at a limit shown, the longest waiting first.
 const FLOW_SHOWN: usize = 50;
+/// Batches shown, unfinished ones first.
+const BATCHES_SHOWN: usize = 20;
 
 /// Everything the page shows, read in one go.
 pub(super) struct Snapshot {
@@ -25,20 +27,35 @@ pub(super) struct Snapshot {
     /// Flow keys at a limit.
     flow: Vec<crate::FlowKeyState>,
     failed: Vec<JobRecord>,
-    /// Running, pending, scheduled and processed jobs, in that order.
-    recent: [(Status, Vec<JobRecord>); 4],
+    /// The latest batches, unfinished ones first.
+    batches: Vec<crate::BatchState>,
+    /// Running, pending, scheduled, awaiting and processed jobs, in that order.
+    recent: [(Status, Vec<JobRecord>); 5],
 }
 
 impl Snapshot {
     pub(super) async fn load(queue: &JobQueue) -> crate::Result<Snapshot> {
         let recent = |status: Status| queue.list(status.as_str(), None, RECENT_SHOWN);
-        let (counts, (paused, flow), failed, running, pending, scheduled, processed) = futures::try_join!(
-            queue.stats(),
-            futures::future::try_join(queue.paused_queues(), queue.flow_keys(FLOW_SHOWN)),
+        let (
+            (counts, paused, flow, batches),
+            failed,
+            running,
+            pending,
+            scheduled,
+            awaiting,
+            processed,
+        ) = futures::try_join!(
+            futures::future::try_join4(
+                queue.stats(),
+                queue.paused_queues(),
+                queue.flow_keys(FLOW_SHOWN),
+                queue.recent_batches(BATCHES_SHOWN)
+            ),
             queue.list(Status::Failed.as_str(), None, FAILED_SHOWN),
             recent(Status::Running),
             recent(Status::Pending),
             recent(Status::Scheduled),
+            recent(Status::Awaiting),
             recent(Status::Processed),
         )?;
         Ok(Snapshot {
@@ -46,10 +63,12 @@ impl Snapshot {
             paused,
             flow,
             failed,
+            batches,
             recent: [
                 (Status::Running, running),
                 (Status::Pending, pending),
                 (Status::Scheduled, scheduled),
+                (Status::Awaiting, awaiting),
                 (Status::Processed, processed),
             ],
         })
@@ -123,6 +142,8 @@ font:12px/1.35 ui-monospace,monospace}
 padding:.5rem .8rem;margin-bottom:1rem}
 .badge{display:inline-block;padding:0 .4rem;border-radius:.6rem;font-size:12px}
 .paused{background:#fde8c8;color:#8a4b00}.active{background:#dff3e4;color:#1e6b34}
+.succeeded{background:#dff3e4;color:#1e6b34}.failed{background:#fbe0e0;color:#a4161a}
+.running{background:#e0ecfb;color:#1d4f91}
 form{display:inline;margin:0}button{font:inherit;font-size:13px;padding:.15rem .6rem;
 border:1px solid #9aa3af;border-radius:4px;background:#fff;cursor:pointer}
 button:hover{background:#eef0f3}button.danger{border-color:#d99;color:#a4161a}
@@ -150,6 +171,7 @@ fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<Strin
     }
     write_queues(out, s, token)?;
     write_flow(out, &s.flow)?;
+    write_batches(out, &s.batches)?;
     write_failed(out, s, token)?;
     for (status, jobs) in &s.recent {
         write_recent(out, *status, jobs, token)?;
@@ -190,6 +212,36 @@ fn write_flow(out: &mut String, keys: &[crate::FlowKeyState]) -> fmt::Result {
         )?;
     }
     out.write_str("</tbody></table>")
+}
+
+/// The latest batches and their progress.
+fn write_batches(out: &mut String, batches: &[crate::BatchState]) -> fmt::Result {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    out.write_str(
+        "<h2>Batches</h2><table id=\"batches\"><tr><th class=\"n\">id</th><th>description</th>\
+         <th class=\"n\">done</th><th class=\"n\">running</th><th class=\"n\">failed</th>\
+         <th>state</th><th>created</th><th>finished</th></tr>",
+    )?;
+    for b in batches {
+        let state = b.outcome.map_or("running", |o| o.as_str());
+        write!(
+            out,
+            "<tr id=\"batch-{id}\"><td class=\"n\">{id}</td><td>{}</td>\
+             <td class=\"n\">{}/{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td><span class=\"badge {state}\">{state}</span></td><td>{}</td><td>{}</td></tr>",
+            Esc(b.description.as_deref().unwrap_or("")),
+            b.done(),
+            b.total(),
+            b.running,
+            b.failed + b.cancelled,
+            Esc(time(Some(&b.created_at))),
+            Esc(time(b.finished_at.as_deref())),
+            id = b.id,
+        )?;
+    }
+    out.write_str("</table>")
 }
 
 /// A form posting `action` with the CSRF token and hidden `fields`, and its buttons.
@@ -328,6 +380,7 @@ fn write_recent(out: &mut String, status: Status, jobs: &[JobRecord], token: &st
         Status::Running => ("Running", "started"),
         Status::Pending => ("Pending", "due"),
         Status::Scheduled => ("Scheduled", "due"),
+        Status::Awaiting => ("Waiting for another job or batch", "waits for"),
         _ => ("Processed", "finished"),
     };
     write!(out, "<h2>{title}</h2>")?;
@@ -340,8 +393,14 @@ fn write_recent(out: &mut String, status: Status, jobs: &[JobRecord], token: &st
          <th class=\"n\">attempts</th><th>{when}</th><th>last error</th><th></th></tr>"
     )?;
     for job in jobs {
+        let waits_for = match (job.after_job, job.after_batch) {
+            (Some(id), _) => format!("job {id}"),
+            (_, Some(id)) => format!("batch {id}"),
+            _ => String::new(),
+        };
         let at = match status {
             Status::Processed => job.finished_at.as_deref(),
+            Status::Awaiting => Some(waits_for.as_str()),
             _ => Some(job.scheduled_at.as_str()),
         };
         write_job_cells(out, job)?;
@@ -358,7 +417,7 @@ fn write_recent(out: &mut String, status: Status, jobs: &[JobRecord], token: &st
         )?;
         if matches!(
             status,
-            Status::Pending | Status::Scheduled | Status::Running
+            Status::Pending | Status::Scheduled | Status::Awaiting | Status::Running
         ) {
             write_form(
                 out,
@@ -384,6 +443,12 @@ fn write_job_cells(out: &mut String, job: &JobRecord) -> fmt::Result {
 }
 
 fn write_payload(out: &mut String, job: &JobRecord) -> fmt::Result {
+    if let Some(batch) = job.batch {
+        write!(
+            out,
+            " <a class=\"muted\" href=\"#batch-{batch}\">batch {batch}</a>"
+        )?;
+    }
     for tag in &job.tags {
         write!(out, " <span class=\"muted\">#{}</span>", Esc(tag))?;
     }

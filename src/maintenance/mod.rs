@@ -2,7 +2,8 @@
 //! a busy or blocked worker runtime never delays a heartbeat: the heartbeat, the rescuer of
 //! dead processes' jobs, the promoter of due jobs (and reader of queue settings), the
 //! pruner, the rollup of finished jobs per minute, the listener for other processes'
-//! wake-ups, cron schedules, and the watch for jobs of types no worker here runs.
+//! wake-ups, the settler of batches and waiting jobs, cron schedules, and the watch for
+//! jobs of types no worker here runs.
 
 mod foreign;
 mod heartbeat;
@@ -14,6 +15,7 @@ mod recurring;
 mod rescuer;
 mod role;
 mod rollup;
+mod settler;
 
 use foreign::ForeignJobs;
 pub(crate) use foreign::{ForeignPlan, FOREIGN_CHECK_INTERVAL, FOREIGN_WARN_AFTER};
@@ -28,6 +30,7 @@ pub(crate) use recurring::RecurringJob;
 use rescuer::Rescuer;
 use role::Role;
 use rollup::Rollup;
+use settler::Settler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,10 +115,9 @@ async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &Ca
     let foreign = ForeignJobs::new(store.clone(), plan.foreign);
     let rollup = Rollup::new(store.clone(), plan.info.id.clone());
     let listener = Listener::new(store.clone(), plan.info.id.clone());
+    let settler = Settler::new(store.clone(), queue.clone());
     #[cfg(feature = "cron")]
     let recurring = Recurring::new(queue.clone(), plan.recurring);
-    #[cfg(not(feature = "cron"))]
-    let _ = queue;
     let heartbeat = Heartbeat::new(store.clone(), plan.info, plan.fence, plan.left_behind);
     let s = Some(stop);
     // Cron schedules run only with the `cron` feature.
@@ -131,6 +133,7 @@ async fn run_roles(queue: &JobQueue, store: &Store, plan: Maintenance, stop: &Ca
         supervise(ForeignJobs::NAME, s, || role::run(&foreign, stop)),
         supervise(Rollup::NAME, s, || role::run(&rollup, stop)),
         supervise(Listener::NAME, s, || listener.run(stop.clone())),
+        supervise(Settler::NAME, s, || settler.run(stop.clone())),
         recurring_task,
     );
 }

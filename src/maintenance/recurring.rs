@@ -154,6 +154,8 @@ mod tests {
             trace: None,
             tags: Vec::new(),
             meta: None,
+            batch: None,
+            after: None,
         }
     }
 

@@ -162,6 +162,7 @@ impl JobQueueBuilder {
                 server: tokio::sync::OnceCell::new(),
                 intakes: std::sync::RwLock::default(),
                 local_states: std::sync::RwLock::default(),
+                ends: Arc::default(),
             }),
         })
     }

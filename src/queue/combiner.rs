@@ -288,6 +288,8 @@ mod tests {
                 trace: None,
                 tags: Vec::new(),
                 meta: None,
+                batch: None,
+                after: None,
             },
             ids,
             handoff: None,

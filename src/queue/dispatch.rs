@@ -11,10 +11,16 @@ pub struct Dispatch<'q> {
 }
 
 impl<'q> Dispatch<'q> {
-    fn set(mut self, f: impl FnOnce(&mut NewJob)) -> Self {
+    pub(super) fn set(mut self, f: impl FnOnce(&mut NewJob)) -> Self {
         if let Ok(job) = self.job.as_mut() {
             f(job);
         }
+        self
+    }
+
+    /// A dispatch that fails with `error` when awaited.
+    pub(crate) fn failing(mut self, error: Error) -> Self {
+        self.job = Err(error);
         self
     }
 
@@ -154,9 +160,12 @@ impl<'q> Dispatch<'q> {
     pub async fn within<Q: Queryable>(self, conn: &mut Q) -> Result<u64> {
         let job = self.job.and_then(|j| self.queue.validate(j))?;
         if let Some(log) = self.queue.memory() {
-            return Ok(log.record(job));
+            return log.record_unlinked(job);
         }
         self.queue.check_ready().await?;
+        if job.is_linked() {
+            return Store::insert_linked(conn, &job).await;
+        }
         Store::insert_job(conn, &job).await
     }
 }

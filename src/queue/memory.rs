@@ -66,6 +66,14 @@ impl Log {
 
     /// Records a dispatch; returns its id, or the id of the job already holding its unique
     /// key (what the table's unique index does).
+    /// [`record`](Self::record) for a dispatch: batches and dependencies need the table.
+    pub(crate) fn record_unlinked(&self, job: NewJob) -> crate::Result<u64> {
+        if job.is_linked() {
+            return Err(crate::Error::NoDatabase);
+        }
+        Ok(self.record(job))
+    }
+
     pub(crate) fn record(&self, job: NewJob) -> u64 {
         let now = SystemTime::now();
         let mut rows = self.rows();
@@ -146,6 +154,8 @@ mod tests {
             trace: None,
             tags: Vec::new(),
             meta: None,
+            batch: None,
+            after: None,
         }
     }
 

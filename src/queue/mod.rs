@@ -1,5 +1,6 @@
 //! [`JobQueue`]: the handle handlers dispatch through.
 
+mod batch;
 mod builder;
 mod combiner;
 mod dispatch;
@@ -12,6 +13,7 @@ mod waker;
 
 pub(crate) use validate::validate_queue_name;
 
+pub use batch::{Batch, BatchBuilder};
 pub use builder::JobQueueBuilder;
 pub use dispatch::Dispatch;
 
@@ -40,7 +42,7 @@ use crate::job::Job;
 use crate::nodes::{split_urls, Deadlines, Nodes};
 use crate::runtime::handoff::{Intake, Reservation};
 use crate::runtime::queue_state::{QueueState, QueueStates};
-use crate::store::{JobRecord, NewIds, NewJob, QueueCount, ServerState, Store, When};
+use crate::store::{After, JobRecord, NewIds, NewJob, QueueCount, ServerState, Store, When};
 use io_thread::IoThread;
 use ticket::Ticket;
 
@@ -79,6 +81,9 @@ struct Inner {
     /// The queue settings as the workers of this process on this queue see them: a pause
     /// or a limit set through this queue applies to them at once, not at their next read.
     local_states: std::sync::RwLock<Vec<QueueStates>>,
+    /// Ends of jobs to settle (batches to finish, waiting jobs to release): recorded by
+    /// the workers on this queue, settled by their maintenance thread.
+    ends: Arc<crate::runtime::ends::Ends>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +185,7 @@ impl JobQueue {
                 server: tokio::sync::OnceCell::new(),
                 intakes: std::sync::RwLock::default(),
                 local_states: std::sync::RwLock::default(),
+                ends: Arc::default(),
             }),
         }
     }
@@ -187,6 +193,11 @@ impl JobQueue {
     /// The log of a queue without a database ([`TestQueue::new`](crate::testing::TestQueue::new)).
     pub(crate) fn memory(&self) -> Option<&Arc<memory::Log>> {
         self.inner.memory.as_ref()
+    }
+
+    /// The ends of jobs that the workers on this queue record and their settler settles.
+    pub(crate) fn ends(&self) -> &Arc<crate::runtime::ends::Ends> {
+        &self.inner.ends
     }
 
     /// Wakes this process's workers and an idle worker process elsewhere, e.g. after
@@ -313,7 +324,7 @@ impl JobQueue {
     pub(crate) async fn insert(&self, job: NewJob) -> Result<u64> {
         let job = self.validate(job)?;
         if let Some(log) = self.memory() {
-            return Ok(log.record(job));
+            return log.record_unlinked(job);
         }
         let limit = self.inner.dispatch_timeout;
         let ticket = Arc::new(Ticket::default());
@@ -331,6 +342,10 @@ impl JobQueue {
 
     async fn insert_valid(&self, job: NewJob, ticket: Arc<Ticket>) -> Result<u64> {
         self.check_ready().await?;
+        if job.is_linked() {
+            ticket.mark_sent();
+            return self.insert_linked(job).await;
+        }
         let (name, queue_name) = (job.name, job.queue.clone());
         let reservation = self.reserve(&job);
         let handed = reservation.is_some();
@@ -400,6 +415,8 @@ impl JobQueue {
             trace: crate::trace::current(),
             tags: Vec::new(),
             meta: None,
+            batch: None,
+            after: None,
         })
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::ends::Ends;
 use super::ledger::Ledger;
 pub(crate) use super::report::{EventHook, Report};
 use crate::backoff::Doubling;
@@ -28,11 +29,28 @@ pub(crate) struct Finished {
     /// The job's flow key: its end may let parked jobs of the key start, and a rate limit
     /// it reports pauses the key.
     flow: Option<HeldFlow>,
+    /// The job's batch: its end may finish the batch.
+    batch: Option<u64>,
 }
 
 impl Finished {
-    pub(crate) fn new(token: u64, event: JobEvent, flow: Option<HeldFlow>) -> Finished {
-        Finished { token, event, flow }
+    pub(crate) fn new(
+        token: u64,
+        event: JobEvent,
+        flow: Option<HeldFlow>,
+        batch: Option<u64>,
+    ) -> Finished {
+        Finished {
+            token,
+            event,
+            flow,
+            batch,
+        }
+    }
+
+    /// The job's id and batch, for [`Ends::record`].
+    fn end(&self) -> (u64, Option<u64>) {
+        (self.event.id, self.batch)
     }
 
     /// The key whose slot this run held, if its key has a concurrency limit.
@@ -100,6 +118,7 @@ pub(crate) fn record_written(
     report: &mut Report,
     hook: &Option<EventHook>,
     ledger: &Ledger,
+    ends: &Ends,
 ) {
     let written: HashSet<u64> = written.iter().copied().collect();
     for f in &done {
@@ -110,6 +129,7 @@ pub(crate) fn record_written(
         .partition(|f| written.contains(&f.event.id));
     report.processed += ours.len() as u64;
     report.lost += lost.len() as u64;
+    ends.record(ours.iter().map(Finished::end));
     if !lost.is_empty() {
         tracing::warn!(target: "lightjobs::completer", lost = lost.len(), "completed jobs were no longer ours");
     }
@@ -155,6 +175,8 @@ pub(crate) struct Completer {
     /// Claims are settled here once their result is written.
     ledger: Rc<Ledger>,
     left_behind: LeftBehind,
+    /// Where the ends it writes go, for the settler.
+    ends: Arc<Ends>,
 }
 
 impl Completer {
@@ -165,6 +187,7 @@ impl Completer {
         give_up: CancellationToken,
         ledger: Rc<Ledger>,
         left_behind: LeftBehind,
+        ends: Arc<Ends>,
     ) -> Completer {
         Completer {
             store,
@@ -174,6 +197,7 @@ impl Completer {
             report: Rc::new(Cell::new(Report::default())),
             ledger,
             left_behind,
+            ends,
         }
     }
 
@@ -337,7 +361,7 @@ impl Completer {
         let held: Vec<Held> = done.iter().map(Finished::held).collect();
         match self.store.mark_completed(&held).await {
             Ok(ids) => {
-                record_written(done, &ids, report, &self.hook, &self.ledger);
+                record_written(done, &ids, report, &self.hook, &self.ledger, &self.ends);
                 Ok(())
             }
             Err(error) => Err((done.into_iter().map(Command::Write).collect(), error)),
@@ -400,8 +424,14 @@ impl Completer {
         match written {
             Guarded::Applied => {
                 match f.event.outcome {
-                    JobOutcome::Failed { .. } => report.failed += 1,
-                    JobOutcome::Cancelled => report.cancelled += 1,
+                    JobOutcome::Failed { .. } => {
+                        report.failed += 1;
+                        self.ends.record([f.end()]);
+                    }
+                    JobOutcome::Cancelled => {
+                        report.cancelled += 1;
+                        self.ends.record([f.end()]);
+                    }
                     JobOutcome::Snoozed { .. } | JobOutcome::Throttled { .. } => {
                         report.snoozed += 1
                     }

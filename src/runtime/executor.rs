@@ -98,6 +98,7 @@ impl Executor {
                 outcome,
             },
             job.flow.clone(),
+            job.batch,
         )
     }
 
@@ -129,6 +130,8 @@ impl Executor {
                 .meta
                 .as_deref()
                 .and_then(|m| serde_json::from_str(m).ok()),
+            batch: job.batch,
+            after_batch: job.after_batch,
         };
         let timeout = entry.timeout.unwrap_or(self.default_timeout);
         // Decoding runs user code (serde impls) too, so it is inside the panic guard.
@@ -261,6 +264,8 @@ mod tests {
             trace_parent: None,
             tags: Vec::new(),
             meta: None,
+            batch: None,
+            after_batch: None,
             defect: None,
         }
     }

@@ -221,6 +221,8 @@ impl Reservation {
                 trace_parent: job.trace,
                 tags: job.tags,
                 meta: job.meta,
+                batch: job.batch,
+                after_batch: None,
                 defect: None,
             },
             permits,

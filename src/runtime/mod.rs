@@ -21,6 +21,7 @@
 
 mod canceller;
 pub(crate) mod completer;
+pub(crate) mod ends;
 pub(crate) mod executor;
 pub(crate) mod fence;
 mod fetcher;
@@ -94,6 +95,12 @@ pub(crate) struct Parts {
 }
 
 impl Settings {
+    /// Whether dispatches may hand jobs over: batch modes count and stop on what they
+    /// claim, so they take none.
+    fn takes_handoffs(&self) -> bool {
+        self.local_handoff && !self.stop_when_empty && self.max_jobs.is_none()
+    }
+
     /// A semaphore per queue with a limit in this process.
     fn queue_slots(&self) -> HashMap<String, Arc<Semaphore>> {
         self.queue_limits
@@ -137,6 +144,9 @@ struct Shared {
     /// Asks the reconciler for a pass: notified by the fetch loop, the runs, the handoff
     /// and the fence watch.
     reconcile: Arc<Notify>,
+    /// Ends of jobs for the settler: recorded by the fetch loop and the completer once
+    /// written; taken by the maintenance thread.
+    ends: Arc<ends::Ends>,
 }
 
 /// A runtime built and not yet running.
@@ -166,6 +176,7 @@ impl Runtime {
         let give_up = CancellationToken::new();
         let ledger = Rc::new(Ledger::default());
         let (commands, rx) = mpsc::unbounded_channel();
+        let ends = parts.jobs.ends().clone();
         let completer = Completer::new(
             parts.store.clone(),
             settings.worker_id.clone(),
@@ -173,14 +184,12 @@ impl Runtime {
             give_up.clone(),
             ledger.clone(),
             parts.left_behind,
+            ends.clone(),
         );
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let queue_slots = settings.queue_slots();
         let reconcile = Arc::new(Notify::new());
-        // Batch modes count and stop on what they claim, so they take no handoffs.
-        let takes_handoffs =
-            settings.local_handoff && !settings.stop_when_empty && settings.max_jobs.is_none();
-        let (intake, handoffs) = if takes_handoffs {
+        let (intake, handoffs) = if settings.takes_handoffs() {
             let (intake, rx) = Intake::new(IntakeParts {
                 worker_id: settings.worker_id.clone(),
                 queues: settings.queues.clone(),
@@ -220,6 +229,7 @@ impl Runtime {
             intake,
             fence: parts.fence,
             reconcile,
+            ends,
         });
         Runtime {
             settings: Rc::new(settings),

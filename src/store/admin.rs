@@ -24,7 +24,8 @@ pub(super) const RECORD_SELECT: &str =
     "SELECT id, name, queue, status, attempts, max_attempts, last_error, \
      payload, DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), \
      DATE_FORMAT(scheduled_at, '%Y-%m-%d %H:%i:%s.%f'), \
-     DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f'), tags, meta, output FROM jobs";
+     DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f'), tags, meta, output, \
+     batch_id, after_job, after_batch FROM jobs";
 
 /// A row of [`RECORD_SELECT`], decoded value by value and never refused: the operator
 /// must be able to look at a row another program wrote badly. Text that is not UTF-8 is
@@ -52,6 +53,9 @@ impl FromRow for JobRecord {
             tags: split_tags(text(11).as_deref()),
             meta: text(12),
             output: text(13),
+            batch: row.take_opt(14).and_then(|v| v.ok()),
+            after_job: row.take_opt(15).and_then(|v| v.ok()),
+            after_batch: row.take_opt(16).and_then(|v| v.ok()),
         })
     }
 }

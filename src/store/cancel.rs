@@ -1,4 +1,4 @@
-//! Cancelling: a waiting job is cancelled at once; a running one gets a request
+//! Cancelling: a waiting job (pending, scheduled, blocked, awaiting) is cancelled at once; a running one gets a request
 //! (`cancel_requested_at`) that the process running it reads and acts on, and that turns
 //! every give-back of the row (a retry, a snooze, a release, a rescue) into `cancelled`.
 
@@ -21,22 +21,14 @@ pub(super) fn back_unless_cancelled(waiting: &str) -> String {
 }
 
 impl Store {
-    /// Cancels a job: a waiting one (`pending`, `scheduled`, `blocked`) becomes
+    /// Cancels a job: a waiting one (`pending`, `scheduled`, `blocked`, `awaiting`) becomes
     /// `cancelled`; a running one gets a cancel request, which its process acts on. One
     /// statement, so a row that moves between the two meanwhile is never missed. True
     /// when either happened (false: finished, unknown, or already requested).
     pub(crate) async fn cancel_job(&self, id: u64) -> Result<bool> {
         // MariaDB and MySQL assign left to right, each expression seeing the columns as
         // already set: `status` goes last so the others still see the old one.
-        let waiting = concat!(
-            "status IN (",
-            st!(pending),
-            ", ",
-            st!(scheduled),
-            ", ",
-            st!(blocked),
-            ")"
-        );
+        let waiting = concat!("status IN (", waiting_list!(), ")");
         let sql = format!(
             concat!(
                 "UPDATE jobs SET \

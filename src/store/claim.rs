@@ -30,8 +30,8 @@ pub fn claim_sql_for(queue: &str, limit: usize, names: &[&str]) -> String {
         concat!(
             "SELECT id, name, payload, attempts, max_attempts, \
          GREATEST(TIMESTAMPDIFF(MICROSECOND, scheduled_at, UTC_TIMESTAMP(6)), 0), \
-         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent, tags, meta \
-         FROM jobs FORCE INDEX (jobs_claim) \
+         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent, tags, meta, \
+         batch_id, after_batch FROM jobs FORCE INDEX (jobs_claim) \
          WHERE queue = {} AND status = ",
             st!(pending),
             "{only} \
@@ -354,6 +354,8 @@ struct ClaimRow {
     trace_parent: Option<String>,
     tags: Vec<String>,
     meta: Option<String>,
+    batch: Option<u64>,
+    after_batch: Option<u64>,
     defect: Option<String>,
 }
 
@@ -383,6 +385,8 @@ impl ClaimRow {
         let trace_parent = row.take_opt(10).and_then(|v| v.ok());
         let tags: Option<String> = row.take_opt(11).and_then(|v| v.ok());
         let meta = row.take_opt(12).and_then(|v| v.ok());
+        let batch = row.take_opt(13).and_then(|v| v.ok());
+        let after_batch = row.take_opt(14).and_then(|v| v.ok());
         if attempts >= max_attempts {
             note(format!(
                 "`attempts` ({attempts}) is not below `max_attempts` ({max_attempts}): no \
@@ -400,6 +404,8 @@ impl ClaimRow {
             trace_parent,
             tags: split_tags(tags.as_deref()),
             meta,
+            batch,
+            after_batch,
             defect,
         })
     }
@@ -424,6 +430,8 @@ impl ClaimRow {
             trace_parent: self.trace_parent,
             tags: self.tags,
             meta: self.meta,
+            batch: self.batch,
+            after_batch: self.after_batch,
             defect: self.defect,
         }
     }

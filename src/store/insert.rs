@@ -12,22 +12,27 @@ pub(super) const RACE_RETRY_FOR: Duration = Duration::from_secs(5);
 macro_rules! job_columns {
     () => {
         "name, payload, status, queue, priority, max_attempts, scheduled_at, created_at, \
-         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent, tags, meta"
+         flow_key, flow_concurrency, flow_rate, flow_window_ms, trace_parent, tags, meta, \
+         batch_id, after_job, after_batch, after_outcome"
     };
 }
 
 pub(super) const INSERT_SQL: &str = concat!("INSERT INTO jobs (", job_columns!(), ") VALUES");
 
-/// One row: a job due now is `pending`, one for later `scheduled`, decided by the
-/// database's clock (UTC_TIMESTAMP is fixed for the whole statement).
+/// One row: a job that waits for another is `awaiting`; one due now is `pending`, one for
+/// later `scheduled`, decided by the database's clock (UTC_TIMESTAMP is fixed for the whole
+/// statement).
 pub(super) const INSERT_ROW: &str = concat!(
-    "(?, ?, IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
+    "(?, ?, IF(? IS NOT NULL, ",
+    st!(awaiting),
+    ", IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
      > UTC_TIMESTAMP(6), ",
     st!(scheduled),
     ", ",
     st!(pending),
-    "), ?, ?, ?, \
-     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, ?, ?)"
+    ")), ?, ?, ?, \
+     COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), UTC_TIMESTAMP(6), \
+     ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 );
 
 /// [`INSERT_SQL`] with the columns of a claim, for batches with rows inserted already
@@ -44,14 +49,17 @@ const INSERT_CLAIMABLE_SQL: &str = concat!(
 const CLAIMABLE_ROW: &str = concat!(
     "(?, ?, IF(? IS NOT NULL, ",
     st!(running),
+    ", IF(? IS NOT NULL, ",
+    st!(awaiting),
     ", \
      IF(COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) > UTC_TIMESTAMP(6), ",
     st!(scheduled),
     ", \
      ",
     st!(pending),
-    ")), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
-     UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, ?, ?, IF(? IS NOT NULL, 1, 0), ?, IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
+    "))), ?, ?, ?, COALESCE(?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND), \
+     UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, IF(? IS NOT NULL, 1, 0), ?, \
+     IF(? IS NOT NULL, UTC_TIMESTAMP(6), NULL), ?)"
 );
 
 /// How a multi-row INSERT learns the ids of its rows.
@@ -91,9 +99,16 @@ impl NewJob {
     fn params(&self) -> Result<Vec<Value>> {
         let (delay, at) = self.when.params()?;
         let flow = self.flow.as_ref();
+        let waits = self.after.map(|a| a.when.as_str());
+        let (after_job, after_batch) = match self.after.map(|a| a.upstream) {
+            Some(Upstream::Job(id)) => (Some(id), None),
+            Some(Upstream::Batch(id)) => (None, Some(id)),
+            None => (None, None),
+        };
         Ok(vec![
             self.name.into(),
             self.payload.as_str().into(),
+            waits.into(),
             at.clone(),
             delay.into(),
             self.queue.as_str().into(),
@@ -108,6 +123,10 @@ impl NewJob {
             self.trace.as_deref().into(),
             join_tags(&self.tags).into(),
             self.meta.as_deref().into(),
+            self.batch.into(),
+            after_job.into(),
+            after_batch.into(),
+            waits.into(),
         ])
     }
 }
@@ -122,6 +141,38 @@ pub(super) async fn insert_one<Q: Queryable>(
     let id = result.last_insert_id();
     result.drop_result().await?;
     id.ok_or_else(|| Error::UnexpectedReply("INSERT INTO jobs returned no id".into()))
+}
+
+/// Inserts `job` in a transaction on `conn`; a deadlock or lock wait timeout (dispatches racing
+/// for one key or one row) refused the whole transaction, so it is run again, for up to
+/// [`RACE_RETRY_FOR`].
+/// `linked`: through [`Store::insert_linked`], else [`Store::insert_job`].
+async fn in_transaction_retrying(conn: &mut Conn, job: &NewJob, linked: bool) -> Result<u64> {
+    let started = std::time::Instant::now();
+    let mut pause = Doubling::new(Duration::from_millis(5), Duration::from_millis(200));
+    loop {
+        let attempt: Result<u64> = async {
+            conn.query_drop("START TRANSACTION").await?;
+            let value = if linked {
+                Store::insert_linked(conn, job).await?
+            } else {
+                Store::insert_job(conn, job).await?
+            };
+            conn.query_drop("COMMIT").await?;
+            Ok(value)
+        }
+        .await;
+        match attempt {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                if !error.is_lock_conflict() || started.elapsed() >= RACE_RETRY_FOR {
+                    return Err(error);
+                }
+                tokio::time::sleep(pause.next_jittered(fastrand::f64())).await;
+            }
+        }
+    }
 }
 
 impl Store {
@@ -188,27 +239,14 @@ impl Store {
         if job.unique.is_none() {
             return Self::insert_job(conn, job).await;
         }
-        let started = std::time::Instant::now();
-        let mut pause = Doubling::new(Duration::from_millis(5), Duration::from_millis(200));
-        loop {
-            let attempt: Result<u64> = async {
-                conn.query_drop("START TRANSACTION").await?;
-                let id = Self::insert_job(conn, job).await?;
-                conn.query_drop("COMMIT").await?;
-                Ok(id)
-            }
-            .await;
-            match attempt {
-                Ok(id) => return Ok(id),
-                Err(error) => {
-                    let _ = conn.query_drop("ROLLBACK").await;
-                    if !error.is_lock_conflict() || started.elapsed() >= RACE_RETRY_FOR {
-                        return Err(error);
-                    }
-                    tokio::time::sleep(pause.next_jittered(fastrand::f64())).await;
-                }
-            }
-        }
+        in_transaction_retrying(conn, job, false).await
+    }
+
+    /// Inserts a job that joins a batch or waits for something
+    /// ([`insert_linked`](Self::insert_linked)) in a transaction of ours, run again after
+    /// a lock conflict like a unique dispatch.
+    pub(crate) async fn insert_linked_own(conn: &mut Conn, job: &NewJob) -> Result<u64> {
+        in_transaction_retrying(conn, job, true).await
     }
 
     /// Inserts one job already claimed by `worker` (the in-process handoff): `running`, its
@@ -232,7 +270,7 @@ impl Store {
     /// Inserts many jobs, 1,000 rows per statement, all in one transaction; returns their
     /// ids in order.
     pub(crate) async fn insert_jobs(&self, jobs: &[NewJob], ids: NewIds) -> Result<Vec<u64>> {
-        // A prepared statement takes at most 65,535 placeholders (13 per row).
+        // A prepared statement takes at most 65,535 placeholders (21 per row).
         const ROWS_PER_STATEMENT: usize = 1000;
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -265,9 +303,9 @@ impl Store {
     ) -> Result<Vec<u64>> {
         let claimed = claims.iter().any(Option::is_some);
         let (head, row, per_row) = if claimed {
-            (INSERT_CLAIMABLE_SQL, CLAIMABLE_ROW, 18)
+            (INSERT_CLAIMABLE_SQL, CLAIMABLE_ROW, 26)
         } else {
-            (INSERT_SQL, INSERT_ROW, 13)
+            (INSERT_SQL, INSERT_ROW, 21)
         };
         let mut sql = String::from(head);
         let mut params: Vec<Value> = Vec::with_capacity(jobs.len() * per_row);

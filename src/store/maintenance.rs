@@ -200,7 +200,25 @@ impl Store {
                 }
             }
         }
-        Ok(total)
+        Ok(total + self.prune_batches(processed_age, batch).await?)
+    }
+
+    /// Deletes batches finished more than `age` ago none of whose jobs are left (its
+    /// failed jobs keep it while they are kept).
+    async fn prune_batches(&self, age: Duration, batch: u64) -> Result<u64> {
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(
+                    "DELETE FROM lightjobs_batches WHERE finished_at IS NOT NULL \
+                     AND finished_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+                     AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.batch_id = lightjobs_batches.id) \
+                     ORDER BY finished_at LIMIT ?",
+                    (micros(age), batch),
+                )
+                .await?;
+                Ok(conn.affected_rows())
+            })
+            .await
     }
 
     /// Deletes up to `batch` rows of `status` finished more than `age` ago; returns how

@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 use crate::nodes::Nodes;
 
 mod admin;
+mod after;
+mod batches;
 mod cancel;
 mod claim;
 mod complete;
@@ -21,6 +23,7 @@ mod counts;
 mod flow;
 pub use admin::list_sql;
 pub(crate) use admin::WaitingRow;
+pub use batches::{BatchOutcome, BatchState};
 pub use counts::counting_sql;
 mod insert;
 mod leases;
@@ -45,7 +48,7 @@ pub(crate) use queues::QueueSetting;
 pub(crate) use sql::*;
 #[cfg(any(feature = "cli", feature = "dashboard"))]
 pub(crate) use status::JOB_STATUSES;
-pub(crate) use status::{st, Status};
+pub(crate) use status::{st, waiting_list, Status};
 pub(crate) use wake::{Registered, Waited};
 
 /// What the server is, as read when a queue first checks it.
@@ -87,6 +90,55 @@ pub(crate) struct NewJob {
     pub tags: Vec<String>,
     /// Its metadata object, as JSON.
     pub meta: Option<String>,
+    /// The batch it joins.
+    pub batch: Option<u64>,
+    /// What it waits for before it may run.
+    pub after: Option<After>,
+}
+
+impl NewJob {
+    /// Whether it joins a batch or waits for something: inserted by
+    /// [`Store::insert_linked`], never handed over or combined.
+    pub(crate) fn is_linked(&self) -> bool {
+        self.batch.is_some() || self.after.is_some()
+    }
+}
+
+/// What a job waits for ([`Status::Awaiting`] until it has finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct After {
+    pub upstream: Upstream,
+    pub when: AfterOutcome,
+}
+
+/// A job or a batch another job waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    Job(u64),
+    Batch(u64),
+}
+
+/// Which ends of what it waits for let a waiting job run; at the others it ends
+/// `cancelled`, saying why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterOutcome {
+    /// It succeeded (a job `processed`, a batch whose jobs all were).
+    Success,
+    /// It did not (a job `failed` or `cancelled`, a batch with such a job).
+    Failure,
+    /// Either.
+    Complete,
+}
+
+impl AfterOutcome {
+    /// As stored in `jobs.after_outcome`.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            AfterOutcome::Success => "success",
+            AfterOutcome::Failure => "failure",
+            AfterOutcome::Complete => "complete",
+        }
+    }
 }
 
 /// When a new job becomes ready.
@@ -125,6 +177,10 @@ pub struct ClaimedJob {
     pub tags: Vec<String>,
     /// Its metadata object, as JSON.
     pub meta: Option<String>,
+    /// The batch it belongs to.
+    pub batch: Option<u64>,
+    /// The batch it waited for (a batch callback).
+    pub after_batch: Option<u64>,
     /// Why the row cannot be run as it is (a value another program wrote that does not
     /// decode, no attempt left): the run fails at once with this, naming the column.
     pub defect: Option<String>,
@@ -171,6 +227,13 @@ pub struct JobRecord {
     /// What a run recorded with [`JobContext::record_output`](crate::JobContext::record_output),
     /// as JSON text.
     pub output: Option<String>,
+    /// The batch it belongs to.
+    pub batch: Option<u64>,
+    /// The job it waits (or waited) for.
+    pub after_job: Option<u64>,
+    /// The batch it waits (or waited) for: a batch callback, or a job dispatched with
+    /// [`Dispatch::after_batch`](crate::Dispatch::after_batch).
+    pub after_batch: Option<u64>,
 }
 
 /// What a worker process registers about itself.

@@ -16,6 +16,9 @@ pub(crate) enum Status {
     /// Due, but its flow key is at a limit: waits out of the claim's way until the key
     /// has room (see [`Flow`](crate::Flow)).
     Blocked,
+    /// Waits for a job or a batch to finish ([`Dispatch::after`](crate::Dispatch::after),
+    /// batch callbacks): out of the claim's way until then.
+    Awaiting,
     /// Claimed by a worker process.
     Running,
     /// Ran to success.
@@ -29,10 +32,11 @@ pub(crate) enum Status {
 impl Status {
     /// Every status, in the order a job passes through them.
     #[cfg_attr(not(any(feature = "cli", feature = "dashboard")), allow(dead_code))]
-    pub(crate) const ALL: [Status; 7] = [
+    pub(crate) const ALL: [Status; 8] = [
         Status::Pending,
         Status::Blocked,
         Status::Scheduled,
+        Status::Awaiting,
         Status::Running,
         Status::Processed,
         Status::Failed,
@@ -44,6 +48,7 @@ impl Status {
             Status::Scheduled => "scheduled",
             Status::Pending => "pending",
             Status::Blocked => "blocked",
+            Status::Awaiting => "awaiting",
             Status::Running => "running",
             Status::Processed => "processed",
             Status::Failed => "failed",
@@ -65,7 +70,7 @@ impl Status {
 
 /// The names of [`Status::ALL`], for tools that take a status as text.
 #[cfg(any(feature = "cli", feature = "dashboard"))]
-pub(crate) const JOB_STATUSES: [&str; 7] = {
+pub(crate) const JOB_STATUSES: [&str; 8] = {
     let all = Status::ALL;
     [
         all[0].as_str(),
@@ -75,6 +80,7 @@ pub(crate) const JOB_STATUSES: [&str; 7] = {
         all[4].as_str(),
         all[5].as_str(),
         all[6].as_str(),
+        all[7].as_str(),
     ]
 };
 
@@ -96,6 +102,9 @@ macro_rules! st {
     (blocked) => {
         "'blocked'"
     };
+    (awaiting) => {
+        "'awaiting'"
+    };
     (running) => {
         "'running'"
     };
@@ -111,6 +120,23 @@ macro_rules! st {
 }
 pub(crate) use st;
 
+/// The statuses of a job that waits to run (not yet claimed, not finished), as an SQL
+/// list for `status IN (…)`.
+macro_rules! waiting_list {
+    () => {
+        concat!(
+            st!(pending),
+            ", ",
+            st!(scheduled),
+            ", ",
+            st!(blocked),
+            ", ",
+            st!(awaiting)
+        )
+    };
+}
+pub(crate) use waiting_list;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +147,7 @@ mod tests {
             (Status::Scheduled, st!(scheduled)),
             (Status::Pending, st!(pending)),
             (Status::Blocked, st!(blocked)),
+            (Status::Awaiting, st!(awaiting)),
             (Status::Running, st!(running)),
             (Status::Processed, st!(processed)),
             (Status::Failed, st!(failed)),

@@ -149,6 +149,8 @@ impl TestQueue {
                 trace_parent: row.job.trace,
                 tags: row.job.tags,
                 meta: row.job.meta,
+                batch: row.job.batch,
+                after_batch: None,
                 defect: None,
             };
             let finished = executor.run(&job, &RunSignals::default()).await;

@@ -863,3 +863,35 @@ async fn show_prints_a_job_with_its_tags_and_metadata() {
     );
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn batch_prints_a_batch_and_its_progress() {
+    let db = TestDb::new("cli_batch").await;
+    let queue = db.migrated().await;
+    let batch = queue
+        .batch()
+        .description("welcome mails")
+        .jobs([mail("a@example.com"), mail("b@example.com")])
+        .dispatch()
+        .await
+        .unwrap();
+    assert!(queue.cancel(batch.jobs[1]).await.unwrap());
+    let ran = lightjobs(&db, &["batch", &batch.id.to_string()]);
+    ran.assert_success();
+    let state: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(state["id"], batch.id);
+    assert_eq!(state["description"], "welcome mails");
+    assert_eq!(
+        (&state["pending"], &state["cancelled"]),
+        (&1.into(), &1.into())
+    );
+    assert_eq!(state["outcome"], serde_json::Value::Null);
+    let ran = lightjobs(&db, &["batch", "424242"]);
+    ran.assert_failure();
+    assert!(
+        ran.stderr.contains("batch 424242 does not exist"),
+        "{}",
+        ran.stderr
+    );
+    db.drop_db().await;
+}

@@ -241,18 +241,19 @@ async fn the_page_lists_queues_counts_paused_state_and_failed_jobs() {
     let app = actix_test::init_service(App::new().service(admin_dashboard().queue(queue))).await;
     let (_, html) = load_page(&app).await;
 
-    // pending, blocked, scheduled, running, processed, failed, cancelled; state; button.
+    // pending, blocked, scheduled, awaiting, running, processed, failed, cancelled; state;
+    // button.
     assert_eq!(
         row_cells(&html, "><td>default</td>"),
-        ["default", "0", "0", "0", "0", "1", "1", "0", "active", "Pause"]
+        ["default", "0", "0", "0", "0", "0", "1", "1", "0", "active", "Pause"]
     );
     assert_eq!(
         row_cells(&html, "><td>mail</td>"),
-        ["mail", "1", "0", "1", "0", "0", "0", "0", "active", "Pause"]
+        ["mail", "1", "0", "1", "0", "0", "0", "0", "0", "active", "Pause"]
     );
     assert_eq!(
         row_cells(&html, "><td>reports</td>"),
-        ["reports", "0", "0", "0", "0", "0", "0", "0", "paused", "Resume"]
+        ["reports", "0", "0", "0", "0", "0", "0", "0", "0", "paused", "Resume"]
     );
 
     let cells = row_cells(&html, &format!(" id=\"job-{failed}\">"));
@@ -590,7 +591,7 @@ async fn buttons_pause_and_resume_a_queue() {
     assert_eq!(queue.paused_queues().await.unwrap(), [queue_name]);
     let (_, html) = load_page(&app).await;
     assert_eq!(
-        row_cells(&html, "><td>mail &amp; more</td>")[8..],
+        row_cells(&html, "><td>mail &amp; more</td>")[9..],
         ["paused", "Resume"]
     );
 
@@ -925,5 +926,55 @@ async fn the_demo_shows_its_dashboard_and_metrics_to_this_machine_only() {
         "the demo stops cleanly on Ctrl-C: {status}"
     );
     assert_eq!(db.count("running").await, 0);
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn batches_show_their_progress_and_waiting_jobs_what_they_wait_for() {
+    let db = TestDb::new("dash_batches").await;
+    let queue = db.migrated().await;
+    let record = |tag: &str| Record { tag: tag.into() };
+    let batch = queue
+        .batch()
+        .description("nightly <export>")
+        .jobs([record("a"), record("b"), record("c")])
+        .on_success(record("done"))
+        .dispatch()
+        .await
+        .unwrap();
+    let first = queue.dispatch(record("first")).await.unwrap();
+    let then = queue.dispatch(record("then")).after(first).await.unwrap();
+    let app =
+        actix_test::init_service(App::new().service(admin_dashboard().queue(queue.clone()))).await;
+    let (token, html) = load_page(&app).await;
+    // id, description (escaped), done/total, running, failed, state, created, finished.
+    let cells = row_cells(&html, &format!(" id=\"batch-{}\">", batch.id));
+    assert_eq!(
+        cells[..6],
+        [
+            batch.id.to_string(),
+            "nightly &lt;export&gt;".into(),
+            "0/3".into(),
+            "0".into(),
+            "0".into(),
+            "running".into()
+        ]
+    );
+    // A batch's callback and a job after another wait, saying for what, and can be cancelled.
+    let cells = row_cells(&html, &format!(" id=\"job-{then}\">"));
+    assert_eq!(
+        (cells[4].as_str(), cells[6].as_str()),
+        (format!("job {first}").as_str(), "Cancel")
+    );
+    let callback = row_cells(&html, &format!(" id=\"job-{}\">", batch.callbacks[0]));
+    assert_eq!(callback[4], format!("batch {}", batch.id));
+    let then_text = then.to_string();
+    let resp = actix_test::call_service(
+        &app,
+        button(&token, &[("action", "cancel"), ("id", &then_text)]).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(queue.find(then).await.unwrap().unwrap().status, "cancelled");
     db.drop_db().await;
 }

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod batches;
 mod cancel;
 mod cli;
 mod connections;

@@ -25,6 +25,7 @@ impl Fetcher {
             &mut delta,
             &self.shared.hook,
             &self.shared.ledger,
+            &self.shared.ends,
         );
         let report = &self.shared.report;
         report.set(report.get() + delta);
