@@ -175,6 +175,8 @@ struct Outcome {
     id: Option<u64>,
     n: Option<u64>,
     queue: Option<String>,
+    /// Show only the jobs with this tag.
+    tag: Option<String>,
 }
 
 /// A button's form.
@@ -199,8 +201,9 @@ async fn show(
         Some(token) => token.to_owned(),
         None => new_csrf_token()?,
     };
-    let snapshot = page::Snapshot::load(&queue).await?;
     let outcome = outcome.map(web::Query::into_inner).unwrap_or_default();
+    let tag = outcome.tag.as_deref().filter(|t| !t.is_empty());
+    let snapshot = page::Snapshot::load(&queue, tag).await?;
     let html = page::render(&snapshot, &token, &page::notice(&outcome));
     let mut response = HttpResponse::Ok();
     response

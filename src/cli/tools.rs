@@ -51,6 +51,9 @@ pub(super) enum Tool {
         /// Only this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// Only jobs with this tag.
+        #[arg(long)]
+        tag: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u64,
@@ -106,8 +109,17 @@ pub(super) async fn run(queue: &JobQueue, tool: Tool) -> crate::Result<()> {
         Tool::List {
             status,
             queue: q,
+            tag,
             limit,
-        } => list(queue, status.as_deref(), q.as_deref(), limit).await,
+        } => {
+            list(
+                queue,
+                status.as_deref(),
+                (q.as_deref(), tag.as_deref()),
+                limit,
+            )
+            .await
+        }
         Tool::Show { id } => {
             let job = queue.find(id).await?.ok_or_else(|| no_job(id, "known"))?;
             println!("{}", serde_json::to_string_pretty(&job)?);
@@ -228,7 +240,7 @@ async fn stats(queue: &JobQueue) -> crate::Result<()> {
 async fn list(
     queue: &JobQueue,
     status: Option<&str>,
-    q: Option<&str>,
+    (q, tag): (Option<&str>, Option<&str>),
     limit: u64,
 ) -> crate::Result<()> {
     let statuses = match status {
@@ -237,7 +249,8 @@ async fn list(
     };
     let mut jobs = Vec::new();
     for status in statuses {
-        jobs.extend(queue.list(status, q, limit).await?);
+        let page = queue.list_filtered(status, q, tag, limit, None).await?;
+        jobs.extend(page.jobs);
     }
     // Newest first across statuses too, as `list` orders each one.
     jobs.sort_by_key(|job| std::cmp::Reverse(job.id));
@@ -247,7 +260,9 @@ async fn list(
     }
     for j in jobs {
         let when = match Status::parse(&j.status) {
-            Some(Status::Pending | Status::Scheduled | Status::Running) => Some(j.scheduled_at),
+            Some(Status::Pending | Status::Scheduled | Status::Awaiting | Status::Running) => {
+                Some(j.scheduled_at)
+            }
             _ => j.finished_at,
         };
         println!(

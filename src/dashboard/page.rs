@@ -31,11 +31,17 @@ pub(super) struct Snapshot {
     batches: Vec<crate::BatchState>,
     /// Running, pending, scheduled, awaiting and processed jobs, in that order.
     recent: [(Status, Vec<JobRecord>); 5],
+    /// The tag the job lists are filtered by.
+    tag: Option<String>,
 }
 
 impl Snapshot {
-    pub(super) async fn load(queue: &JobQueue) -> crate::Result<Snapshot> {
-        let recent = |status: Status| queue.list(status.as_str(), None, RECENT_SHOWN);
+    pub(super) async fn load(queue: &JobQueue, tag: Option<&str>) -> crate::Result<Snapshot> {
+        let list = |status: Status, most: u64| async move {
+            let page = queue.list_filtered(status.as_str(), None, tag, most, None);
+            Ok::<_, crate::Error>(page.await?.jobs)
+        };
+        let recent = |status: Status| list(status, RECENT_SHOWN);
         let (
             (counts, paused, flow, batches),
             failed,
@@ -51,7 +57,7 @@ impl Snapshot {
                 queue.flow_keys(FLOW_SHOWN),
                 queue.recent_batches(BATCHES_SHOWN)
             ),
-            queue.list(Status::Failed.as_str(), None, FAILED_SHOWN),
+            list(Status::Failed, FAILED_SHOWN),
             recent(Status::Running),
             recent(Status::Pending),
             recent(Status::Scheduled),
@@ -71,6 +77,7 @@ impl Snapshot {
                 (Status::Awaiting, awaiting),
                 (Status::Processed, processed),
             ],
+            tag: tag.map(str::to_owned),
         })
     }
 }
@@ -125,6 +132,20 @@ fn cut(s: &str, max: usize) -> String {
     }
 }
 
+/// `s` percent-encoded for a query string: tags lightjobs wrote need none, but a row
+/// another program wrote may hold anything.
+fn query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"_.:-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// `YYYY-MM-DD HH:MM:SS` of the store's microsecond times.
 fn time(t: Option<&str>) -> &str {
     t.map_or("", |t| t.get(..19).unwrap_or(t))
@@ -171,6 +192,7 @@ fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<Strin
     }
     write_queues(out, s, token)?;
     write_flow(out, &s.flow)?;
+    write_tag_filter(out, s.tag.as_deref())?;
     write_batches(out, &s.batches)?;
     write_failed(out, s, token)?;
     for (status, jobs) in &s.recent {
@@ -212,6 +234,24 @@ fn write_flow(out: &mut String, keys: &[crate::FlowKeyState]) -> fmt::Result {
         )?;
     }
     out.write_str("</tbody></table>")
+}
+
+/// The filter of the job lists by tag: a GET form, and what is filtered now.
+fn write_tag_filter(out: &mut String, tag: Option<&str>) -> fmt::Result {
+    write!(
+        out,
+        "<h2>Jobs</h2><form method=\"get\" id=\"tag-filter\">tag \
+         <input name=\"tag\" value=\"{}\" size=\"24\"> <button>Filter</button></form>",
+        Esc(tag.unwrap_or(""))
+    )?;
+    if let Some(tag) = tag {
+        write!(
+            out,
+            " <span class=\"muted\">only jobs tagged <b>{}</b> · <a href=\"?\">all jobs</a></span>",
+            Esc(tag)
+        )?;
+    }
+    Ok(())
 }
 
 /// The latest batches and their progress.
@@ -450,7 +490,12 @@ fn write_payload(out: &mut String, job: &JobRecord) -> fmt::Result {
         )?;
     }
     for tag in &job.tags {
-        write!(out, " <span class=\"muted\">#{}</span>", Esc(tag))?;
+        write!(
+            out,
+            " <a class=\"muted\" href=\"?tag={}\">#{}</a>",
+            query_value(tag),
+            Esc(tag)
+        )?;
     }
     write!(
         out,
@@ -476,6 +521,12 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&quot;&amp;&#39;)&lt;/script&gt;"
         );
         assert_eq!(Esc("plain é").to_string(), "plain é");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("tenant:42"), "tenant:42");
+        assert_eq!(query_value("a&b \"c\"#é"), "a%26b%20%22c%22%23%C3%A9");
     }
 
     #[test]

@@ -75,12 +75,45 @@ impl JobQueue {
         limit: u64,
         after: Option<&str>,
     ) -> Result<Page> {
+        self.list_filtered(status, queue, None, limit, after).await
+    }
+
+    /// A page of the jobs with `status` that carry `tag` (see [`list_page`](Self::list_page)
+    /// and [`Dispatch::tags`](crate::Dispatch::tags)), newest first. The tag is matched
+    /// within the status's index range, so a rare tag among many retained jobs reads
+    /// those rows until the page is full.
+    pub async fn list_tagged(
+        &self,
+        status: &str,
+        tag: &str,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page> {
+        self.list_filtered(status, None, Some(tag), limit, after)
+            .await
+    }
+
+    /// [`list_page`](Self::list_page) of `queue`, with `tag` (the CLI's `list`).
+    pub(crate) async fn list_filtered(
+        &self,
+        status: &str,
+        queue: Option<&str>,
+        tag: Option<&str>,
+        limit: u64,
+        after: Option<&str>,
+    ) -> Result<Page> {
         let (status, queue) = (status.to_owned(), queue.map(str::to_owned));
-        let after = after.map(str::to_owned);
+        let (tag, after) = (tag.map(str::to_owned), after.map(str::to_owned));
         let (jobs, next) = self
             .on_io(move |store| async move {
                 store
-                    .list_jobs(&status, queue.as_deref(), limit, after.as_deref())
+                    .list_jobs(
+                        &status,
+                        queue.as_deref(),
+                        tag.as_deref(),
+                        limit,
+                        after.as_deref(),
+                    )
                     .await
             })
             .await?;

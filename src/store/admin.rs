@@ -72,8 +72,9 @@ impl FromRow for QueueCount {
 }
 
 /// A page of `status` (see [`Store::list_jobs`]): the statement, in the order of the index
-/// that serves it (parameters: status, queue twice, the cursor's time three times and id,
-/// the limit).
+/// that serves it (parameters: status, queue twice, tag twice, the cursor's time three
+/// times and id, the limit). A tag is matched within the status's range: a page with a
+/// tag reads the rows of the status until it has found its jobs.
 pub fn list_sql(status: &str) -> String {
     let (index, column) = if is_finished(status) {
         ("jobs_finished", "finished_at")
@@ -82,7 +83,7 @@ pub fn list_sql(status: &str) -> String {
     };
     format!(
         "{RECORD_SELECT} FORCE INDEX ({index}) WHERE status = ? AND (? IS NULL OR queue = ?) \
-         AND (? IS NULL OR {column} < ? OR ({column} = ? AND id < ?)) \
+         AND (? IS NULL OR FIND_IN_SET(?, tags) > 0) AND (? IS NULL OR {column} < ? OR ({column} = ? AND id < ?)) \
          ORDER BY {column} DESC, id DESC LIMIT ?"
     )
 }
@@ -127,6 +128,7 @@ impl Store {
         &self,
         status: &str,
         queue: Option<&str>,
+        tag: Option<&str>,
         limit: u64,
         after: Option<&str>,
     ) -> Result<(Vec<JobRecord>, Option<String>)> {
@@ -139,7 +141,10 @@ impl Store {
             .nodes
             .run(async |conn| {
                 Ok(conn
-                    .exec(sql, (status, queue, queue, &at, &at, &at, id, limit))
+                    .exec(
+                        sql,
+                        (status, queue, queue, tag, tag, &at, &at, &at, id, limit),
+                    )
                     .await?)
             })
             .await?;

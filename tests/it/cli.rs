@@ -895,3 +895,33 @@ async fn batch_prints_a_batch_and_its_progress() {
     );
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn list_filters_by_tag() {
+    let db = TestDb::new("cli_list_tag").await;
+    let queue = db.migrated().await;
+    let a = queue
+        .dispatch(mail("a@example.com"))
+        .tags(["tenant:42"])
+        .await
+        .unwrap();
+    queue
+        .dispatch(mail("b@example.com"))
+        .tags(["tenant:7"])
+        .await
+        .unwrap();
+    let c = queue
+        .dispatch(mail("c@example.com"))
+        .tags(["x", "tenant:42"])
+        .await
+        .unwrap();
+    let ran = lightjobs(&db, &["list", "--tag", "tenant:42"]);
+    ran.assert_success();
+    let ids: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(ids, [c.to_string(), a.to_string()], "{}", ran.stdout);
+    db.drop_db().await;
+}

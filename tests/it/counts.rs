@@ -88,7 +88,7 @@ async fn counts_and_lists_read_index_ranges() {
                 "(NULL IS NULL OR queue = NULL)",
                 1,
             )
-            .replacen("?", "NULL", 4)
+            .replacen("?", "NULL", 6)
             .replacen("LIMIT ?", "LIMIT 50", 1);
         let (_, key, extra) = plan(&mut conn, &sql).await;
         assert_eq!(key, index, "{sql}");

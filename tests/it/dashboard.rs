@@ -88,7 +88,7 @@ where
         .expect("lightjobs_csrf=<token>")
         .to_owned();
     let html = body_text(resp).await;
-    if html.contains("<form") {
+    if html.contains("<form method=\"post\"") {
         assert!(
             html.contains(&format!("name=\"csrf\" value=\"{token}\"")),
             "the forms carry the cookie's token"
@@ -976,5 +976,43 @@ async fn batches_show_their_progress_and_waiting_jobs_what_they_wait_for() {
     .await;
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     assert_eq!(queue.find(then).await.unwrap().unwrap().status, "cancelled");
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn the_job_lists_filter_by_tag() {
+    let db = TestDb::new("dash_tag").await;
+    let queue = db.migrated().await;
+    let record = |tag: &str| Record { tag: tag.into() };
+    let ours = queue
+        .dispatch(record("a"))
+        .tags(["tenant:42"])
+        .await
+        .unwrap();
+    let theirs = queue
+        .dispatch(record("b"))
+        .tags(["tenant:7"])
+        .await
+        .unwrap();
+    let app = actix_test::init_service(App::new().service(admin_dashboard().queue(queue))).await;
+    let (_, html) = load_page(&app).await;
+    assert!(html.contains(&format!("id=\"job-{theirs}\"")));
+    assert!(
+        html.contains("href=\"?tag=tenant:42\">#tenant:42</a>"),
+        "tags link to their filter"
+    );
+    let resp = actix_test::call_service(
+        &app,
+        as_admin(actix_test::TestRequest::get().uri("/admin/jobs?tag=tenant%3A42")).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = String::from_utf8(actix_test::read_body(resp).await.to_vec()).unwrap();
+    assert!(html.contains(&format!("id=\"job-{ours}\"")));
+    assert!(
+        !html.contains(&format!("id=\"job-{theirs}\"")),
+        "filtered out"
+    );
+    assert!(html.contains("only jobs tagged <b>tenant:42</b>"));
     db.drop_db().await;
 }

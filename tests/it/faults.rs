@@ -603,3 +603,120 @@ async fn a_run_that_finished_during_a_stall_records_its_success() {
     let _ = std::fs::remove_file(&log);
     db.drop_db().await;
 }
+
+/// Batches under a kill -9 loop and refused writes: worker processes are killed one after
+/// the other while batches run, and the server refuses some completions and every
+/// release of a waiting job for a while. Each callback runs once (or once more per crash
+/// of the process running it), and never before the last job of its batch finished.
+#[actix_rt::test]
+async fn batch_callbacks_run_once_and_last_under_a_kill_loop_and_refused_writes() {
+    let _serial = SERIAL.lock().await;
+    const BATCHES: usize = 6;
+    const PER_BATCH: usize = 12;
+    let db = TestDb::new("batch_kill_loop").await;
+    let queue = db.migrated().await;
+    common::faults::install(&db).await;
+    let mut batches = Vec::new();
+    for _ in 0..BATCHES {
+        let batch = queue
+            .batch()
+            .jobs((0..PER_BATCH).map(|i| Work {
+                millis: 100 + 50 * i as u64,
+            }))
+            .on_complete(Work { millis: 0 })
+            .dispatch()
+            .await
+            .unwrap();
+        batches.push(batch);
+    }
+    use common::faults::Fault;
+    common::faults::inject(
+        &db,
+        Fault::update("awaiting", "pending", 1213, Duration::from_secs(6)),
+    )
+    .await;
+    common::faults::inject(
+        &db,
+        Fault::update("running", "processed", 1205, Duration::from_secs(6)).probability(0.3),
+    )
+    .await;
+    let bin = worker_binary();
+    let log = audit_file("batch_kill");
+    let fast = [
+        "--concurrency",
+        "6",
+        "--heartbeat",
+        "0.2",
+        "--stale-after",
+        "1",
+    ];
+    let mut workers: Vec<Proc> = (0..2)
+        .map(|_| start_audited(&bin, &db.url, &log, &fast))
+        .collect();
+    let mut killed = Vec::new();
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let victim = &mut workers[round % 2];
+        killed.push(victim.id().to_string());
+        signal(victim, "-KILL");
+        let _ = victim.wait();
+        workers[round % 2] = start_audited(&bin, &db.url, &log, &fast);
+    }
+    let total = (BATCHES * (PER_BATCH + 1)) as u64;
+    let kills_over = Instant::now();
+    wait_count(
+        &db.url,
+        "SELECT COUNT(*) FROM jobs WHERE status IN ('processed', 'failed', 'cancelled')",
+        total,
+        Duration::from_secs(90),
+    )
+    .await;
+    let settled_in = kills_over.elapsed();
+    // Settled: a late second finish would show now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for w in &mut workers {
+        signal(w, "-TERM");
+        assert!(wait_exit(w, Duration::from_secs(30)).await.success());
+    }
+    let runs = runs_from_file(&log);
+    let verdict = audit(&db.url, &runs, &killed, |_| false).await;
+    verdict.assert_clean("batches under a kill -9 loop and refused writes");
+    let mut early = Vec::new();
+    for batch in &batches {
+        let callback = batch.callbacks[0];
+        let first_start = runs
+            .iter()
+            .filter(|r| r.job == callback)
+            .map(|r| r.started)
+            .min();
+        let first_start = first_start.expect("every callback ran");
+        let last_member = runs
+            .iter()
+            .filter(|r| batch.jobs.contains(&r.job))
+            .map(|r| r.ended.unwrap_or(r.started))
+            .max()
+            .unwrap_or(0);
+        if first_start <= last_member {
+            early.push(callback);
+        }
+        let state = queue.batch_state(batch.id).await.unwrap().unwrap();
+        assert_eq!(state.processed, PER_BATCH as u64, "{state:?}");
+    }
+    let callback_runs = runs
+        .iter()
+        .filter(|r| batches.iter().any(|b| b.callbacks[0] == r.job) && r.ended.is_some())
+        .count();
+    eprintln!(
+        "{BATCHES} batches of {PER_BATCH}, 6 kills: {} runs, callbacks finished {callback_runs} \
+         times, {} of them started early; all done {:.1}s after the last kill",
+        runs.len(),
+        early.len(),
+        settled_in.as_secs_f64()
+    );
+    assert!(
+        early.is_empty(),
+        "callbacks that started before their batch's last job ended: {early:?}"
+    );
+    let _ = std::fs::remove_file(&log);
+    db.drop_db().await;
+}

@@ -944,3 +944,105 @@ async fn flow_limits_hold_on_the_cluster_with_one_writer() {
     assert!(most.values().all(|n| *n <= LIMIT as usize), "{most:?}");
     assert!(most.values().any(|n| *n == LIMIT as usize), "{most:?}");
 }
+
+/// Holds its run until it is cancelled (at most a minute).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Hold;
+
+impl lightjobs::Job for Hold {
+    const NAME: &'static str = "hold";
+    async fn execute(self, ctx: &lightjobs::JobContext) -> Result<(), lightjobs::JobError> {
+        tokio::select! {
+            () = ctx.cancelled() => Err(lightjobs::JobError::fail("stopped by its cancel")),
+            () = tokio::time::sleep(Duration::from_secs(60)) => Ok(()),
+        }
+    }
+}
+
+/// On the cluster: a cancel sent through another node reaches the process running the job,
+/// and a batch's callback runs once, after the batch's last job.
+#[actix_rt::test]
+async fn a_cancel_through_another_node_stops_the_job_and_a_batch_calls_back_once() {
+    let _serial = SERIAL.lock().await;
+    let nodes = cluster();
+    let urls = fresh_db(&nodes, "ljg_batch_cancel").await;
+    let queue = JobQueue::connect(&urls.join(",")).unwrap();
+    queue.migrate().await.unwrap();
+    let batch = queue
+        .batch()
+        .jobs((0..40).map(|_| Audited { millis: 20 }))
+        .on_complete(Audited { millis: 0 })
+        .dispatch()
+        .await
+        .unwrap();
+    let hold = queue.dispatch(Hold).await.unwrap();
+    let audit_log = Audit::default();
+    let workers = Workers::new(queue.clone())
+        .register::<Audited>()
+        .register::<Hold>()
+        .data(audit_log.clone())
+        .concurrency(8)
+        .poll_interval(Duration::from_millis(10), Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let running = format!(
+        "SELECT COUNT(*) FROM ljg_batch_cancel.jobs WHERE id = {hold} AND status = 'running'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_on(&nodes[0], &running).await.unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "the held job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An operator's tool connected to the third node only.
+    let elsewhere = JobQueue::connect(&urls[2]).unwrap();
+    let sent = Instant::now();
+    assert!(elsewhere.cancel(hold).await.unwrap());
+    let cancelled = format!(
+        "SELECT COUNT(*) FROM ljg_batch_cancel.jobs WHERE id = {hold} AND status = 'cancelled'"
+    );
+    while count_on(&nodes[2], &cancelled).await.unwrap_or(0) < 1 {
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the cancel did not reach the job"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = sent.elapsed();
+    let callback = batch.callbacks[0];
+    let done = format!(
+        "SELECT COUNT(*) FROM ljg_batch_cancel.jobs WHERE id = {callback} AND status = 'processed'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_on(&nodes[1], &done).await.unwrap_or(0) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the batch's callback did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Settled: a second run of the callback would show now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    workers.shutdown().await;
+    let runs = audit_log.runs();
+    audit(&urls[0], &runs, &[], |_| false)
+        .await
+        .assert_clean("a batch and a cancel on the cluster");
+    let last_member = runs
+        .iter()
+        .filter(|r| batch.jobs.contains(&r.job))
+        .filter_map(|r| r.ended)
+        .max()
+        .unwrap();
+    let callback_runs: Vec<_> = runs.iter().filter(|r| r.job == callback).collect();
+    assert_eq!(callback_runs.len(), 1, "{callback_runs:?}");
+    assert!(
+        callback_runs[0].started > last_member,
+        "the callback ran before the last job ended"
+    );
+    eprintln!(
+        "galera: cancel through another node reached the job in {:.2}s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(3), "cancel took {took:?}");
+}

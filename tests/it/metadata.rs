@@ -180,3 +180,46 @@ async fn tags_and_metadata_over_their_limits_are_refused() {
         Some(json!({ "rows": 7, "file": "report.csv" }))
     );
 }
+
+#[actix_rt::test]
+async fn jobs_are_listed_by_tag() {
+    let db = TestDb::new("meta_by_tag").await;
+    let queue = db.migrated().await;
+    let mut tagged = Vec::new();
+    for i in 0..5u64 {
+        let tags = if i % 2 == 0 {
+            vec!["tenant:42", "export"]
+        } else {
+            vec!["tenant:7"]
+        };
+        let id = queue.dispatch(Report { rows: i }).tags(tags).await.unwrap();
+        if i % 2 == 0 {
+            tagged.push(id);
+        }
+    }
+    // A tag that is a prefix or a part of another is not a match.
+    queue
+        .dispatch(Report { rows: 9 })
+        .tags(["tenant:4"])
+        .await
+        .unwrap();
+    let page = queue
+        .list_tagged("pending", "tenant:42", 2, None)
+        .await
+        .unwrap();
+    let mut ids: Vec<u64> = page.jobs.iter().map(|j| j.id).collect();
+    let next = queue
+        .list_tagged("pending", "tenant:42", 2, page.next.as_deref())
+        .await
+        .unwrap();
+    ids.extend(next.jobs.iter().map(|j| j.id));
+    ids.sort_unstable();
+    assert_eq!(ids, tagged);
+    assert!(queue
+        .list_tagged("pending", "nobody", 10, None)
+        .await
+        .unwrap()
+        .jobs
+        .is_empty());
+    db.drop_db().await;
+}

@@ -192,7 +192,10 @@ pub fn print(out: &mut String, runs: &[CancelRun]) {
         out,
         "## Cancel latency: `JobQueue::cancel` → the running job sees `ctx.cancelled()` (cancels at every phase of the 0.5 s poll; default settings)\n"
     );
-    let _ = writeln!(out, "| where the job runs | samples | p50 ms | p90 ms | p99 ms | max ms |");
+    let _ = writeln!(
+        out,
+        "| where the job runs | samples | p50 ms | p90 ms | p99 ms | max ms |"
+    );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for r in runs {
         let v = &r.samples;

@@ -4,12 +4,11 @@
 //! queue and unkeyed jobs behind it, against the same unkeyed jobs alone.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
 
-use lightjobs::{Flow, Job, JobContext, JobError, JobQueue, Workers};
+use lightjobs::{Flow, Job, JobContext, JobError, JobQueue};
 
 use crate::lj;
-use crate::util::{self, median_min_max, thousands, AnyResult};
+use crate::util::{self, thousands, AnyResult};
 
 const DB: &str = "bench_flow";
 
@@ -20,10 +19,7 @@ struct Config {
     limit: u32,
 }
 
-pub struct FlowRun {
-    label: String,
-    rates: Vec<f64>,
-}
+pub type FlowRun = util::RateRow;
 
 /// A no-op job under a flow key (none when `key` is empty).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -58,31 +54,6 @@ async fn load(queue: &JobQueue, jobs: usize, cfg: Config) -> AnyResult<()> {
         i += k;
     }
     Ok(())
-}
-
-/// Drains what is in the table with one `Workers` of concurrency 100; jobs/s of `counted`
-/// jobs, timed until `done` (a COUNT condition) reaches `counted`.
-async fn drain(server: &str, queue: &JobQueue, counted: usize, done: &str) -> AnyResult<f64> {
-    let t0 = Instant::now();
-    let workers = Workers::new(queue.clone())
-        .register::<Keyed>()
-        .concurrency(100)
-        .poll_interval(Duration::from_millis(5), Duration::from_millis(20))
-        .start()
-        .await?;
-    loop {
-        let n = util::count(server, DB, "jobs", done).await?;
-        if n >= counted as u64 {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            return Err(format!("flow drain stuck at {n} of {counted}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    workers.shutdown().await;
-    Ok(counted as f64 / secs)
 }
 
 pub async fn run(server: &str, jobs: usize, runs: usize) -> AnyResult<Vec<FlowRun>> {
@@ -142,9 +113,10 @@ pub async fn run(server: &str, jobs: usize, runs: usize) -> AnyResult<Vec<FlowRu
             eprintln!("flow: run {}/{runs}: {}", run + 1, out[i].label);
             let queue = lj::fresh_queue(server, DB).await?;
             load(&queue, n, *cfg).await?;
-            out[i]
-                .rates
-                .push(drain(server, &queue, n, "status = 'processed'").await?);
+            out[i].rates.push(
+                lj::drain_until::<Keyed>(server, DB, &queue, (n, n), "status = 'processed'")
+                    .await?,
+            );
         }
         // Skew: 2,000 jobs of one key (limit 1) ahead of `jobs` unkeyed ones; how fast the
         // unkeyed ones drain, against the same unkeyed backlog alone.
@@ -153,12 +125,13 @@ pub async fn run(server: &str, jobs: usize, runs: usize) -> AnyResult<Vec<FlowRu
         load(&queue, 2000, Config { keys: 1, limit: 1 }).await?;
         load(&queue, jobs, Config { keys: 0, limit: 0 }).await?;
         let unkeyed = "status = 'processed' AND flow_key IS NULL";
-        skew.rates.push(drain(server, &queue, jobs, unkeyed).await?);
+        skew.rates
+            .push(lj::drain_until::<Keyed>(server, DB, &queue, (jobs, jobs), unkeyed).await?);
         let queue = lj::fresh_queue(server, DB).await?;
         load(&queue, jobs, Config { keys: 0, limit: 0 }).await?;
         plain
             .rates
-            .push(drain(server, &queue, jobs, unkeyed).await?);
+            .push(lj::drain_until::<Keyed>(server, DB, &queue, (jobs, jobs), unkeyed).await?);
     }
     skew.label = format!(
         "skewed: {} unkeyed jobs behind 2,000 of one key at concurrency 1",
@@ -179,25 +152,5 @@ pub fn print(out: &mut String, jobs: usize, runs: &[FlowRun]) {
          over the first row's median. The skewed pair times only the unkeyed jobs.\n",
         thousands(jobs as f64)
     );
-    let _ = writeln!(
-        out,
-        "| backlog | jobs/s | ÷ unconstrained |\n|---|---:|---:|"
-    );
-    let base = runs
-        .first()
-        .map(|r| median_min_max(&r.rates).0)
-        .unwrap_or(1.0);
-    for r in runs {
-        let (med, min, max) = median_min_max(&r.rates);
-        let _ = writeln!(
-            out,
-            "| {} | {} ({}–{}) | {:.2} |",
-            r.label,
-            thousands(med),
-            thousands(min),
-            thousands(max),
-            med / base
-        );
-    }
-    out.push('\n');
+    util::print_rate_table(out, "backlog", "unconstrained", runs);
 }

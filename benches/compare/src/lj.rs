@@ -429,3 +429,34 @@ pub async fn memory_child(
         concurrency,
     })
 }
+
+/// Drains what is in `db` with one `Workers` of concurrency 100 running `J`: jobs/s of
+/// `counted` jobs, timed until `done` (a COUNT condition on `jobs`) reaches `rows`.
+pub async fn drain_until<J: lightjobs::Job>(
+    server: &str,
+    db: &str,
+    queue: &JobQueue,
+    (counted, rows): (usize, usize),
+    done: &str,
+) -> AnyResult<f64> {
+    let t0 = Instant::now();
+    let workers = lightjobs::Workers::new(queue.clone())
+        .register::<J>()
+        .concurrency(100)
+        .poll_interval(Duration::from_millis(5), Duration::from_millis(20))
+        .start()
+        .await?;
+    loop {
+        let n = util::count(server, db, "jobs", done).await?;
+        if n >= rows as u64 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            return Err(format!("drain stuck at {n} of {rows} ({done})").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    workers.shutdown().await;
+    Ok(counted as f64 / secs)
+}

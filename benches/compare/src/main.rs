@@ -8,6 +8,7 @@
 //! ```
 
 mod apalis_bench;
+mod batches;
 mod bigtable;
 mod cancel;
 mod flow;
@@ -224,13 +225,20 @@ enum Part {
     Flow,
     /// Cancel latency, a job in this process and in another one. Not part of `all`.
     Cancel,
+    /// Batches' cost: jobs in batches of 100 and 10,000 against plain jobs. Not part of
+    /// `all`.
+    Batches,
 }
 
 impl Cli {
     fn wants(&self, part: Part) -> bool {
         self.only.iter().any(|&p| {
             p == part
-                || (p == Part::All && !matches!(part, Part::Hosts | Part::Bigtable | Part::Flow | Part::Cancel))
+                || (p == Part::All
+                    && !matches!(
+                        part,
+                        Part::Hosts | Part::Bigtable | Part::Flow | Part::Cancel | Part::Batches
+                    ))
                 || (p == Part::Lifecycle
                     && matches!(
                         part,
@@ -365,6 +373,10 @@ fn run(cli: Cli) -> AnyResult<()> {
     if cli.wants(Part::Flow) {
         let runs = actix.block_on(flow::run(&cli.url, cli.jobs, cli.runs))?;
         flow::print(&mut out, cli.jobs, &runs);
+    }
+    if cli.wants(Part::Batches) {
+        let runs = actix.block_on(batches::run(&cli.url, cli.jobs, cli.runs))?;
+        batches::print(&mut out, cli.jobs, &runs);
     }
     print_machine(&mut out, &version);
     print!("{out}");

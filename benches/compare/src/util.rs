@@ -159,6 +159,36 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Median, min and max of `values`.
+/// A table row of rates measured per run.
+pub struct RateRow {
+    pub label: String,
+    pub rates: Vec<f64>,
+}
+
+/// Writes `| <first> | jobs/s | ÷ <base> |` and a row per `rows`: median (min–max)
+/// jobs/s and the median over the first row's median.
+pub fn print_rate_table(out: &mut String, first: &str, base: &str, rows: &[RateRow]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "| {first} | jobs/s | ÷ {base} |\n|---|---:|---:|");
+    let base = rows
+        .first()
+        .map(|r| median_min_max(&r.rates).0)
+        .unwrap_or(1.0);
+    for r in rows {
+        let (med, min, max) = median_min_max(&r.rates);
+        let _ = writeln!(
+            out,
+            "| {} | {} ({}–{}) | {:.2} |",
+            r.label,
+            thousands(med),
+            thousands(min),
+            thousands(max),
+            med / base
+        );
+    }
+    out.push('\n');
+}
+
 pub fn median_min_max(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
