@@ -38,6 +38,14 @@
 //! }
 //! ```
 //!
+//! # Beyond one job
+//!
+//! [`JobQueue::batch`] dispatches jobs together with callbacks that run once when the
+//! last of them has finished; [`Dispatch::after`] runs a job only after another one
+//! succeeded; [`JobQueue::cancel`] stops a job, running or not; [`Dispatch::tags`],
+//! [`Dispatch::meta`] and [`JobContext::record_output`] keep what a job is about and what
+//! it produced. `examples/batches.rs` runs them all.
+//!
 //! # Defaults
 //!
 //! Every default and limit is a constant in [`defaults`], each documented with why it was

@@ -82,8 +82,8 @@ impl Settler {
         for &batch in &ended.batches {
             moved += self.finish_if_done(batch).await?;
         }
-        if !ended.jobs.is_empty() {
-            moved += self.store.resolve_job_waiters(&ended.jobs).await?;
+        for ids in ended.jobs.chunks(1000) {
+            moved += self.store.resolve_job_waiters(ids).await?;
         }
         if moved > 0 {
             self.queue.notify_workers();

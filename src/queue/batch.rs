@@ -85,6 +85,34 @@ impl<'q> BatchBuilder<'q> {
         self
     }
 
+    /// Adds a job with options set on its [`Dispatch`] (queue, priority, delay, tags,
+    /// metadata, attempts, flow key). A dispatch that waits for something
+    /// ([`Dispatch::after`]) or is unique cannot be part of a batch: the batch's dispatch
+    /// fails with [`Error::Invalid`].
+    ///
+    /// ```no_run
+    /// # use lightjobs::{Job, JobContext, JobError, JobQueue};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Resize { image: u64 }
+    /// # impl Job for Resize { const NAME: &'static str = "resize";
+    /// #   async fn execute(self, _: &JobContext) -> Result<(), JobError> { Ok(()) } }
+    /// # async fn f(queue: JobQueue) -> lightjobs::Result<()> {
+    /// queue
+    ///     .batch()
+    ///     .add_dispatch(queue.dispatch(Resize { image: 1 }).on_queue("images").tags(["album:7"]))
+    ///     .dispatch()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_dispatch(mut self, dispatch: Dispatch<'_>) -> Self {
+        let row = dispatch.job.and_then(|j| self.queue.validate(j));
+        match (row, self.jobs.as_mut()) {
+            (Ok(row), Ok(list)) => list.push(row),
+            (Err(error), Ok(_)) => self.jobs = Err(error),
+            (_, Err(_)) => {}
+        }
+        self
+    }
+
     /// Runs `job` once after every job of the batch succeeded.
     pub fn on_success<J: Job>(self, job: J) -> Self {
         self.callback(job, AfterOutcome::Success)
@@ -124,6 +152,13 @@ impl<'q> BatchBuilder<'q> {
     /// jobs finishes at once: its callbacks run as for a batch that succeeded.
     pub async fn dispatch(self) -> Result<Batch> {
         let (jobs, callbacks) = (self.jobs?, self.callbacks?);
+        if jobs.iter().any(|j| j.after.is_some() || j.unique.is_some()) {
+            return Err(Error::Invalid {
+                what: "batch",
+                reason: "a job of a batch cannot wait for another job or batch, nor be unique"
+                    .into(),
+            });
+        }
         let queue = self.queue;
         if queue.memory().is_some() {
             return Err(Error::NoDatabase);

@@ -319,8 +319,41 @@ async fn what_cannot_be_waited_for_or_joined_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
+    // Nor can a job of a batch wait, or be unique; other options are kept.
+    for dispatch in [
+        queue.dispatch(Part { n: 3 }).after(open.jobs[0]),
+        queue.dispatch(Part { n: 4 }).unique("k"),
+    ] {
+        let err = queue
+            .batch()
+            .add_dispatch(dispatch)
+            .dispatch()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid { what: "batch", .. }), "{err}");
+    }
+    let tagged = queue
+        .batch()
+        .add_dispatch(
+            queue
+                .dispatch(Part { n: 5 })
+                .tags(["album:7"])
+                .on_queue("images"),
+        )
+        .dispatch()
+        .await
+        .unwrap();
+    let job = queue.find(tagged.jobs[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (job.tags, job.queue, job.batch),
+        (
+            vec!["album:7".to_owned()],
+            "images".to_owned(),
+            Some(tagged.id)
+        )
+    );
     // Nothing was inserted by the refused dispatches.
-    assert_eq!(db.scalar::<u64>("SELECT COUNT(*) FROM jobs").await, 2);
+    assert_eq!(db.scalar::<u64>("SELECT COUNT(*) FROM jobs").await, 3);
     db.drop_db().await;
 }
 
@@ -490,6 +523,47 @@ async fn a_finished_batch_is_pruned_with_its_last_job() {
     assert!(
         queue.batch_state(open.id).await.unwrap().is_some(),
         "a batch still running stays"
+    );
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn the_example_publishes_its_album_once_after_every_photo() {
+    let db = TestDb::new("batch_example").await;
+    let out = std::process::Command::new(crate::common::procs::example_binary("batches"))
+        .env("LIGHTJOBS_DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = |text: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("no {text:?} in {stdout}"))
+    };
+    let last_resize = lines.iter().rposition(|l| l.contains("resized")).unwrap();
+    let expected: u64 = (1..=8u64).map(|p| 10_000 + p * 123).sum();
+    let published = at(&format!("album 7 published: 8 photos, {expected} bytes"));
+    assert!(
+        last_resize < published && published < at("followers notified"),
+        "{stdout}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.contains("published")).count(), 1);
+    assert!(
+        stdout.contains("9 of 9 jobs done, Some(Succeeded)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#"scan tagged ["album:7"], metadata Some(Object {"requested_by": String("ada@example.com")})"#), "{stdout}");
+    assert!(
+        at("cleanup stopped by its cancel") < at(": cancelled"),
+        "{stdout}"
     );
     db.drop_db().await;
 }
