@@ -16,6 +16,7 @@
 //!   no script, and its `Content-Security-Policy` would block any.
 
 mod guard;
+mod job_page;
 mod page;
 
 use std::sync::Arc;
@@ -177,6 +178,8 @@ struct Outcome {
     queue: Option<String>,
     /// Show only the jobs with this tag.
     tag: Option<String>,
+    /// Show this job's page.
+    job: Option<u64>,
 }
 
 /// A button's form.
@@ -202,9 +205,15 @@ async fn show(
         None => new_csrf_token()?,
     };
     let outcome = outcome.map(web::Query::into_inner).unwrap_or_default();
-    let tag = outcome.tag.as_deref().filter(|t| !t.is_empty());
-    let snapshot = page::Snapshot::load(&queue, tag).await?;
-    let html = page::render(&snapshot, &token, &page::notice(&outcome));
+    let notice = page::notice(&outcome);
+    let html = if let Some(id) = outcome.job {
+        let job = queue.find(id).await?;
+        job_page::render(job.as_ref(), id, &token, &notice)
+    } else {
+        let tag = outcome.tag.as_deref().filter(|t| !t.is_empty());
+        let snapshot = page::Snapshot::load(&queue, tag).await?;
+        page::render(&snapshot, &token, &notice)
+    };
     let mut response = HttpResponse::Ok();
     response
         .content_type("text/html; charset=utf-8")

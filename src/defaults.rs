@@ -72,6 +72,11 @@ pub const MAX_META_BYTES: usize = 4096;
 /// Largest output a run records, as JSON: a result to read back, not a blob store.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
+/// Failed attempts whose errors a job keeps ([`JobRecord::errors`](crate::JobRecord::errors)),
+/// the oldest dropped first: enough to see how a failure changed over its retries, each
+/// error cut to 4,000 characters (the last one is in `last_error` in full).
+pub const ERROR_HISTORY: usize = 10;
+
 // Deadlines: a database that stops answering without an error (a dropped route, a stopped
 // VM, a firewall that drops packets) becomes an error within these.
 

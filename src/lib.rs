@@ -104,7 +104,7 @@ pub use job::{Job, JobContext, JobError};
 pub use queue::{Batch, BatchBuilder, Dispatch, JobQueue, JobQueueBuilder, Page};
 pub use registry::Registry;
 pub use runtime::report::Report;
-pub use store::{BatchOutcome, BatchState, JobRecord, QueueCount};
+pub use store::{AttemptError, BatchOutcome, BatchState, JobRecord, QueueCount};
 pub use web::init;
 #[cfg(feature = "metrics")]
 pub use web::metrics;

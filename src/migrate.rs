@@ -99,6 +99,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(18, "0018_cancel_requests.sql"),
     migration!(19, "0019_tags_meta_output.sql"),
     migration!(20, "0020_batches_and_dependencies.sql"),
+    migration!(21, "0021_error_history.sql"),
 ];
 
 /// The newest migration the running code needs.

@@ -104,7 +104,7 @@ pub(super) fn notice(outcome: &Outcome) -> Option<String> {
 }
 
 /// HTML-escapes text for element content and quoted attribute values alike.
-struct Esc<'a>(&'a str);
+pub(super) struct Esc<'a>(pub(super) &'a str);
 
 impl Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -125,7 +125,7 @@ impl Display for Esc<'_> {
 }
 
 /// At most `max` characters of `s`, with an ellipsis when cut.
-fn cut(s: &str, max: usize) -> String {
+pub(super) fn cut(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s.to_owned(),
@@ -134,7 +134,7 @@ fn cut(s: &str, max: usize) -> String {
 
 /// `s` percent-encoded for a query string: tags lightjobs wrote need none, but a row
 /// another program wrote may hold anything.
-fn query_value(s: &str) -> String {
+pub(super) fn query_value(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"_.:-".contains(&b) {
@@ -147,7 +147,7 @@ fn query_value(s: &str) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` of the store's microsecond times.
-fn time(t: Option<&str>) -> &str {
+pub(super) fn time(t: Option<&str>) -> &str {
     t.map_or("", |t| t.get(..19).unwrap_or(t))
 }
 
@@ -179,14 +179,20 @@ pub(super) fn render(s: &Snapshot, token: &str, notice: &Option<String>) -> Stri
     out
 }
 
-fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<String>) -> fmt::Result {
+/// The document's head, and the page's title as its heading.
+pub(super) fn write_head(out: &mut String, title: &str) -> fmt::Result {
     write!(
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>Jobs · lightjobs</title><style>{STYLE}</style></head><body>\
-         <h1>Jobs <span class=\"muted\">· lightjobs</span></h1>"
-    )?;
+         <title>{t} · lightjobs</title><style>{STYLE}</style></head><body>\
+         <h1>{t} <span class=\"muted\">· lightjobs</span></h1>",
+        t = Esc(title)
+    )
+}
+
+fn write_page(out: &mut String, s: &Snapshot, token: &str, notice: &Option<String>) -> fmt::Result {
+    write_head(out, "Jobs")?;
     if let Some(text) = notice {
         write!(out, "<p class=\"notice\" role=\"status\">{}</p>", Esc(text))?;
     }
@@ -285,7 +291,7 @@ fn write_batches(out: &mut String, batches: &[crate::BatchState]) -> fmt::Result
 }
 
 /// A form posting `action` with the CSRF token and hidden `fields`, and its buttons.
-fn write_form(
+pub(super) fn write_form(
     out: &mut String,
     token: &str,
     fields: &[(&str, &str)],
@@ -475,7 +481,7 @@ fn write_recent(out: &mut String, status: Status, jobs: &[JobRecord], token: &st
 fn write_job_cells(out: &mut String, job: &JobRecord) -> fmt::Result {
     write!(
         out,
-        "<tr id=\"job-{id}\"><td class=\"n\">{id}</td><td>{name}",
+        "<tr id=\"job-{id}\"><td class=\"n\"><a href=\"?job={id}\">{id}</a></td><td>{name}",
         id = job.id,
         name = Esc(&job.name)
     )?;

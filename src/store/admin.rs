@@ -25,7 +25,7 @@ pub(super) const RECORD_SELECT: &str =
      payload, DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), \
      DATE_FORMAT(scheduled_at, '%Y-%m-%d %H:%i:%s.%f'), \
      DATE_FORMAT(finished_at, '%Y-%m-%d %H:%i:%s.%f'), tags, meta, output, \
-     batch_id, after_job, after_batch FROM jobs";
+     batch_id, after_job, after_batch, errors FROM jobs";
 
 /// A row of [`RECORD_SELECT`], decoded value by value and never refused: the operator
 /// must be able to look at a row another program wrote badly. Text that is not UTF-8 is
@@ -37,6 +37,11 @@ impl FromRow for JobRecord {
         let id = number(0);
         let attempts = u32::try_from(number(4)).unwrap_or(u32::MAX);
         let max_attempts = u32::try_from(number(5)).unwrap_or(u32::MAX);
+        let mut link = |i: usize| -> Option<u64> { row.take_opt(i).and_then(|v| v.ok()) };
+        let links = [link(14), link(15), link(16)];
+        let errors: Vec<crate::store::AttemptError> = text(&mut row, 17)
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
         let mut text = |i: usize| text(&mut row, i);
         Ok(JobRecord {
             id,
@@ -53,9 +58,10 @@ impl FromRow for JobRecord {
             tags: split_tags(text(11).as_deref()),
             meta: text(12),
             output: text(13),
-            batch: row.take_opt(14).and_then(|v| v.ok()),
-            after_job: row.take_opt(15).and_then(|v| v.ok()),
-            after_batch: row.take_opt(16).and_then(|v| v.ok()),
+            batch: links[0],
+            after_job: links[1],
+            after_batch: links[2],
+            errors,
         })
     }
 }

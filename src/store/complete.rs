@@ -5,6 +5,27 @@ use super::cancel::back_unless_cancelled;
 use super::claim::written_successes;
 use super::*;
 
+/// Characters of each error kept in `errors` (the last one is in `last_error` in full).
+const HISTORY_CHARS: usize = 4000;
+
+/// `errors = <errors with this attempt's error appended, the oldest dropped past
+/// [`ERROR_HISTORY`](crate::defaults::ERROR_HISTORY)>`
+/// (parameter: the error). A value that is not a JSON array (another program's) starts
+/// the history again.
+const ERRORS_APPEND: &str = "errors = JSON_ARRAY_APPEND(\
+     IF(JSON_TYPE(errors) <=> 'ARRAY', \
+        IF(JSON_LENGTH(errors) >= 10, JSON_REMOVE(errors, '$[0]'), errors), '[]'), \
+     '$', JSON_OBJECT('attempt', attempts, \
+        'at', DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f'), 'error', ?))";
+
+/// The first [`HISTORY_CHARS`] characters of `error`.
+fn history_error(error: &str) -> &str {
+    error
+        .char_indices()
+        .nth(HISTORY_CHARS)
+        .map_or(error, |(end, _)| &error[..end])
+}
+
 impl Store {
     /// Marks jobs `processed`; returns the ids written (still held by these claims, or
     /// taken by a rescuer and not claimed since).
@@ -47,13 +68,17 @@ impl Store {
         };
         self.guarded(
             format!(
-                "UPDATE jobs SET {}, last_error = ?, reserved_by = NULL, \
+                "UPDATE jobs SET {}, last_error = ?, {ERRORS_APPEND}, reserved_by = NULL, \
                  reserved_at = NULL, scheduled_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
                  WHERE {}",
                 back_unless_cancelled(status),
                 claim_guard(&[held], worker)
             ),
-            vec![truncate_error(error).into(), micros(delay).into()],
+            vec![
+                truncate_error(error).into(),
+                history_error(error).into(),
+                micros(delay).into(),
+            ],
         )
         .await
     }
@@ -112,12 +137,13 @@ impl Store {
                 concat!(
                     "UPDATE jobs SET status = ",
                     st!(failed),
-                    ", last_error = ?, \
+                    ", last_error = ?, {}, \
                  finished_at = UTC_TIMESTAMP(6) WHERE {}"
                 ),
+                ERRORS_APPEND,
                 claim_guard(&[held], worker)
             ),
-            vec![truncate_error(error).into()],
+            vec![truncate_error(error).into(), history_error(error).into()],
         )
         .await
     }
@@ -164,5 +190,21 @@ impl Store {
                 Ok(conn.affected_rows())
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_keeps_its_documented_length() {
+        let kept = format!(">= {}", crate::defaults::ERROR_HISTORY);
+        assert!(ERRORS_APPEND.contains(&kept));
+        assert_eq!(
+            history_error(&"é".repeat(5000)).chars().count(),
+            HISTORY_CHARS
+        );
+        assert_eq!(history_error("short"), "short");
     }
 }

@@ -234,6 +234,21 @@ pub struct JobRecord {
     /// The batch it waits (or waited) for: a batch callback, or a job dispatched with
     /// [`Dispatch::after_batch`](crate::Dispatch::after_batch).
     pub after_batch: Option<u64>,
+    /// The errors of its failed attempts, oldest first, at most
+    /// [`ERROR_HISTORY`](crate::defaults::ERROR_HISTORY) (empty when none failed, or
+    /// when the stored history does not decode).
+    pub errors: Vec<AttemptError>,
+}
+
+/// One failed attempt of a job ([`JobRecord::errors`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AttemptError {
+    /// The attempt, 1-based.
+    pub attempt: u32,
+    /// When it failed (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`).
+    pub at: String,
+    /// Its error, cut to 4,000 characters.
+    pub error: String,
 }
 
 /// What a worker process registers about itself.

@@ -1016,3 +1016,97 @@ async fn the_job_lists_filter_by_tag() {
     assert!(html.contains("only jobs tagged <b>tenant:42</b>"));
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn a_job_has_a_page_with_its_row_in_full() {
+    let db = TestDb::new("dash_job_page").await;
+    let queue = db.migrated().await;
+    let long = format!("<b>{}</b>", "x".repeat(3000));
+    let first = queue
+        .dispatch(Record { tag: long.clone() })
+        .tags(["tenant:42"])
+        .await
+        .unwrap();
+    let then = queue
+        .dispatch(Record { tag: "then".into() })
+        .after(first)
+        .meta(serde_json::json!({ "by": "<ops>" }))
+        .await
+        .unwrap();
+    let app =
+        actix_test::init_service(App::new().service(admin_dashboard().queue(queue.clone()))).await;
+    let (_, list) = load_page(&app).await;
+    assert!(
+        list.contains(&format!("<a href=\"?job={then}\">{then}</a>")),
+        "ids link to their page"
+    );
+    let page = |id: u64| {
+        as_admin(actix_test::TestRequest::get().uri(&format!("/admin/jobs?job={id}"))).to_request()
+    };
+    let resp = actix_test::call_service(&app, page(then)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html = body_text(resp).await;
+    assert!(html.contains(&format!("<title>Job {then} · lightjobs</title>")));
+    assert!(
+        html.contains(&format!("<a href=\"?job={first}\">job {first}</a>")),
+        "what it waits for"
+    );
+    assert!(html.contains("<span class=\"badge awaiting\">awaiting</span>"));
+    assert!(
+        html.contains("{&quot;by&quot;:&quot;&lt;ops&gt;&quot;}"),
+        "metadata, escaped"
+    );
+    assert!(
+        html.contains(">Cancel</button>"),
+        "a waiting job can be cancelled"
+    );
+    // The payload in full (the lists cut it at 500 characters), escaped.
+    let html = body_text(actix_test::call_service(&app, page(first)).await).await;
+    assert!(html.contains(&"x".repeat(3000)));
+    assert!(html.contains("&lt;b&gt;") && !html.contains("<b>x"));
+    assert!(html.contains("<a href=\"?tag=tenant:42\">#tenant:42</a>"));
+    let html = body_text(actix_test::call_service(&app, page(999_999)).await).await;
+    assert!(html.contains("id=\"no-job\""));
+    db.drop_db().await;
+}
+
+#[actix_rt::test]
+async fn a_job_page_shows_the_errors_of_its_failed_attempts() {
+    let db = TestDb::new("dash_errors").await;
+    let queue = db.migrated().await;
+    // Fails 12 times with its attempt in the message; the history keeps the last 10.
+    let id = queue
+        .dispatch(common::Flaky {
+            message: "card <declined>".into(),
+            succeed_on: 99,
+            permanent: false,
+        })
+        .max_attempts(12)
+        .await
+        .unwrap();
+    let handle = common::workers(&db, &queue).start().await.unwrap();
+    db.wait_for("failed", 1, Duration::from_secs(30)).await;
+    handle.shutdown().await;
+    let job = queue.find(id).await.unwrap().unwrap();
+    let attempts: Vec<u32> = job.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, (3..=12).collect::<Vec<u32>>());
+    assert!(job
+        .errors
+        .iter()
+        .all(|e| e.error == "card <declined>" && e.at.len() == 26));
+    let app = actix_test::init_service(App::new().service(admin_dashboard().queue(queue))).await;
+    let req = as_admin(actix_test::TestRequest::get().uri(&format!("/admin/jobs?job={id}")));
+    let html = body_text(actix_test::call_service(&app, req.to_request()).await).await;
+    let table = &html[html.find("<table id=\"errors\"").expect("an errors table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert_eq!(table.matches("card &lt;declined&gt;").count(), 10);
+    assert!(
+        table.find("<td class=\"n\">12</td>") < table.find("<td class=\"n\">3</td>"),
+        "newest first"
+    );
+    assert!(
+        html.contains(">Retry</button>"),
+        "a failed job can be retried"
+    );
+    db.drop_db().await;
+}
