@@ -200,7 +200,44 @@ impl Store {
                 }
             }
         }
-        Ok(total + self.prune_batches(processed_age, batch).await?)
+        let batches = self.prune_batches(processed_age, batch).await?;
+        let keys = self.prune_flow_keys(processed_age, batch).await?;
+        if keys > 0 {
+            tracing::debug!(target: "lightjobs::pruner", rows = keys, "pruned idle flow keys and old starts");
+        }
+        Ok(total + batches)
+    }
+
+    /// Deletes the rows of flow keys unused for `age` that no waiting or running job
+    /// carries and no pause holds, and the starts older than the longest rate window. A
+    /// claim of a key locks its row and marks it used, so this DELETE either waits for it
+    /// and keeps the row, or goes first, and the claim writes the row again.
+    async fn prune_flow_keys(&self, age: Duration, batch: u64) -> Result<u64> {
+        let keys = concat!(
+            "DELETE FROM lightjobs_flow_keys \
+             WHERE used_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+             AND (paused_until IS NULL OR paused_until < UTC_TIMESTAMP(6)) \
+             AND NOT EXISTS (SELECT 1 FROM jobs FORCE INDEX (jobs_flow) \
+             WHERE jobs.flow_key = lightjobs_flow_keys.flow_key AND jobs.status IN (",
+            waiting_list!(),
+            ", ",
+            st!(running),
+            ")) LIMIT ?"
+        );
+        let window = micros(crate::flow::MAX_RATE_WINDOW);
+        self.nodes
+            .run(async |conn| {
+                conn.exec_drop(keys, (micros(age), batch)).await?;
+                let keys = conn.affected_rows();
+                conn.exec_drop(
+                    "DELETE FROM lightjobs_flow_starts \
+                     WHERE started_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT ?",
+                    (window, batch),
+                )
+                .await?;
+                Ok(keys + conn.affected_rows())
+            })
+            .await
     }
 
     /// Deletes batches finished more than `age` ago none of whose jobs are left (its

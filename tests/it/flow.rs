@@ -421,3 +421,50 @@ async fn a_worker_that_stops_when_empty_runs_the_jobs_waiting_on_a_limit_first()
     assert_eq!(db.count("processed").await, 12);
     db.drop_db().await;
 }
+
+#[actix_rt::test]
+async fn idle_flow_keys_are_pruned_and_keys_in_use_are_kept() {
+    let db = TestDb::new("flow_prune_keys").await;
+    let queue = db.migrated().await;
+    // A key with a job still waiting: kept however long ago it was used.
+    queue
+        .dispatch(crate::common::Record {
+            tag: "waits".into(),
+        })
+        .flow(Some(Flow::key("busy").concurrency(1)))
+        .await
+        .unwrap();
+    db.exec(
+        "INSERT INTO lightjobs_flow_keys (flow_key, used_at, paused_until) VALUES \
+         ('idle', UTC_TIMESTAMP(6) - INTERVAL 2 DAY, NULL), \
+         ('busy', UTC_TIMESTAMP(6) - INTERVAL 2 DAY, NULL), \
+         ('paused', UTC_TIMESTAMP(6) - INTERVAL 2 DAY, UTC_TIMESTAMP(6) + INTERVAL 1 HOUR), \
+         ('fresh', UTC_TIMESTAMP(6), NULL)",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO lightjobs_flow_starts (flow_key, started_at, job_id) VALUES \
+         ('idle', UTC_TIMESTAMP(6) - INTERVAL 2 DAY, 1), ('fresh', UTC_TIMESTAMP(6), 2)",
+    )
+    .await;
+    queue
+        .prune(Duration::from_secs(24 * 3600), None)
+        .await
+        .unwrap();
+    let keys: Vec<String> = {
+        use mysql_async::prelude::*;
+        let mut conn = db.pool.get_conn().await.unwrap();
+        conn.query("SELECT flow_key FROM lightjobs_flow_keys ORDER BY flow_key")
+            .await
+            .unwrap()
+    };
+    assert_eq!(keys, ["busy", "fresh", "paused"]);
+    let starts: u64 = db
+        .scalar("SELECT COUNT(*) FROM lightjobs_flow_starts")
+        .await;
+    assert_eq!(
+        starts, 1,
+        "only the start within the longest window is kept"
+    );
+    db.drop_db().await;
+}

@@ -462,30 +462,44 @@ async fn a_refused_row_among_handed_off_dispatches_fails_alone() {
     let queue = db.migrated().await;
     poison(&db, "t3").await;
     let handle = idle_workers(&db, &queue).await;
-    let results = dispatch_at_once(&queue, 12).await;
-    for (i, result) in results.iter().enumerate() {
-        assert_eq!(result.is_err(), i == 3, "dispatch {i}: {result:?}");
+    for round in 1..=HANDOFF_ROUNDS {
+        let results = dispatch_at_once(&queue, 12).await;
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_err(), i == 3, "dispatch {i}: {result:?}");
+        }
+        db.wait_for("processed", 11, Duration::from_secs(30)).await;
+        let runs: Vec<(String, u64)> = {
+            use mysql_async::prelude::*;
+            let mut conn = db.pool.get_conn().await.unwrap();
+            conn.query("SELECT tag, COUNT(*) FROM runs GROUP BY tag HAVING COUNT(*) > 1")
+                .await
+                .unwrap()
+        };
+        assert!(runs.is_empty(), "ran twice: {runs:?}");
+        let total: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
+        assert_eq!(total, 11);
+        assert_eq!(db.count("running").await, 0);
+        let handed: u64 = db
+            .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
+            .await;
+        // Dispatches t0..t7 found the 8 slots free; all but the poisoned one were handed over.
+        if handed == 7 || round == HANDOFF_ROUNDS {
+            assert_eq!(handed, 7, "rows handed over");
+            break;
+        }
+        eprintln!("{handed} of 7 handed over in round {round}: the workers were claiming; again");
+        db.exec("DELETE FROM jobs").await;
+        db.exec("DELETE FROM runs").await;
     }
-    db.wait_for("processed", 11, Duration::from_secs(30)).await;
     handle.shutdown().await;
-    let runs: Vec<(String, u64)> = {
-        use mysql_async::prelude::*;
-        let mut conn = db.pool.get_conn().await.unwrap();
-        conn.query("SELECT tag, COUNT(*) FROM runs GROUP BY tag HAVING COUNT(*) > 1")
-            .await
-            .unwrap()
-    };
-    assert!(runs.is_empty(), "ran twice: {runs:?}");
-    let total: u64 = db.scalar("SELECT COUNT(*) FROM runs").await;
-    assert_eq!(total, 11);
-    assert_eq!(db.count("running").await, 0);
-    let handed: u64 = db
-        .scalar("SELECT COUNT(*) FROM jobs WHERE reserved_at = created_at")
-        .await;
-    // Dispatches t0..t7 found the 8 slots free; all but the poisoned one were handed over.
-    assert_eq!(handed, 7, "rows handed over");
     db.drop_db().await;
 }
+
+/// How many times a handoff test dispatches its burst again when the workers were not
+/// idle at that moment. `wake_workers` is process-wide: another test's dispatch wakes
+/// these workers too, and a fetch loop that claims holds every free slot for its round
+/// trip, so a burst that lands then is not handed over.
+const HANDOFF_ROUNDS: u32 = 5;
 
 #[actix_rt::test]
 async fn combined_dispatches_and_local_handoffs_run_every_job_once() {
