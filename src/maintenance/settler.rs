@@ -80,7 +80,7 @@ impl Settler {
     async fn settle(&self, ended: &EndSet) -> crate::Result<()> {
         let mut moved = 0;
         for &batch in &ended.batches {
-            moved += self.finish_if_done(batch).await?;
+            moved += self.finish_or_log(batch).await;
         }
         for ids in ended.jobs.chunks(1000) {
             moved += self.store.resolve_job_waiters(ids).await?;
@@ -89,6 +89,18 @@ impl Settler {
             self.queue.notify_workers();
         }
         Ok(())
+    }
+
+    /// [`finish_if_done`](Self::finish_if_done); a failure is logged and the sweep tries
+    /// again, and it holds up no other batch.
+    async fn finish_or_log(&self, batch: u64) -> u64 {
+        match self.finish_if_done(batch).await {
+            Ok(moved) => moved,
+            Err(error) => {
+                tracing::debug!(target: "lightjobs::settler", batch, %error, "finishing a batch failed; the sweep will try again");
+                0
+            }
+        }
     }
 
     /// Finishes `batch` if it has no job left; returns how many waiters that moved.
@@ -124,7 +136,7 @@ impl Settler {
                 open.last().copied().unwrap_or(0)
             };
             for batch in open {
-                moved += self.finish_if_done(batch).await?;
+                moved += self.finish_or_log(batch).await;
             }
         }
         if moved > 0 {

@@ -164,51 +164,71 @@ impl Store {
                     .with_isolation_level(mysql_async::IsolationLevel::ReadCommitted)
                     .clone();
                 let mut tx = conn.start_transaction(opts).await?;
-                // The lock orders this against a job joining the batch (which reads the
-                // row in share mode until it commits): read committed, the probe after it
-                // sees every job that joined before.
-                let open: Option<u8> = tx
-                    .exec_first(
-                        "SELECT finished_at IS NULL FROM lightjobs_batches WHERE id = ? FOR UPDATE",
-                        (batch,),
-                    )
-                    .await?;
-                if open != Some(1) {
-                    return Ok(None);
+                // Rolled back at once when it finishes nothing or fails: a dropped
+                // transaction would keep the batch row locked until its connection is
+                // used again, and every other finisher would wait on it.
+                match Self::finish_in(&mut tx, batch).await {
+                    Ok(Some(outcome)) => {
+                        tx.commit().await?;
+                        Ok(Some(outcome))
+                    }
+                    Ok(None) => {
+                        tx.rollback().await?;
+                        Ok(None)
+                    }
+                    Err(error) => {
+                        let _ = tx.rollback().await;
+                        Err(error)
+                    }
                 }
-                if tx
-                    .exec_first::<u64, _, _>(UNFINISHED_PROBE, (batch,))
-                    .await?
-                    .is_some()
-                {
-                    return Ok(None);
-                }
-                let not_processed: Option<u64> = tx
-                    .exec_first(
-                        concat!(
-                            "SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_batch) \
-                             WHERE batch_id = ? AND status <> ",
-                            st!(processed)
-                        ),
-                        (batch,),
-                    )
-                    .await?;
-                let outcome = if not_processed.unwrap_or(0) == 0 {
-                    BatchOutcome::Succeeded
-                } else {
-                    BatchOutcome::Failed
-                };
-                tx.exec_drop(
-                    "UPDATE lightjobs_batches SET finished_at = UTC_TIMESTAMP(6), outcome = ? \
-                     WHERE id = ?",
-                    (outcome.as_str(), batch),
-                )
-                .await?;
-                Self::release_batch_waiters(&mut tx, batch, Some(outcome)).await?;
-                tx.commit().await?;
-                Ok(Some(outcome))
             })
             .await
+    }
+
+    /// [`finish_batch`](Self::finish_batch)'s statements, in its transaction.
+    async fn finish_in<Q: Queryable>(tx: &mut Q, batch: u64) -> Result<Option<BatchOutcome>> {
+        // The lock orders this against a job joining the batch (which reads the
+        // row in share mode until it commits): read committed, the probe after it
+        // sees every job that joined before.
+        let open: Option<u8> = tx
+            .exec_first(
+                "SELECT finished_at IS NULL FROM lightjobs_batches WHERE id = ? FOR UPDATE",
+                (batch,),
+            )
+            .await?;
+        if open != Some(1) {
+            return Ok(None);
+        }
+        if tx
+            .exec_first::<u64, _, _>(UNFINISHED_PROBE, (batch,))
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let not_processed: Option<u64> = tx
+            .exec_first(
+                concat!(
+                    "SELECT COUNT(*) FROM jobs FORCE INDEX (jobs_batch) \
+                     WHERE batch_id = ? AND status <> ",
+                    st!(processed)
+                ),
+                (batch,),
+            )
+            .await?;
+        let outcome = if not_processed.unwrap_or(0) == 0 {
+            BatchOutcome::Succeeded
+        } else {
+            BatchOutcome::Failed
+        };
+        tx.exec_drop(
+            "UPDATE lightjobs_batches SET finished_at = UTC_TIMESTAMP(6), outcome = ? \
+             WHERE id = ?",
+            (outcome.as_str(), batch),
+        )
+        .await?;
+        Self::release_batch_waiters(tx, batch, Some(outcome)).await?;
+        Ok(Some(outcome))
     }
 
     /// The jobs that wait (or waited) for `batch`: its callbacks, jobs dispatched after it.
