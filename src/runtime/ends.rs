@@ -44,20 +44,22 @@ impl Ends {
     /// cancelled).
     pub(crate) fn record(&self, ended: impl IntoIterator<Item = (u64, Option<u64>)>) {
         let waiting = self.awaiting.load(Ordering::Relaxed);
-        let mut any = false;
-        let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        // Locked only for an end worth recording: plain jobs while nobody waits (the
+        // common case, on the claim loop's path) take no lock.
+        let mut set = None;
         for (id, batch) in ended {
+            if batch.is_none() && !waiting {
+                continue;
+            }
+            let set = set.get_or_insert_with(|| self.set.lock().unwrap_or_else(|e| e.into_inner()));
             if let Some(batch) = batch {
                 set.batches.insert(batch);
-                any = true;
             }
             if waiting {
                 set.jobs.push(id);
-                any = true;
             }
         }
-        drop(set);
-        if any {
+        if set.take().is_some() {
             self.notify.notify_one();
         }
     }
